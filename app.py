@@ -1,0 +1,66 @@
+"""DeepSeek-OCR API: the Flask application factory, and `python app.py` to serve it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from flask import Flask
+
+from config import ConfigError, Settings
+from ocr_api.engines import EngineLoadError
+from ocr_api.errors import register_error_handlers
+from ocr_service import OcrService, get_service
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, service: OcrService | None = None) -> Flask:
+    """Build the app; without a service, the process-wide one is created and its engine loaded."""
+    if settings is None:
+        settings = service.settings if service is not None else Settings.from_env()
+    configure_logging(settings.log_level)
+    if service is None:
+        service = get_service(settings)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        # Text fields are short (prompts are capped); bounding parts stops a 1,000-part form early.
+        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        MAX_FORM_PARTS=2 * settings.max_batch_files + 16,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    app.extensions["ocr_service"] = service
+    register_error_handlers(app)
+
+    from ocr_api.routes import bp
+
+    app.register_blueprint(bp)
+    return app
+
+
+def configure_logging(level: str) -> None:
+    """Send log records to stderr with timestamps, once per process."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    root.setLevel(level)
+
+
+def main() -> int:
+    """Serve on HOST:PORT with Flask's threaded server; exit 1 with one clear line on bad settings or model."""
+    try:
+        settings = Settings.from_env()
+        app = create_app(settings)
+    except (ConfigError, EngineLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    logger.info("serving on http://%s:%d", settings.host, settings.port)
+    app.run(host=settings.host, port=settings.port, threaded=True, debug=False, use_reloader=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

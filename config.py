@@ -1,0 +1,155 @@
+"""Service settings: read from the environment once, typed and validated at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+ENGINE_CHOICES = ("auto", "transformers", "vllm", "remote")
+DEVICE_PREFIXES = ("auto", "cpu", "cuda", "mps")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# Pillow refuses images above twice this count as decompression bombs; our limit must stay below it.
+PILLOW_BOMB_LIMIT = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+def setting(env: str, default: Any, help: str) -> Any:
+    """Declare a settings field read from the environment variable ``env``."""
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service; see docs/CONFIGURATION.md (checked against this class by the tests)."""
+
+    model_name: str = setting(
+        "DEEPSEEK_MODEL_NAME",
+        "",
+        "Hub id or local directory of the checkpoint. Empty: the engine's default "
+        "(transformers: deepseek-community/DeepSeek-OCR-2).",
+    )
+    engine: str = setting(
+        "OCR_ENGINE", "auto", "auto, transformers, vllm or remote; auto picks vllm where CUDA and vLLM are present."
+    )
+    secret_key: str = setting("SECRET_KEY", "", "Flask secret key. Empty: a random key per process.")
+    log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    host: str = setting("HOST", "0.0.0.0", "Address `python app.py` and the start scripts bind to.")
+    port: int = setting("PORT", 5000, "Port `python app.py` and the start scripts listen on.")
+    max_upload_mb: int = setting("MAX_UPLOAD_MB", 16, "Largest request body in MiB; larger ones get 413.")
+    max_batch_files: int = setting("MAX_BATCH_FILES", 16, "Most files in one /ocr/batch request.")
+    max_image_pixels: int = setting(
+        "MAX_IMAGE_PIXELS",
+        40_000_000,
+        f"Largest decoded image (width x height), checked before decoding; at most {PILLOW_BOMB_LIMIT}.",
+    )
+    min_image_side: int = setting("MIN_IMAGE_SIDE", 8, "Smallest width or height in pixels that is accepted.")
+    max_aspect_ratio: float = setting("MAX_ASPECT_RATIO", 64.0, "Longest side over shortest side, at most.")
+    upload_folder: str = setting("UPLOAD_FOLDER", "uploads", "Where uploads are stored while they are processed.")
+    keep_uploads: bool = setting("KEEP_UPLOADS", False, "Keep stored uploads after the request (for debugging).")
+    default_prompt: str = setting(
+        "DEFAULT_PROMPT", "<image>\nFree OCR.", "Prompt used when a request names neither prompt nor task."
+    )
+    max_prompt_chars: int = setting("MAX_PROMPT_CHARS", 2000, "Longest prompt accepted, in characters.")
+    max_tokens: int = setting(
+        "MAX_TOKENS", 8192, "Most tokens generated per image; also bounded by the context the prompt leaves."
+    )
+    max_model_len: int = setting("MAX_MODEL_LEN", 8192, "Context length (prompt, image and output tokens).")
+    ngram_size: int = setting(
+        "NGRAM_SIZE", 0, "No-repeat n-gram guard size. 0: the model's default (docs/CONFIGURATION.md)."
+    )
+    ngram_window: int = setting("NGRAM_WINDOW", 0, "Window of the n-gram guard in tokens. 0: the model's default.")
+    torch_device: str = setting("TORCH_DEVICE", "auto", "transformers engine: auto, cpu, cuda, cuda:N or mps.")
+    torch_dtype: str = setting(
+        "TORCH_DTYPE",
+        "auto",
+        "transformers engine: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.",
+    )
+
+    def __post_init__(self) -> None:
+        if not self.secret_key:
+            object.__setattr__(self, "secret_key", secrets.token_hex(32))
+        object.__setattr__(self, "log_level", self.log_level.upper())
+        self._validate()
+
+    def _validate(self) -> None:
+        _choice("OCR_ENGINE", self.engine, ENGINE_CHOICES)
+        _choice("LOG_LEVEL", self.log_level, LOG_LEVELS)
+        _choice("TORCH_DTYPE", self.torch_dtype, DTYPE_CHOICES)
+        if self.torch_device.split(":")[0] not in DEVICE_PREFIXES:
+            raise ConfigError(f"TORCH_DEVICE must be one of auto, cpu, cuda, cuda:N, mps; got {self.torch_device!r}")
+        _within("PORT", self.port, 1, 65535)
+        _within("MAX_UPLOAD_MB", self.max_upload_mb, 1, 4096)
+        _within("MAX_BATCH_FILES", self.max_batch_files, 1, 1000)
+        _within("MAX_IMAGE_PIXELS", self.max_image_pixels, 1, PILLOW_BOMB_LIMIT)
+        _within("MIN_IMAGE_SIDE", self.min_image_side, 1, 10_000)
+        _within("MAX_ASPECT_RATIO", self.max_aspect_ratio, 1, 1000)
+        _within("MAX_PROMPT_CHARS", self.max_prompt_chars, 16, 1_000_000)
+        _within("MAX_MODEL_LEN", self.max_model_len, 256, 1_000_000)
+        _within("MAX_TOKENS", self.max_tokens, 1, self.max_model_len)
+        _within("NGRAM_SIZE", self.ngram_size, 0, 1000)
+        _within("NGRAM_WINDOW", self.ngram_window, 0, 100_000)
+        if "<image>" not in self.default_prompt:
+            raise ConfigError("DEFAULT_PROMPT must contain the <image> placeholder")
+
+    @property
+    def max_content_length(self) -> int:
+        """Largest request body in bytes."""
+        return self.max_upload_mb * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; unset or empty ones keep their defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            raw = environ.get(spec.metadata["env"], "").strip()
+            if raw:
+                values[spec.name] = _parse(spec.metadata["env"], raw, type(spec.default))
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def documented_settings() -> list[tuple[str, Any, str]]:
+    """Return (variable, default, help) for every setting, in declaration order."""
+    return [(f.metadata["env"], f.default, f.metadata["help"]) for f in dataclasses.fields(Settings)]
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false; got {raw!r}")
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a{'n integer' if kind is int else ' number'}; got {raw!r}") from None
+    # A literal backslash-n in an env file means a newline, as it does in prompts.
+    return raw.replace("\\n", "\n") if name == "DEFAULT_PROMPT" else raw
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _within(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}; got {value}")

@@ -1,0 +1,1 @@
+"""Building blocks of the DeepSeek-OCR API: errors, preparation, prompts, engines, HTTP routes."""

@@ -1,0 +1,68 @@
+"""The small interface every OCR engine implements, and the values that cross it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+from ocr_api.guard import GuardSettings
+from ocr_api.models import ModelProfile
+
+
+class EngineLoadError(RuntimeError):
+    """The engine could not start; the message says what was tried and what to do."""
+
+
+class EngineFailure(RuntimeError):
+    """The engine failed on a request that had passed validation."""
+
+
+class PromptTooLong(EngineFailure):
+    """Prompt and image tokens leave no room for output within the context length."""
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One image and its prompt, with the decoding budget for it."""
+
+    image: Image.Image
+    prompt: str
+    max_tokens: int
+    ngram_size: int
+    window_size: int
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What the engine produced for one request."""
+
+    text: str  # as generated, special tokens kept, end-of-sentence token left out
+    finish_reason: str  # "stop" (end-of-sentence) or "length" (token limit)
+    prompt_tokens: int
+    completion_tokens: int
+    max_tokens: int  # the budget actually applied after bounding by the context left
+    guard: GuardSettings
+
+
+@runtime_checkable
+class OcrEngine(Protocol):
+    """An OCR engine: loads once, then turns batches of requests into outputs in the same order."""
+
+    name: str
+    model_id: str
+    profile: ModelProfile  # decoding defaults of the loaded model; valid after load()
+
+    def load(self) -> None:
+        """Load weights and tokenizer; raise EngineLoadError with an actionable message on failure."""
+
+    def is_ready(self) -> bool:
+        """Return True when the engine can serve requests now."""
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+        """Run every request as one batch and return their outputs in order."""
+
+    def close(self) -> None:
+        """Release what the engine holds."""

@@ -1,0 +1,137 @@
+"""The one error hierarchy of the service and the one place that renders errors as JSON."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error a client may see: an HTTP status, a stable snake_case code and a human message."""
+
+    status = 500
+    code = "internal_error"
+    message = "The server failed to process the request."
+
+    def __init__(self, message: str | None = None, *, code: str | None = None, headers: dict | None = None):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.code = code or self.code
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, str]:
+        """Return the JSON body of this error."""
+        return {"error": self.message, "code": self.code}
+
+
+class BadRequest(ApiError):
+    status = 400
+    code = "bad_request"
+    message = "The request is not valid."
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+    message = "No such endpoint. See docs/API_DOCUMENTATION.md for the endpoints."
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+    message = "This endpoint does not accept that HTTP method."
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+    message = "The request is too large."
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+    message = "The file is not in a supported format."
+
+
+class UnprocessableFile(ApiError):
+    status = 422
+    code = "unprocessable_file"
+    message = "The file could not be used."
+
+
+class InferenceFailed(ApiError):
+    status = 500
+    code = "inference_failed"
+    message = "The OCR engine failed while processing this request; the error was logged."
+
+
+class EngineNotReady(ApiError):
+    status = 503
+    code = "engine_not_ready"
+    message = "The OCR engine is not ready yet; try again shortly."
+
+    def __init__(self, message: str | None = None, *, code: str | None = None, retry_after: int = 10):
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+
+
+# Framework errors raised before our code runs (routing, body limits) map onto the hierarchy by status.
+_FRAMEWORK_ERRORS: dict[int, type[ApiError]] = {
+    400: BadRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def error_response(error: ApiError) -> tuple[Response, int]:
+    """Render ``error`` as its JSON body with its status and headers."""
+    response = jsonify(error.to_dict())
+    response.headers.update(error.headers)
+    return response, error.status
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Make every error, ours, the framework's and unexpected ones, a JSON response."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(error: ApiError):
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(error: HTTPException):
+        kind = _FRAMEWORK_ERRORS.get(error.code or 500)
+        if kind is None:
+            api_error = ApiError(error.description or ApiError.message)
+            api_error.status = error.code or 500
+            api_error.code = (error.name or "error").lower().replace(" ", "_")
+        elif kind is PayloadTooLarge:
+            api_error = PayloadTooLarge(_too_large_message(app))
+        else:
+            api_error = kind()
+        response, status = error_response(api_error)
+        if error.code == 405 and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response, status
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception):
+        # The traceback goes to the log only; the client gets the generic message.
+        logger.exception("unhandled error")
+        return error_response(ApiError())
+
+
+def _too_large_message(app: Flask) -> str:
+    limit = app.config.get("MAX_CONTENT_LENGTH")
+    parts = app.config.get("MAX_FORM_PARTS")
+    if limit:
+        return (
+            f"The request is larger than the upload limit of {limit // (1024 * 1024)} MiB, "
+            f"has more than {parts} form parts, or a form field is too long."
+        )
+    return PayloadTooLarge.message

@@ -1,0 +1,88 @@
+"""HTTP views: parse the request, call the service, shape the JSON. Nothing else lives here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, current_app, jsonify, request
+
+from ocr_api.errors import BadRequest, EngineNotReady
+from ocr_service import FileError, OcrOptions, OcrService, UploadedFile
+
+SERVICE_NAME = "DeepSeek-OCR API"
+
+bp = Blueprint("ocr", __name__)
+
+
+def _service() -> OcrService:
+    return current_app.extensions["ocr_service"]
+
+
+@bp.get("/health")
+def health():
+    """Liveness: answers while the process runs, whatever the engine's state."""
+    return jsonify(
+        status="healthy",
+        service=SERVICE_NAME,
+        timestamp=datetime.now(UTC).isoformat(),
+        **_service().describe(),
+    )
+
+
+@bp.get("/ready")
+def ready():
+    """Readiness: 200 once the engine can serve, 503 before and while it is broken."""
+    service = _service()
+    if not service.is_ready():
+        raise EngineNotReady(f"The OCR engine is not ready (state: {service.state}).")
+    return jsonify(status="ready", **service.describe())
+
+
+@bp.post("/ocr")
+def ocr():
+    """OCR one file sent as the multipart field ``file``."""
+    uploads = _uploads("file")
+    if not uploads:
+        raise BadRequest(_missing_file_message("file"), code="missing_file")
+    if len(uploads) > 1:
+        raise BadRequest("/ocr takes one file; send several to /ocr/batch as 'files'.", code="too_many_files")
+    result = _service().recognize(uploads, _options())[0]
+    if isinstance(result, FileError):
+        raise result.error
+    return jsonify(result.to_dict())
+
+
+@bp.post("/ocr/batch")
+def ocr_batch():
+    """OCR every file sent as repeated ``files`` fields, in upload order, as one engine batch."""
+    service = _service()
+    uploads = _uploads("files")
+    if not uploads:
+        raise BadRequest(_missing_file_message("files"), code="missing_file")
+    limit = service.settings.max_batch_files
+    if len(uploads) > limit:
+        raise BadRequest(f"A batch holds at most {limit} files; got {len(uploads)}.", code="too_many_files")
+    results = service.recognize(uploads, _options())
+    failed = sum(isinstance(result, FileError) for result in results)
+    return jsonify(
+        results=[result.to_dict() for result in results],
+        total=len(results),
+        succeeded=len(results) - failed,
+        failed=failed,
+    )
+
+
+def _options() -> OcrOptions:
+    form = request.form
+    return _service().build_options(form.get("prompt"), form.get("task"), form.get("phrase"), form.get("max_tokens"))
+
+
+def _uploads(field: str) -> list[UploadedFile]:
+    files = [UploadedFile(part.filename or "", part.read()) for part in request.files.getlist(field)]
+    # Browsers send an empty, nameless part for a file input left blank: that is no file at all.
+    return [upload for upload in files if upload.filename or upload.data]
+
+
+def _missing_file_message(field: str) -> str:
+    named = ", ".join(sorted(request.files)) or "none"
+    return f"Send the image as a multipart/form-data file field named '{field}' (file fields received: {named})."

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need into .venv, lints, then runs the whole suite
+# (the real tiny DeepSeek-OCR-2 through transformers included). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/bootstrap.sh
+. scripts/bootstrap.sh
+ensure_venv "$(engine_requirements)" requirements-dev.txt
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/shellcheck start_server.sh start_production.sh scripts/*.sh .ci/run
+
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+  echo "run_tests: pytest collected no tests; that is a failure" >&2
+  exit 1
+fi
+exit "$status"
