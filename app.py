@@ -26,8 +26,8 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,
-        # Text fields are short (prompts are capped); bounding parts stops a 1,000-part form early.
-        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        # Flask's MAX_FORM_MEMORY_SIZE default (500 kB) bounds text fields; bounding the number of parts
+        # stops a 1,000-part form before it is parsed.
         MAX_FORM_PARTS=2 * settings.max_batch_files + 16,
         JSON_SORT_KEYS=False,
     )

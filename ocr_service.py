@@ -195,8 +195,6 @@ class OcrService:
         return [result for result in results if result is not None]
 
     def _prepare(self, upload: UploadedFile, uploads) -> tuple[PreparedImage, Any]:
-        if not upload.data:
-            raise BadRequest("The file is empty.", code="empty_file")
         image_format = sniff_format(upload.data)
         # Only allow-listed bytes are stored; the extension comes from the bytes, not the client's name.
         path = uploads.save(upload.data, EXTENSIONS[image_format]) if image_format else None

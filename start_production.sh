@@ -6,14 +6,15 @@ cd "$(dirname "$0")"
 # shellcheck source=scripts/bootstrap.sh
 . scripts/bootstrap.sh
 ensure_venv "$(engine_requirements)"
-mkdir -p uploads logs
+log_dir="${LOG_DIR:-logs}"
+mkdir -p uploads "$log_dir"
 exec .venv/bin/gunicorn \
   --workers "${WORKERS:-1}" \
   --threads "${THREADS:-8}" \
   --bind "${HOST:-0.0.0.0}:${PORT:-5000}" \
   --timeout "${GUNICORN_TIMEOUT:-300}" \
   --graceful-timeout "${GUNICORN_GRACEFUL_TIMEOUT:-30}" \
-  --access-logfile logs/access.log \
-  --error-logfile logs/error.log \
+  --access-logfile "$log_dir/access.log" \
+  --error-logfile "$log_dir/error.log" \
   --capture-output \
   "app:create_app()"

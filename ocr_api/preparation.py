@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from ocr_api.errors import UnprocessableFile, UnsupportedMediaType
+from ocr_api.errors import BadRequest, UnprocessableFile, UnsupportedMediaType
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def sniff_format(data: bytes) -> str | None:
 def decode_image(data: bytes, limits: ImageLimits) -> PreparedImage:
     """Decode ``data`` into an upright RGB image, refusing bombs and unusable sizes before decoding pixels."""
     if not data:
-        raise UnprocessableFile("The file is empty.", code="empty_file")
+        raise BadRequest("The file is empty (0 bytes).", code="empty_file")
     image_format = sniff_format(data)
     if image_format is None:
         raise UnsupportedMediaType(
@@ -91,7 +91,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> PreparedImage:
                 rgb = to_rgb(upright)
     except Image.DecompressionBombError:
         raise _too_large(None, limits) from None
-    except (UnprocessableFile, UnsupportedMediaType):
+    except UnprocessableFile:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure on these bytes is the file's fault
         logger.info("could not decode a %s upload: %s: %s", image_format, type(exc).__name__, exc)

@@ -45,6 +45,7 @@ class EngineOutput:
     completion_tokens: int
     max_tokens: int  # the budget actually applied after bounding by the context left
     guard: GuardSettings
+    token_ids: tuple[int, ...] = ()  # generated ids without the end-of-sentence token, where the engine has them
 
 
 @runtime_checkable

@@ -139,6 +139,7 @@ class TransformersEngine:
             completion_tokens=completion_tokens,
             max_tokens=budget,
             guard=guard,
+            token_ids=tuple(kept),
         )
 
 

@@ -1,0 +1,113 @@
+"""Shared fixtures: settings, a fake engine, the Flask test client, the corpus, and the tiny real model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from PIL import Image
+
+from app import create_app
+from config import Settings
+from ocr_service import OcrService
+from tests.fakes import FakeEngine
+from tests.tiny_model import write_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("OCR_CORPUS_DIR", REPO.parent / "shared" / "corpus"))
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    """One row of the corpus manifest."""
+
+    path: Path
+    description: str
+    expectation: str
+
+    @property
+    def accepted(self) -> bool:
+        """True when the manifest expects the service to answer 200."""
+        return self.expectation.startswith("200") and not self.expectation.startswith("200 or 4xx")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def load_corpus() -> list[CorpusFile]:
+    """Read MANIFEST.tsv; absent locally it skips, in CI (which has ../shared) it fails."""
+    manifest = CORPUS / "MANIFEST.tsv"
+    if not manifest.exists():
+        if os.environ.get("CI"):
+            raise FileNotFoundError(f"corpus manifest missing at {manifest}")
+        return []
+    with manifest.open(newline="") as handle:
+        rows = [line for line in handle if not line.startswith("#")]
+    return [CorpusFile(CORPUS / row[0], row[2], row[3]) for row in csv.reader(rows, delimiter="\t") if len(row) >= 4]
+
+
+CORPUS_FILES = load_corpus()
+CORPUS_IMAGES = [entry for entry in CORPUS_FILES if entry.path.parent.name == "images"]
+
+
+def png_bytes(size: tuple[int, int] = (64, 48), color: str = "white", mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    """Return an encoded synthetic image."""
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(upload_folder=str(tmp_path / "uploads"), max_tokens=64, max_batch_files=8)
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def make_client(settings: Settings, fake_engine: FakeEngine) -> Callable[..., FlaskClient]:
+    """Return a factory of test clients; keyword arguments override settings."""
+
+    def factory(engine: FakeEngine | None = None, **overrides) -> FlaskClient:
+        service = OcrService(settings.replace(**overrides), engine or fake_engine)
+        service.start()
+        return create_app(service=service).test_client()
+
+    return factory
+
+
+@pytest.fixture
+def client(make_client) -> FlaskClient:
+    return make_client()
+
+
+@pytest.fixture
+def uploads_dir(settings: Settings) -> Path:
+    return Path(settings.upload_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DeepSeek-OCR-2 (fixed seed) written once per test session."""
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-deepseek-ocr-2"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path):
+    """The real transformers engine on the tiny model, loaded once."""
+    from ocr_api.engines.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(str(tiny_model_dir), device="cpu")
+    engine.load()
+    yield engine
+    engine.close()

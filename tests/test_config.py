@@ -1,0 +1,95 @@
+"""Settings: read once from the environment, typed, validated with messages that name the variable."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from config import ConfigError, Settings
+from ocr_api.engines import build_engine, choose_engine
+
+
+def test_defaults_match_the_original_service():
+    settings = Settings.from_env({})
+    assert settings.port == 5000
+    assert settings.host == "0.0.0.0"
+    assert settings.max_content_length == 16 * 1024 * 1024
+    assert settings.default_prompt == "<image>\nFree OCR."
+    assert settings.max_tokens == 8192
+    assert settings.engine == "auto"
+    assert settings.keep_uploads is False
+
+
+def test_environment_values_are_typed(monkeypatch):
+    monkeypatch.setenv("PORT", "8080")
+    monkeypatch.setenv("KEEP_UPLOADS", "yes")
+    monkeypatch.setenv("MAX_ASPECT_RATIO", "12.5")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("OCR_ENGINE", "transformers")
+    monkeypatch.setenv("DEEPSEEK_MODEL_NAME", "/models/ocr2")
+    settings = Settings.from_env(os.environ)
+    assert (settings.port, settings.keep_uploads, settings.max_aspect_ratio) == (8080, True, 12.5)
+    assert (settings.log_level, settings.engine, settings.model_name) == ("DEBUG", "transformers", "/models/ocr2")
+
+
+def test_default_prompt_from_env_turns_backslash_n_into_newline():
+    settings = Settings.from_env({"DEFAULT_PROMPT": r"<image>\n<|grounding|>OCR this image."})
+    assert settings.default_prompt == "<image>\n<|grounding|>OCR this image."
+
+
+def test_empty_variables_keep_defaults():
+    assert Settings.from_env({"PORT": "", "MAX_TOKENS": "  "}).port == 5000
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "eighty"}, "PORT must be an integer"),
+        ({"PORT": "70000"}, "PORT must be between"),
+        ({"KEEP_UPLOADS": "maybe"}, "KEEP_UPLOADS must be true or false"),
+        ({"OCR_ENGINE": "tensorrt"}, "OCR_ENGINE must be one of"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be one of"),
+        ({"TORCH_DEVICE": "tpu"}, "TORCH_DEVICE must be one of"),
+        ({"TORCH_DTYPE": "int8"}, "TORCH_DTYPE must be one of"),
+        ({"MAX_TOKENS": "9000"}, "MAX_TOKENS must be between 1 and 8192"),
+        ({"MAX_IMAGE_PIXELS": "500000000"}, "MAX_IMAGE_PIXELS must be between"),
+        ({"MAX_ASPECT_RATIO": "wide"}, "MAX_ASPECT_RATIO must be a number"),
+        ({"DEFAULT_PROMPT": "Free OCR."}, "DEFAULT_PROMPT must contain the <image> placeholder"),
+    ],
+)
+def test_invalid_values_fail_at_start_naming_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_secret_key_is_random_per_process_when_unset_and_kept_when_set():
+    first, second = Settings.from_env({}), Settings.from_env({})
+    assert len(first.secret_key) >= 32
+    assert first.secret_key != second.secret_key
+    assert Settings.from_env({"SECRET_KEY": "s3cret"}).secret_key == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("requested", "cuda", "vllm", "expected"),
+    [
+        ("auto", True, True, "vllm"),
+        ("auto", True, False, "transformers"),
+        ("auto", False, True, "transformers"),
+        ("auto", False, False, "transformers"),
+        ("transformers", True, True, "transformers"),
+        ("remote", False, False, "remote"),
+    ],
+)
+def test_auto_engine_picks_vllm_only_with_cuda_and_vllm(requested, cuda, vllm, expected):
+    assert choose_engine(requested, cuda, vllm) == expected
+
+
+def test_transformers_engine_is_built_with_the_settings():
+    engine = build_engine(Settings(engine="transformers", model_name="/models/x", torch_device="cpu"))
+    assert (engine.name, engine.model_id) == ("transformers", "/models/x")
+
+
+def test_transformers_engine_default_checkpoint_is_the_native_one():
+    engine = build_engine(Settings(engine="transformers"))
+    assert engine.model_id == "deepseek-community/DeepSeek-OCR-2"

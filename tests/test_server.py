@@ -1,0 +1,200 @@
+"""Over real HTTP: the service started the way users start it, with the tiny real model and the corpus."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import CORPUS, CORPUS_IMAGES, REPO
+from tests.test_preparation import EXPECTED
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT_S = 300  # the first start may install packages into .venv
+
+
+@dataclass
+class Server:
+    url: str
+    uploads: Path
+    process: subprocess.Popen
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("OCR_", "DEEPSEEK_"))}
+    env.update(HOST="127.0.0.1", PORT=str(_free_port()), UPLOAD_FOLDER=str(tmp_path / "uploads"))
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", LOG_DIR=str(tmp_path / "logs"))
+    env.update(extra)
+    return env
+
+
+def _start(script: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as handle:
+        return subprocess.Popen(
+            [str(REPO / script)], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):  # not listening, or still loading the model
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"server not ready after {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen) -> int:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir) -> Iterator[Server]:
+    tmp_path = tmp_path_factory.mktemp("server")
+    env = _environment(tmp_path, DEEPSEEK_MODEL_NAME=str(tiny_model_dir), MAX_TOKENS="8", MAX_BATCH_FILES="40")
+    log = tmp_path / "server.log"
+    process = _start("start_server.sh", env, log)
+    url = f"http://127.0.0.1:{env['PORT']}"
+    try:
+        _wait_ready(url, process, log)
+        yield Server(url, tmp_path / "uploads", process)
+    finally:
+        _stop(process)
+
+
+def _uploads_left(server: Server) -> list[Path]:
+    return list(server.uploads.iterdir()) if server.uploads.exists() else []
+
+
+def test_health_and_ready(server):
+    health = requests.get(f"{server.url}/health", timeout=10).json()
+    assert (health["status"], health["engine"], health["model_loaded"]) == ("healthy", "transformers", True)
+    assert requests.get(f"{server.url}/ready", timeout=10).status_code == 200
+
+
+def test_ocr_over_http_with_a_real_image(server, tiny_model_dir):
+    with (CORPUS / "images" / "hopper.png").open("rb") as handle:
+        response = requests.post(f"{server.url}/ocr", files={"file": ("hopper.png", handle)}, timeout=120)
+    assert response.status_code == 200
+    body = response.json()
+    assert {"text", "image_path", "prompt", "raw_output", "finish_reason", "usage", "guard", "model"} <= set(body)
+    assert body["prompt"] == "<image>\nFree OCR."
+    assert body["model"] == str(tiny_model_dir)
+    assert body["finish_reason"] in ("stop", "length")
+    assert body["usage"]["prompt_tokens"] == 257 + len(b"\nFree OCR.")
+    assert 1 <= body["usage"]["completion_tokens"] <= 8
+    guard = body["guard"]
+    assert (guard["ngram_size"], guard["window_size"]) == (20, 90)
+    assert len(guard["whitelist_token_ids"]) == 2
+    assert _uploads_left(server) == []
+
+
+@pytest.mark.parametrize("entry", CORPUS_IMAGES, ids=lambda entry: entry.name)
+def test_every_corpus_image_over_http(server, entry):
+    response = requests.post(
+        f"{server.url}/ocr", files={"file": (entry.name, entry.path.read_bytes())}, data={"task": "ocr"}, timeout=120
+    )
+    expected = EXPECTED[entry.name]
+    if expected == "ok":
+        assert response.status_code == 200, response.text
+        assert response.json()["finish_reason"] in ("stop", "length")
+    else:
+        assert (response.status_code, response.json()["code"]) == expected
+        assert set(response.json()) == {"error", "code"}
+    assert _uploads_left(server) == []
+
+
+def test_corpus_as_one_batch_over_http(server):
+    if not CORPUS_IMAGES:
+        pytest.skip("no corpus")
+    files = [("files", (entry.name, entry.path.read_bytes())) for entry in CORPUS_IMAGES]
+    response = requests.post(f"{server.url}/ocr/batch", files=files, data={"task": "markdown"}, timeout=300)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["total"] == len(CORPUS_IMAGES)
+    for entry, result in zip(CORPUS_IMAGES, body["results"], strict=True):
+        assert result["filename"] == entry.name
+        expected = EXPECTED[entry.name]
+        if expected == "ok":
+            assert result["finish_reason"] in ("stop", "length"), result
+        else:
+            assert (result["status"], result["code"]) == expected
+    assert body["succeeded"] == sum(1 for name in (e.name for e in CORPUS_IMAGES) if EXPECTED[name] == "ok")
+    assert _uploads_left(server) == []
+
+
+def test_framework_errors_are_json_over_http(server):
+    assert requests.get(f"{server.url}/missing", timeout=10).json()["code"] == "not_found"
+    assert requests.put(f"{server.url}/ocr", timeout=10).json()["code"] == "method_not_allowed"
+    too_big = requests.post(f"{server.url}/ocr", files={"file": ("big.png", b"0" * (17 * 1024 * 1024))}, timeout=60)
+    assert (too_big.status_code, too_big.json()["code"]) == (413, "payload_too_large")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"DEEPSEEK_MODEL_NAME": "/nonexistent/deepseek-ocr-2"}, "does not exist"),
+        ({"DEEPSEEK_MODEL_NAME": "deepseek-community/DeepSeek-OCR-2"}, "HF_HUB_OFFLINE is set"),
+        ({"PORT": "eighty"}, "PORT must be an integer"),
+    ],
+)
+def test_start_up_failure_is_one_clear_line(tmp_path, extra, expected):
+    env = _environment(tmp_path, **extra)
+    env["HF_HOME"] = str(tmp_path / "hf-home")
+    command = [str(REPO / "start_server.sh")]
+    result = subprocess.run(
+        command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S
+    )
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    if "DEEPSEEK_MODEL_NAME" in extra:
+        assert "set DEEPSEEK_MODEL_NAME to that directory" in error_lines[0]
+
+
+def test_start_production_serves_with_gunicorn(tmp_path, tiny_model_dir):
+    env = _environment(tmp_path, DEEPSEEK_MODEL_NAME=str(tiny_model_dir), MAX_TOKENS="4", WORKERS="1", THREADS="2")
+    log = tmp_path / "production.log"
+    process = _start("start_production.sh", env, log)
+    url = f"http://127.0.0.1:{env['PORT']}"
+    try:
+        _wait_ready(url, process, log)
+        response = requests.post(f"{url}/ocr", files={"file": ("a.png", _png())}, timeout=120)
+        assert response.status_code == 200
+        assert response.json()["engine"] == "transformers"
+    finally:
+        assert _stop(process) == 0
+    assert "POST /ocr" in (tmp_path / "logs" / "access.log").read_text()
+
+
+def _png() -> bytes:
+    from tests.conftest import png_bytes
+
+    return png_bytes((200, 100))

@@ -1,0 +1,127 @@
+"""The real transformers engine on a tiny random DeepSeek-OCR-2: batching, budgets, the guard, threads, loading.
+
+Random weights prove the wiring (shapes, token counts, guard, finish reasons), not recognition quality.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from PIL import Image
+
+from ocr_api.engines import EngineLoadError, EngineRequest, PromptTooLong
+from ocr_api.engines.transformers_engine import TransformersEngine
+from ocr_api.guard import repeated_ngram
+
+pytestmark = pytest.mark.slow
+
+FREE_OCR = "<image>\nFree OCR."
+GLOBAL_VIEW_TOKENS = 256 + 1  # 1024 view at 16 px patches, 4x downsampled, plus the view separator
+TILE_TOKENS = 144  # one 768 tile
+
+
+def _request(size=(128, 128), prompt=FREE_OCR, max_tokens=8, ngram_size=20, window_size=90) -> EngineRequest:
+    return EngineRequest(Image.new("RGB", size, "white"), prompt, max_tokens, ngram_size, window_size)
+
+
+def test_prompt_tokens_follow_the_models_image_token_layout(tiny_engine):
+    small, page = tiny_engine.generate([_request((128, 128)), _request((800, 1100))])
+    text_tokens = len(b"\nFree OCR.")  # the tiny tokenizer is byte-level
+    assert small.prompt_tokens == GLOBAL_VIEW_TOKENS + text_tokens
+    # An A4-shaped page is tiled 2x3 at 768 px: 6 tiles besides the global view.
+    assert page.prompt_tokens == GLOBAL_VIEW_TOKENS + 6 * TILE_TOKENS + text_tokens
+
+
+def test_batch_outputs_come_back_in_request_order(tiny_engine):
+    prompts = [FREE_OCR, "<image>\n<|grounding|>Convert the document to markdown.", "<image>\nParse the figure."]
+    outputs = tiny_engine.generate([_request(prompt=p) for p in prompts])
+    expected = [GLOBAL_VIEW_TOKENS + len(p.removeprefix("<image>").encode()) for p in prompts]
+    # Special tokens such as <|grounding|> are one token each.
+    expected[1] -= len("<|grounding|>") - 1
+    assert [o.prompt_tokens for o in outputs] == expected
+
+
+def test_token_limit_is_reported_as_length(tiny_engine):
+    (output,) = tiny_engine.generate([_request(max_tokens=5, ngram_size=0)])
+    assert output.finish_reason in ("length", "stop")
+    if output.finish_reason == "length":
+        assert output.completion_tokens == 5
+        assert len(output.token_ids) == 5
+    assert output.max_tokens == 5
+
+
+def test_special_tokens_are_kept_in_the_raw_text(tiny_engine):
+    (output,) = tiny_engine.generate([_request(max_tokens=40, ngram_size=0)])
+    tokenizer = tiny_engine._processor.tokenizer
+    assert output.text == tokenizer.decode(list(output.token_ids), skip_special_tokens=False)
+
+
+def test_the_guard_stops_repeated_ngrams_that_greedy_decoding_produces(tiny_engine):
+    unguarded, guarded = tiny_engine.generate(
+        [_request(max_tokens=150, ngram_size=0, window_size=60), _request(max_tokens=150, ngram_size=3, window_size=60)]
+    )
+    # The random model loops when left alone, so the guarded run below is a real test of the guard.
+    assert repeated_ngram(unguarded.token_ids, 3, 60)
+    assert not repeated_ngram(guarded.token_ids, 3, 60, tiny_engine.whitelist_token_ids)
+    assert guarded.guard.to_dict()["ngram_size"] == 3
+    assert unguarded.guard.enabled is False
+
+
+def test_guard_whitelist_comes_from_the_tokenizer(tiny_engine):
+    tokenizer = tiny_engine._processor.tokenizer
+    expected = {tokenizer.convert_tokens_to_ids("<td>"), tokenizer.convert_tokens_to_ids("</td>")}
+    assert tiny_engine.whitelist_token_ids == expected
+    (output,) = tiny_engine.generate([_request()])
+    assert output.guard.whitelist_token_ids == expected
+
+
+def test_max_tokens_is_bounded_by_the_context_left(tiny_model_dir):
+    engine = TransformersEngine(str(tiny_model_dir), device="cpu", max_model_len=280)
+    engine.load()
+    (output,) = engine.generate([_request(max_tokens=8192)])
+    assert output.max_tokens == 280 - output.prompt_tokens
+    with pytest.raises(PromptTooLong):
+        engine.generate([_request((800, 1100))])
+
+
+def test_concurrent_callers_from_threads_are_all_served(tiny_engine):
+    results: list = []
+    errors: list = []
+
+    def call(size):
+        try:
+            results.append(tiny_engine.generate([_request(size, max_tokens=4)])[0])
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=((100 + 10 * i, 120),)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(results) == 4
+
+
+def test_small_and_extreme_images_within_policy_do_not_break_the_engine(tiny_engine):
+    outputs = tiny_engine.generate([_request((8, 8)), _request((8, 512)), _request((2000, 40))])
+    assert len(outputs) == 3
+    (after,) = tiny_engine.generate([_request()])
+    assert after.prompt_tokens == GLOBAL_VIEW_TOKENS + len(b"\nFree OCR.")
+
+
+def test_missing_local_directory_says_what_was_tried(tmp_path):
+    engine = TransformersEngine(str(tmp_path / "missing"))
+    with pytest.raises(EngineLoadError) as caught:
+        engine.load()
+    message = str(caught.value)
+    assert "does not exist" in message
+    assert "DEEPSEEK_MODEL_NAME" in message
+
+
+def test_a_checkpoint_of_another_model_is_refused_clearly(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(EngineLoadError, match="'gpt2' checkpoint"):
+        TransformersEngine(str(tmp_path)).load()
