@@ -128,6 +128,20 @@ def documented_settings() -> list[tuple[str, Any, str]]:
     return [(f.metadata["env"], f.default, f.metadata["help"]) for f in dataclasses.fields(Settings)]
 
 
+def settings_table() -> str:
+    """Render the settings as the Markdown table that docs/CONFIGURATION.md embeds (tests compare the two)."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for env, default, help_text in documented_settings():
+        if isinstance(default, bool):
+            shown = f"`{str(default).lower()}`"
+        elif default == "":
+            shown = "(empty)"
+        else:
+            shown = f"`{str(default).encode('unicode_escape').decode()}`"
+        rows.append(f"| `{env}` | {shown} | {help_text} |")
+    return "\n".join(rows)
+
+
 def _parse(name: str, raw: str, kind: type) -> Any:
     if kind is bool:
         lowered = raw.lower()
@@ -153,3 +167,7 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _within(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}; got {value}")
+
+
+if __name__ == "__main__":
+    print(settings_table())

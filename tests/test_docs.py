@@ -1,0 +1,49 @@
+"""The documentation is checked against the code, so it cannot drift."""
+
+from __future__ import annotations
+
+import re
+
+from config import settings_table
+from tests.conftest import REPO
+
+DOCS = REPO / "docs"
+SOURCES = [REPO / "app.py", REPO / "config.py", REPO / "ocr_service.py", *sorted((REPO / "ocr_api").rglob("*.py"))]
+
+
+def _error_codes_in_source() -> set[str]:
+    pattern = re.compile(r"""\bcode\s*=\s*"([a-z][a-z0-9_]*)\"""")
+    return {code for path in SOURCES for code in pattern.findall(path.read_text())}
+
+
+def test_configuration_doc_embeds_the_settings_table():
+    text = (DOCS / "CONFIGURATION.md").read_text()
+    embedded = text.split("<!-- settings-table:start -->\n", 1)[1].split("\n<!-- settings-table:end -->", 1)[0]
+    assert embedded == settings_table(), "regenerate the table with: .venv/bin/python config.py"
+
+
+def test_every_variable_the_start_scripts_read_is_documented():
+    scripts = [REPO / "start_server.sh", REPO / "start_production.sh", *sorted((REPO / "scripts").glob("*.sh"))]
+    variables = {name for path in scripts for name in re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", path.read_text())}
+    documented = (DOCS / "CONFIGURATION.md").read_text()
+    assert variables, "the pattern found no variables: the test would check nothing"
+    assert sorted(name for name in variables if f"`{name}`" not in documented) == []
+
+
+def test_every_error_code_is_documented():
+    codes = _error_codes_in_source()
+    documented = set(re.findall(r"`([a-z][a-z0-9_]*)`", (DOCS / "ERROR_MESSAGES.md").read_text()))
+    assert {"engine_not_ready", "corrupt_image", "payload_too_large"} <= codes
+    assert sorted(codes - documented) == []
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    command = readme.split("## Run the tests", 1)[1].split("```bash\n", 1)[1].split("\n", 1)[0]
+    ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and line[0] not in "#"]
+    assert command == ci_lines[-1]
+
+
+def test_readme_links_point_at_existing_docs():
+    for target in re.findall(r"\]\((docs/[^)]+)\)", (REPO / "README.md").read_text()):
+        assert (REPO / target).exists(), target
