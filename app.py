@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
-
-from flask import Flask
+from typing import TYPE_CHECKING
 
 from config import ConfigError, Settings
 from ocr_api.engines import EngineLoadError
-from ocr_api.errors import register_error_handlers
-from ocr_service import OcrService, get_service
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from ocr_service import OcrService
+
+# Flask and the service are imported inside create_app(), not here: vLLM starts its engine processes by
+# re-importing the main module (spawn), and they need none of it. vLLM's CPU build even fails in a process
+# that has imported Flask (it probes every module attribute, and Flask's context proxies raise).
 
 logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, service: OcrService | None = None) -> Flask:
     """Build the app; without a service, the process-wide one is created and its engine loaded."""
+    from flask import Flask
+
+    from ocr_api.errors import register_error_handlers
+    from ocr_api.routes import bp
+    from ocr_service import get_service
+
     if settings is None:
         settings = service.settings if service is not None else Settings.from_env()
     configure_logging(settings.log_level)
@@ -34,9 +47,6 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     app.json.sort_keys = False
     app.extensions["ocr_service"] = service
     register_error_handlers(app)
-
-    from ocr_api.routes import bp
-
     app.register_blueprint(bp)
     return app
 
@@ -57,9 +67,21 @@ def main() -> int:
     except (ConfigError, EngineLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    # SIGTERM (a supervisor's stop) unwinds like Ctrl-C, so the engine is shut down with its child processes
+    # instead of leaving them orphaned with the GPU's memory.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     logger.info("serving on http://%s:%d", settings.host, settings.port)
-    app.run(host=settings.host, port=settings.port, threaded=True, debug=False, use_reloader=False)
+    try:
+        app.run(host=settings.host, port=settings.port, threaded=True, debug=False, use_reloader=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.extensions["ocr_service"].close()
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the variable."""
 
 
-def setting(env: str, default: Any, help: str) -> Any:
-    """Declare a settings field read from the environment variable ``env``."""
-    return field(default=default, metadata={"env": env, "help": help})
+def setting(env: str, default: Any, help: str, secret: bool = False) -> Any:
+    """Declare a settings field read from the environment variable ``env``; secrets stay out of repr()."""
+    return field(default=default, repr=not secret, metadata={"env": env, "help": help})
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,40 @@ class Settings:
         "(transformers: deepseek-community/DeepSeek-OCR-2).",
     )
     engine: str = setting(
-        "OCR_ENGINE", "auto", "auto, transformers, vllm or remote; auto picks vllm where CUDA and vLLM are present."
+        "OCR_ENGINE",
+        "auto",
+        "auto, transformers, vllm or remote. auto: remote when OCR_ENGINE_URL is set, else vllm where CUDA and "
+        "vLLM are present, else transformers.",
     )
-    secret_key: str = setting("SECRET_KEY", "", "Flask secret key. Empty: a random key per process.")
+    engine_url: str = setting(
+        "OCR_ENGINE_URL",
+        "",
+        "remote engine: base URL of an OpenAI-compatible vLLM server, e.g. http://127.0.0.1:8000. "
+        "start_production.sh sets it to the server it starts unless it is set already.",
+    )
+    engine_api_key: str = setting(
+        "OCR_ENGINE_API_KEY",
+        "",
+        "remote engine: bearer token the vLLM server expects (its --api-key), if any.",
+        secret=True,
+    )
+    engine_timeout_s: float = setting(
+        "ENGINE_TIMEOUT_S",
+        240.0,
+        "Seconds one engine call may take before the request is aborted with 504; keep it below GUNICORN_TIMEOUT.",
+    )
+    engine_connections: int = setting(
+        "ENGINE_CONNECTIONS",
+        64,
+        "remote engine: most requests one service process keeps in flight to the engine at once.",
+    )
+    vllm_extra_args: str = setting(
+        "VLLM_EXTRA_ARGS",
+        "",
+        "vLLM engine flags in `vllm serve` form, for the in-process engine and the sidecar alike, e.g. "
+        "--tensor-parallel-size 2.",
+    )
+    secret_key: str = setting("SECRET_KEY", "", "Flask secret key. Empty: a random key per process.", secret=True)
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     host: str = setting("HOST", "0.0.0.0", "Address `python app.py` and the start scripts bind to.")
     port: int = setting("PORT", 5000, "Port `python app.py` and the start scripts listen on.")
@@ -84,6 +115,12 @@ class Settings:
 
     def _validate(self) -> None:
         _choice("OCR_ENGINE", self.engine, ENGINE_CHOICES)
+        if self.engine == "remote" and not self.engine_url:
+            raise ConfigError("OCR_ENGINE=remote needs OCR_ENGINE_URL, the vLLM server's base URL")
+        if self.engine_url and not self.engine_url.startswith(("http://", "https://")):
+            raise ConfigError(f"OCR_ENGINE_URL must start with http:// or https://; got {self.engine_url!r}")
+        _within("ENGINE_TIMEOUT_S", self.engine_timeout_s, 1, 86_400)
+        _within("ENGINE_CONNECTIONS", self.engine_connections, 1, 4096)
         _choice("LOG_LEVEL", self.log_level, LOG_LEVELS)
         _choice("TORCH_DTYPE", self.torch_dtype, DTYPE_CHOICES)
         if self.torch_device.split(":")[0] not in DEVICE_PREFIXES:
@@ -169,5 +206,24 @@ def _within(name: str, value: float, low: float, high: float) -> None:
         raise ConfigError(f"{name} must be between {low} and {high}; got {value}")
 
 
+DOCS_TABLE_START, DOCS_TABLE_END = "<!-- settings-table:start -->\n", "\n<!-- settings-table:end -->"
+
+
+def update_docs(path: str = "docs/CONFIGURATION.md") -> None:
+    """Rewrite the settings table embedded in the configuration doc."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    head, rest = text.split(DOCS_TABLE_START, 1)
+    tail = rest.split(DOCS_TABLE_END, 1)[1]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f"{head}{DOCS_TABLE_START}{settings_table()}{DOCS_TABLE_END}{tail}")
+
+
 if __name__ == "__main__":
-    print(settings_table())
+    # `python config.py` prints the table; `python config.py --update-docs` writes it into the doc.
+    import sys
+
+    if sys.argv[1:] == ["--update-docs"]:
+        update_docs()
+    else:
+        print(settings_table())

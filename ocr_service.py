@@ -14,6 +14,8 @@ from ocr_api.engines import (
     EngineLoadError,
     EngineOutput,
     EngineRequest,
+    EngineTimeout,
+    EngineUnavailable,
     OcrEngine,
     PromptTooLong,
     build_engine,
@@ -22,6 +24,7 @@ from ocr_api.errors import (
     ApiError,
     BadRequest,
     EngineNotReady,
+    GatewayTimeout,
     InferenceFailed,
     UnprocessableFile,
 )
@@ -119,7 +122,7 @@ class OcrService:
     def __init__(self, settings: Settings, engine: OcrEngine):
         self.settings = settings
         self.engine = engine
-        self.state = "created"  # created -> loading -> ready | failed
+        self.state = "created"  # created -> loading -> ready | failed; closed at shutdown
         self._store = UploadStore(settings.upload_folder, keep=settings.keep_uploads)
         self._limits = ImageLimits(settings.max_image_pixels, settings.min_image_side, settings.max_aspect_ratio)
 
@@ -135,6 +138,12 @@ class OcrService:
 
     def is_ready(self) -> bool:
         return self.state == "ready" and self.engine.is_ready()
+
+    def close(self) -> None:
+        """Shut the engine down (its processes too); the service is not ready afterwards."""
+        logger.info("shutting down the %s engine", self.engine.name)
+        self.state = "closed"
+        self.engine.close()
 
     def describe(self) -> dict[str, Any]:
         """Return what /health reports about the engine."""
@@ -219,6 +228,15 @@ class OcrService:
             outputs = self.engine.generate(requests)
         except PromptTooLong as exc:
             raise UnprocessableFile(str(exc), code="prompt_too_long_for_context") from None
+        except EngineUnavailable as exc:
+            logger.warning("engine %s unavailable: %s", self.engine.name, exc)
+            raise EngineNotReady(
+                "The OCR engine is unavailable (restarting or overloaded); try again shortly.",
+                code="engine_unavailable",
+            ) from None
+        except EngineTimeout as exc:
+            logger.warning("engine %s timed out on a batch of %d: %s", self.engine.name, len(requests), exc)
+            raise GatewayTimeout() from None
         except ApiError:
             raise
         except Exception:

@@ -79,6 +79,12 @@ class EngineNotReady(ApiError):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
 
 
+class GatewayTimeout(ApiError):
+    status = 504
+    code = "engine_timeout"
+    message = "The OCR engine did not answer in time; the request was aborted. Try fewer or smaller pages."
+
+
 # Framework errors raised before our code runs (routing, body limits) map onto the hierarchy by status.
 _FRAMEWORK_ERRORS: dict[int, type[ApiError]] = {
     400: BadRequest,

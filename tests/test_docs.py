@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from config import settings_table
+from config import DOCS_TABLE_END, DOCS_TABLE_START, settings_table
 from tests.conftest import REPO
 
 DOCS = REPO / "docs"
@@ -18,8 +18,8 @@ def _error_codes_in_source() -> set[str]:
 
 def test_configuration_doc_embeds_the_settings_table():
     text = (DOCS / "CONFIGURATION.md").read_text()
-    embedded = text.split("<!-- settings-table:start -->\n", 1)[1].split("\n<!-- settings-table:end -->", 1)[0]
-    assert embedded == settings_table(), "regenerate the table with: .venv/bin/python config.py"
+    embedded = text.split(DOCS_TABLE_START, 1)[1].split(DOCS_TABLE_END, 1)[0]
+    assert embedded == settings_table(), "regenerate the table with: .venv/bin/python config.py --update-docs"
 
 
 def test_every_variable_the_start_scripts_read_is_documented():

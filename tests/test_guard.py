@@ -44,3 +44,13 @@ def test_repeated_ngram_detects_a_loop():
 def test_settings_serialise_with_sorted_whitelist():
     guard = GuardSettings(20, 90, frozenset({128822, 128821}))
     assert guard.to_dict() == {"ngram_size": 20, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
+
+
+def test_vllm_extra_args_travel_only_when_the_guard_is_on():
+    # vLLM's processor acts on any request carrying ngram_size, so "off" must mean "absent".
+    assert GuardSettings(0, 90, frozenset({7})).vllm_extra_args() is None
+    assert GuardSettings(20, 90, frozenset({7})).vllm_extra_args() == {
+        "ngram_size": 20,
+        "window_size": 90,
+        "whitelist_token_ids": [7],
+    }

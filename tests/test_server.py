@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import CORPUS, CORPUS_IMAGES, REPO
+from tests.servers import environment, start, stop, wait_ready
 from tests.test_preparation import EXPECTED
 
 pytestmark = pytest.mark.slow
@@ -29,48 +26,8 @@ class Server:
     process: subprocess.Popen
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("OCR_", "DEEPSEEK_"))}
-    env.update(HOST="127.0.0.1", PORT=str(_free_port()), UPLOAD_FOLDER=str(tmp_path / "uploads"))
-    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", LOG_DIR=str(tmp_path / "logs"))
-    env.update(extra)
-    return env
-
-
-def _start(script: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("wb") as handle:
-        return subprocess.Popen(
-            [str(REPO / script)], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def _wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except (requests.ConnectionError, requests.Timeout):  # not listening, or still loading the model
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"server not ready after {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(process: subprocess.Popen) -> int:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        return process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise
+    return environment(tmp_path, OCR_ENGINE="transformers", **extra)
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +35,13 @@ def server(tmp_path_factory, tiny_model_dir) -> Iterator[Server]:
     tmp_path = tmp_path_factory.mktemp("server")
     env = _environment(tmp_path, DEEPSEEK_MODEL_NAME=str(tiny_model_dir), MAX_TOKENS="8", MAX_BATCH_FILES="40")
     log = tmp_path / "server.log"
-    process = _start("start_server.sh", env, log)
+    process = start("start_server.sh", env, log)
     url = f"http://127.0.0.1:{env['PORT']}"
     try:
-        _wait_ready(url, process, log)
+        wait_ready(url, process, log, START_TIMEOUT_S)
         yield Server(url, tmp_path / "uploads", process)
     finally:
-        _stop(process)
+        stop(process)
 
 
 def _uploads_left(server: Server) -> list[Path]:
@@ -182,15 +139,15 @@ def test_start_up_failure_is_one_clear_line(tmp_path, extra, expected):
 def test_start_production_serves_with_gunicorn(tmp_path, tiny_model_dir):
     env = _environment(tmp_path, DEEPSEEK_MODEL_NAME=str(tiny_model_dir), MAX_TOKENS="4", WORKERS="1", THREADS="2")
     log = tmp_path / "production.log"
-    process = _start("start_production.sh", env, log)
+    process = start("start_production.sh", env, log)
     url = f"http://127.0.0.1:{env['PORT']}"
     try:
-        _wait_ready(url, process, log)
+        wait_ready(url, process, log, START_TIMEOUT_S)
         response = requests.post(f"{url}/ocr", files={"file": ("a.png", _png())}, timeout=120)
         assert response.status_code == 200
         assert response.json()["engine"] == "transformers"
     finally:
-        assert _stop(process) == 0
+        assert stop(process) == 0
     assert "POST /ocr" in (tmp_path / "logs" / "access.log").read_text()
 
 

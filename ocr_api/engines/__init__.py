@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
-from config import ConfigError, Settings
+from config import Settings
 from ocr_api.engines.base import (
     EngineFailure,
     EngineLoadError,
     EngineOutput,
     EngineRequest,
+    EngineTimeout,
+    EngineUnavailable,
     OcrEngine,
     PromptTooLong,
 )
@@ -20,34 +22,47 @@ __all__ = [
     "EngineLoadError",
     "EngineOutput",
     "EngineRequest",
+    "EngineTimeout",
+    "EngineUnavailable",
     "OcrEngine",
     "PromptTooLong",
     "build_engine",
     "choose_engine",
 ]
 
-IMPLEMENTED_ENGINES = ("transformers",)
 
-
-def choose_engine(requested: str, cuda_present: bool, vllm_installed: bool) -> str:
-    """Resolve ``auto``: vLLM where CUDA and vLLM are both present, else transformers."""
+def choose_engine(requested: str, cuda_present: bool, vllm_installed: bool, engine_url: str = "") -> str:
+    """Resolve ``auto``: remote when a URL is set, vLLM where CUDA and vLLM are both present, else transformers."""
     if requested != "auto":
         return requested
+    if engine_url:
+        return "remote"
     return "vllm" if cuda_present and vllm_installed else "transformers"
 
 
 def build_engine(settings: Settings) -> OcrEngine:
     """Return the (not yet loaded) engine the settings ask for."""
-    name = choose_engine(settings.engine, _cuda_present(), importlib.util.find_spec("vllm") is not None)
-    if name == "transformers":
-        from ocr_api.engines.transformers_engine import TransformersEngine
-
-        return TransformersEngine(
-            settings.model_name, settings.torch_device, settings.torch_dtype, settings.max_model_len
-        )
-    raise ConfigError(
-        f"OCR_ENGINE={name} is not available in this version; implemented engines: {', '.join(IMPLEMENTED_ENGINES)}."
+    name = choose_engine(
+        settings.engine, _cuda_present(), importlib.util.find_spec("vllm") is not None, settings.engine_url
     )
+    if name == "remote":
+        from ocr_api.engines.remote_engine import RemoteEngine
+
+        return RemoteEngine(
+            settings.engine_url,
+            settings.model_name,
+            timeout_s=settings.engine_timeout_s,
+            connections=settings.engine_connections,
+            api_key=settings.engine_api_key,
+        )
+    if name == "vllm":
+        from ocr_api.engines.vllm_engine import VllmEngine
+        from ocr_api.engines.vllm_flags import engine_flags
+
+        return VllmEngine(engine_flags(settings), timeout_s=settings.engine_timeout_s)
+    from ocr_api.engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(settings.model_name, settings.torch_device, settings.torch_dtype, settings.max_model_len)
 
 
 def _cuda_present() -> bool:

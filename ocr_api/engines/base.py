@@ -24,6 +24,14 @@ class PromptTooLong(EngineFailure):
     """Prompt and image tokens leave no room for output within the context length."""
 
 
+class EngineUnavailable(EngineFailure):
+    """The engine cannot be reached or has died; the request may succeed later."""
+
+
+class EngineTimeout(EngineFailure):
+    """The engine did not answer within the configured time; the request was aborted."""
+
+
 @dataclass(frozen=True)
 class EngineRequest:
     """One image and its prompt, with the decoding budget for it."""
@@ -46,6 +54,11 @@ class EngineOutput:
     max_tokens: int  # the budget actually applied after bounding by the context left
     guard: GuardSettings
     token_ids: tuple[int, ...] = ()  # generated ids without the end-of-sentence token, where the engine has them
+
+
+def context_budget(requested: int, context_length: int, prompt_tokens: int) -> int:
+    """Return the output budget applied: the request's, bounded by the context the prompt leaves."""
+    return max(0, min(requested, context_length - prompt_tokens))
 
 
 @runtime_checkable

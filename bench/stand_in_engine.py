@@ -1,0 +1,201 @@
+"""A STAND-IN for a vLLM OpenAI server: no model, only the timing of batched GPU decoding.
+
+It answers the endpoints the remote engine uses (``/health``, ``/v1/models``, ``/tokenize``,
+``/v1/chat/completions``, ``/metrics``) and models continuous batching: one decoding step every ``step_ms``
+whatever the batch size up to ``max_batch`` requests, each running request gaining one token per step, a page
+done after ``tokens_per_page`` tokens. Requests past the cap wait, as in vLLM. Its text is a fixed sentence.
+It measures how well a client feeds an engine, nothing about recognition or real GPU speed.
+
+For tests: ``POST /stand-in/mode`` with ``{"mode": ...}`` switches on a fault: ``context_error`` (400 as vLLM
+answers an over-long prompt), ``server_error`` (500), ``unhealthy`` (health and completions 503), ``slow``
+(completions answer after 3 s); ``GET /stand-in/last`` returns the last completion request's body.
+
+    python -m bench.stand_in_engine --port 8100 --step-ms 20 --tokens-per-page 100 --max-batch 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+BANNER = "STAND-IN ENGINE (not vLLM, no model): simulated batched decoding"
+WHITELIST = {"<td>": 128821, "</td>": 128822}
+PROMPT_TOKENS = 300
+
+
+@dataclass
+class Decoding:
+    """One request inside the simulated engine."""
+
+    tokens: int
+    generated: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class SimulatedEngine:
+    """Continuous batching with a fixed per-step cost: the latency shape of GPU decoding."""
+
+    def __init__(self, step_s: float, tokens_per_page: int, max_batch: int):
+        self.step_s = step_s
+        self.tokens_per_page = tokens_per_page
+        self.max_batch = max_batch
+        self.waiting: list[Decoding] = []
+        self.running: list[Decoding] = []
+        self.pages_done = 0
+        self.max_running = 0
+        self._cond = threading.Condition()
+        threading.Thread(target=self._loop, name="stand-in-steps", daemon=True).start()
+
+    def decode(self, max_tokens: int) -> Decoding:
+        """Queue a page and block until it is decoded."""
+        request = Decoding(tokens=min(self.tokens_per_page, max_tokens))
+        with self._cond:
+            self.waiting.append(request)
+            self._cond.notify()
+        request.done.wait()
+        return request
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self.waiting and not self.running:
+                    self._cond.wait()
+                room = self.max_batch - len(self.running)
+                self.running.extend(self.waiting[:room])
+                del self.waiting[:room]
+                self.max_running = max(self.max_running, len(self.running))
+            time.sleep(self.step_s)  # one forward pass, nearly flat in batch size
+            with self._cond:
+                for request in self.running:
+                    request.generated += 1
+                finished = [r for r in self.running if r.generated >= r.tokens]
+                self.running = [r for r in self.running if r.generated < r.tokens]
+                self.pages_done += len(finished)
+            for request in finished:
+                request.done.set()
+
+    def metrics(self) -> str:
+        with self._cond:
+            running, waiting, done, most = len(self.running), len(self.waiting), self.pages_done, self.max_running
+        return (
+            "# stand-in engine, not vLLM\n"
+            f'vllm:num_requests_running{{model_name="stand-in"}} {running}.0\n'
+            f'vllm:num_requests_waiting{{model_name="stand-in"}} {waiting}.0\n'
+            f"stand_in:pages_done_total {done}.0\n"
+            f"stand_in:max_running {most}.0\n"
+        )
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's server does
+    engine: SimulatedEngine
+    model = "stand-in/deepseek-ocr-2"
+    mode = "normal"
+    last_body: dict[str, Any] = {}  # noqa: RUF012 - shared on purpose: what tests inspect
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: thousands of requests
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._send(503 if Handler.mode == "unhealthy" else 200, {})
+        elif self.path == "/v1/models":
+            self._send(200, {"data": [{"id": self.model, "root": self.model, "max_model_len": 8192}]})
+        elif self.path == "/stand-in/last":
+            self._send(200, Handler.last_body)
+        elif self.path == "/metrics":
+            self._send_text(200, self.engine.metrics())
+        else:
+            self._send(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if self.path == "/tokenize":
+            self._send(200, {"tokens": [WHITELIST[body["prompt"]]] if body.get("prompt") in WHITELIST else [1, 2]})
+        elif self.path == "/stand-in/mode":
+            Handler.mode = body.get("mode", "normal")
+            self._send(200, {"mode": Handler.mode})
+        elif self.path == "/v1/chat/completions":
+            self._complete(body)
+        else:
+            self._send(404, {"error": {"message": "not found"}})
+
+    def _complete(self, body: dict[str, Any]) -> None:
+        Handler.last_body = body
+        if Handler.mode == "slow":
+            time.sleep(3)
+        if Handler.mode == "context_error":
+            message = "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens."
+            self._send(400, {"error": {"message": message, "type": "BadRequestError"}})
+            return
+        if Handler.mode in ("server_error", "unhealthy"):
+            self._send(500 if Handler.mode == "server_error" else 503, {"error": {"message": "stand-in fault"}})
+            return
+        decoding = self.engine.decode(int(body.get("max_tokens") or self.engine.tokens_per_page))
+        finish = "length" if decoding.tokens < self.engine.tokens_per_page else "stop"
+        self._send(
+            200,
+            {
+                "object": "chat.completion",
+                "model": self.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": f"stand-in page text ({decoding.tokens} tokens)"},
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": PROMPT_TOKENS,
+                    "completion_tokens": decoding.tokens,
+                    "total_tokens": PROMPT_TOKENS + decoding.tokens,
+                },
+                "stand_in": True,
+            },
+        )
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        self._send_bytes(status, json.dumps(payload).encode(), "application/json")
+
+    def _send_text(self, status: int, text: str) -> None:
+        self._send_bytes(status, text.encode(), "text/plain; version=0.0.4")
+
+    def _send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def serve(port: int, step_ms: float, tokens_per_page: int, max_batch: int, host: str = "127.0.0.1") -> None:
+    """Run the stand-in until killed."""
+    Handler.engine = SimulatedEngine(step_ms / 1000, tokens_per_page, max_batch)
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    pages_per_s = max_batch / (tokens_per_page * step_ms / 1000)
+    print(
+        f"{BANNER}: step {step_ms:g} ms flat up to {max_batch} requests, {tokens_per_page} tokens a page, "
+        f"at most {pages_per_s:.1f} pages/s; http://{host}:{port}",
+        flush=True,
+    )
+    server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=BANNER)
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--step-ms", type=float, default=20.0, help="time of one decoding step")
+    parser.add_argument("--tokens-per-page", type=int, default=100)
+    parser.add_argument("--max-batch", type=int, default=256, help="requests decoded together at most")
+    args = parser.parse_args()
+    serve(args.port, args.step_ms, args.tokens_per_page, args.max_batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""vLLM inside the process (``python app.py`` on a GPU machine): one AsyncLLM on its own event loop thread.
+
+``vllm.LLM`` is not thread-safe and serves one ``generate()`` at a time. AsyncLLM is vLLM's own answer for
+servers: every request thread hands its requests to the one event loop, so requests from concurrent HTTP calls
+reach vLLM's scheduler together and are batched continuously. A batch request is one submission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from ocr_api.engines.base import (
+    EngineLoadError,
+    EngineOutput,
+    EngineRequest,
+    EngineTimeout,
+    EngineUnavailable,
+    PromptTooLong,
+    context_budget,
+)
+from ocr_api.guard import GuardSettings
+from ocr_api.models import PROFILES, ModelProfile, profile_for_architectures
+
+logger = logging.getLogger(__name__)
+
+
+class VllmEngine:
+    """Runs DeepSeek-OCR or DeepSeek-OCR-2 with vLLM's AsyncLLM; safe to call from any number of threads."""
+
+    name = "vllm"
+
+    def __init__(self, flags: Sequence[str], timeout_s: float = 240.0):
+        self._flags = list(flags)
+        self.model_id = self._flags[self._flags.index("--model") + 1] if "--model" in self._flags else ""
+        self._timeout_s = timeout_s
+        self.profile: ModelProfile = PROFILES["deepseek-ocr-2"]
+        self.whitelist_token_ids: frozenset[int] = frozenset()
+        self._context_length = self.profile.context_length
+        self._engine: Any = None
+        self._eos_id: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def load(self) -> None:
+        """Parse the flags with vLLM's parser, start AsyncLLM on a loop thread and read model facts from it."""
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.utils.argparse_utils import FlexibleArgumentParser
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise EngineLoadError(
+                f"OCR_ENGINE=vllm needs vLLM, which is not importable here ({exc}). Install requirements-vllm.txt "
+                "on a CUDA machine, or use OCR_ENGINE=transformers."
+            ) from None
+        parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="VLLM_EXTRA_ARGS", exit_on_error=False))
+        try:
+            args = parser.parse_args(self._flags)
+        except (SystemExit, Exception) as exc:  # noqa: BLE001 - argparse reports bad flags by exiting
+            raise EngineLoadError(f"VLLM_EXTRA_ARGS holds a flag vLLM's engine does not accept: {exc}") from None
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="vllm-event-loop", daemon=True).start()
+        try:
+            self._engine = self._run(self._start(AsyncLLM, engine_args), timeout=None)
+        except Exception as exc:  # noqa: BLE001 - any start-up failure ends in one clear message
+            self._stop_loop()
+            raise EngineLoadError(
+                f"vLLM could not start {self.model_id}: {type(exc).__name__}: {str(exc)[:500]}. If the weights are not "
+                "on this machine, download them and set DEEPSEEK_MODEL_NAME to that directory."
+            ) from None
+        model_config = self._engine.model_config
+        profile = profile_for_architectures(getattr(model_config.hf_config, "architectures", None) or [])
+        if profile is None:
+            raise EngineLoadError(f"{self.model_id} is not a DeepSeek-OCR checkpoint vLLM can run here.")
+        self.profile = profile
+        self._context_length = int(model_config.max_model_len)
+        tokenizer = self._engine.get_tokenizer()
+        self._eos_id = tokenizer.eos_token_id
+        vocab = tokenizer.get_vocab()
+        self.whitelist_token_ids = frozenset(vocab[token] for token in profile.whitelist_tokens if token in vocab)
+        logger.info("vLLM engine loaded %s (%s, context %d)", self.model_id, profile.family, self._context_length)
+
+    def is_ready(self) -> bool:
+        return self._engine is not None and not self._engine.errored
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+        """Submit every request to the engine at once and wait for all of them."""
+        if not requests:
+            return []
+        if not self.is_ready():
+            raise EngineUnavailable("the vLLM engine is not running")
+        return self._run(self._generate_all(requests), timeout=self._timeout_s)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
+        self._stop_loop()
+
+    async def _start(self, async_llm: Any, engine_args: Any) -> Any:
+        # Built inside the loop so that its output handler task lives on this loop.
+        return async_llm.from_engine_args(engine_args)
+
+    async def _generate_all(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+        return list(await asyncio.gather(*(self._generate_one(request) for request in requests)))
+
+    async def _generate_one(self, request: EngineRequest) -> EngineOutput:
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMValidationError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        guard = GuardSettings(request.ngram_size, request.window_size, self.whitelist_token_ids)
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=request.max_tokens,
+            skip_special_tokens=False,
+            extra_args=guard.vllm_extra_args(),
+        )
+        prompt = {"prompt": request.prompt, "multi_modal_data": {"image": request.image}}
+        final = None
+        try:
+            async for output in self._engine.generate(prompt, params, request_id=uuid.uuid4().hex):
+                final = output
+        except EngineDeadError:
+            raise EngineUnavailable("the vLLM engine has died") from None
+        except VLLMValidationError as exc:
+            if "maximum model length" in str(exc):
+                raise PromptTooLong(str(exc)) from None
+            raise
+        if final is None or not final.outputs:
+            raise EngineUnavailable("the vLLM engine returned no output")
+        completion = final.outputs[0]
+        if completion.finish_reason == "abort":
+            raise EngineUnavailable("the vLLM engine aborted the request")
+        prompt_tokens = len(final.prompt_token_ids or ())
+        generated = tuple(completion.token_ids)
+        if generated and generated[-1] == self._eos_id:
+            generated = generated[:-1]  # the text leaves it out; so do the ids, as the other engines do
+        return EngineOutput(
+            text=completion.text,
+            finish_reason=completion.finish_reason or "stop",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(completion.token_ids),
+            max_tokens=context_budget(request.max_tokens, self._context_length, prompt_tokens),
+            guard=guard,
+            token_ids=generated,
+        )
+
+    def _run(self, coroutine: Any, timeout: float | None) -> Any:
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            # Cancelling the gather cancels every generate(), and vLLM aborts those requests.
+            future.cancel()
+            raise EngineTimeout(f"the engine did not answer within {timeout:g} s") from None
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None

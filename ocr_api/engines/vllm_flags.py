@@ -1,0 +1,55 @@
+"""The vLLM engine's flags, in `vllm serve` form, shared by the in-process engine and the sidecar server.
+
+One string, ``VLLM_EXTRA_ARGS``, moves between the two unchanged: ``start_production.sh`` passes these flags to
+vLLM's OpenAI server, and the in-process engine parses the same list with vLLM's own argument parser.
+``python -m ocr_api.engines.vllm_flags`` prints them one per line for the shell.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from config import ConfigError, Settings
+from ocr_api.models import DEFAULT_CHECKPOINTS
+
+NGRAM_PROCESSOR = "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
+
+# The DeepSeek recipe: the guard as a per-request logits processor, and no prefix or multimodal caches,
+# which only cost memory when every request carries a different page.
+RECIPE_FLAGS: tuple[str, ...] = (
+    "--logits-processors",
+    NGRAM_PROCESSOR,
+    "--no-enable-prefix-caching",
+    "--mm-processor-cache-gb",
+    "0",
+)
+
+
+def model_for(settings: Settings) -> str:
+    """Return the checkpoint vLLM loads: DEEPSEEK_MODEL_NAME, or vLLM's default DeepSeek-OCR-2."""
+    return settings.model_name or DEFAULT_CHECKPOINTS["vllm"]
+
+
+def engine_flags(settings: Settings) -> list[str]:
+    """Return the engine flags: model, recipe, context length, then VLLM_EXTRA_ARGS (later flags win)."""
+    try:
+        extra = shlex.split(settings.vllm_extra_args)
+    except ValueError as exc:
+        raise ConfigError(f"VLLM_EXTRA_ARGS cannot be split into flags: {exc}") from None
+    return ["--model", model_for(settings), *RECIPE_FLAGS, "--max-model-len", str(settings.max_model_len), *extra]
+
+
+def main() -> int:
+    """Print the flags one per line; exit 1 with one clear line on bad settings."""
+    try:
+        flags = engine_flags(Settings.from_env())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(flags))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

