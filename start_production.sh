@@ -19,15 +19,17 @@ stopping=0
 say() { echo "start_production: $*" >&2; }
 
 start_gunicorn() {
+  # THREADS > 1 makes gunicorn use its gthread worker; --worker-connections equal to THREADS stops a worker
+  # from accepting connections it has no thread for while another worker idles. THREADS=1 is a sync worker.
   "$VENV/bin/gunicorn" \
     --workers "${WORKERS:-4}" \
     --threads "${THREADS:-16}" \
-    --worker-class gthread \
+    --worker-connections "${THREADS:-16}" \
     --bind "${HOST:-0.0.0.0}:${PORT:-5000}" \
     --timeout "${GUNICORN_TIMEOUT:-300}" \
     --graceful-timeout "${GUNICORN_GRACEFUL_TIMEOUT:-30}" \
     --access-logfile "$log_dir/access.log" \
-    --access-logformat '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s' \
+    --access-logformat '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(M)sms worker=%(p)s' \
     --error-logfile "$log_dir/error.log" \
     --capture-output \
     "app:create_app()" &

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from config import DOCS_TABLE_END, DOCS_TABLE_START, settings_table
+from ocr_api.models import DEFAULT_CHECKPOINTS, PROFILES
 from tests.conftest import REPO
 
 DOCS = REPO / "docs"
@@ -20,6 +21,22 @@ def test_configuration_doc_embeds_the_settings_table():
     text = (DOCS / "CONFIGURATION.md").read_text()
     embedded = text.split(DOCS_TABLE_START, 1)[1].split(DOCS_TABLE_END, 1)[0]
     assert embedded == settings_table(), "regenerate the table with: .venv/bin/python config.py --update-docs"
+
+
+def test_configuration_doc_shows_the_model_table_of_the_code():
+    text = (DOCS / "CONFIGURATION.md").read_text()
+    for profile in PROFILES.values():
+        row = (
+            f"| {profile.family} | `{profile.vllm_architecture}` | {profile.ngram_size} | {profile.window_size} | "
+            f"{profile.context_length} |"
+        )
+        assert row in text
+    assert "transformers `deepseek-community/DeepSeek-OCR-2`" in text
+    assert "vLLM `deepseek-ai/DeepSeek-OCR-2`" in text
+    assert DEFAULT_CHECKPOINTS == {
+        "transformers": "deepseek-community/DeepSeek-OCR-2",
+        "vllm": "deepseek-ai/DeepSeek-OCR-2",
+    }
 
 
 def test_every_variable_the_start_scripts_read_is_documented():

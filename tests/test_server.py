@@ -134,24 +134,3 @@ def test_start_up_failure_is_one_clear_line(tmp_path, extra, expected):
     assert len(error_lines) == 1
     if "DEEPSEEK_MODEL_NAME" in extra:
         assert "set DEEPSEEK_MODEL_NAME to that directory" in error_lines[0]
-
-
-def test_start_production_serves_with_gunicorn(tmp_path, tiny_model_dir):
-    env = _environment(tmp_path, DEEPSEEK_MODEL_NAME=str(tiny_model_dir), MAX_TOKENS="4", WORKERS="1", THREADS="2")
-    log = tmp_path / "production.log"
-    process = start("start_production.sh", env, log)
-    url = f"http://127.0.0.1:{env['PORT']}"
-    try:
-        wait_ready(url, process, log, START_TIMEOUT_S)
-        response = requests.post(f"{url}/ocr", files={"file": ("a.png", _png())}, timeout=120)
-        assert response.status_code == 200
-        assert response.json()["engine"] == "transformers"
-    finally:
-        assert stop(process) == 0
-    assert "POST /ocr" in (tmp_path / "logs" / "access.log").read_text()
-
-
-def _png() -> bytes:
-    from tests.conftest import png_bytes
-
-    return png_bytes((200, 100))
