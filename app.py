@@ -81,6 +81,7 @@ def main() -> int:
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
+    """Turn SIGTERM into the KeyboardInterrupt that stops Flask's server loop."""
     raise KeyboardInterrupt
 
 

@@ -1,8 +1,8 @@
-"""Write a tiny DeepSeek-OCR (v1) checkpoint directory for vLLM's ``--load-format dummy``.
+"""Write a tiny DeepSeek-OCR (v1) or DeepSeek-OCR-2 checkpoint directory for vLLM's ``--load-format dummy``.
 
-vLLM's DeepSeek-OCR class builds the full-size SAM-B + CLIP-L vision tower whatever the config says, so only
-the language model shrinks. With dummy weights the directory needs just ``config.json`` and tokenizer files.
-Run ``python -m tests.tiny_vllm_model DIR`` to write one to DIR.
+vLLM's DeepSeek-OCR classes build their full-size vision towers whatever the config says (v1: SAM-B + CLIP-L,
+v2: SAM-B + a Qwen2-0.5B encoder), so only the language model shrinks. With dummy weights the directory needs
+just ``config.json`` and tokenizer files. Run ``python -m tests.tiny_vllm_model DIR [--v2]`` to write one.
 """
 
 from __future__ import annotations
@@ -17,18 +17,23 @@ TEXT_WIDTH = 128
 CONTEXT = 4096
 
 
-def build_config(tokenizer) -> dict:
-    """Return config.json for vLLM's ``DeepseekOCRForCausalLM`` with a tiny MoE language model."""
+# vLLM architecture and the width its vision tower hands the projector.
+ARCHITECTURES = {"v1": ("DeepseekOCRForCausalLM", 2048), "v2": ("DeepseekOCR2ForCausalLM", 896)}
+
+
+def build_config(tokenizer, version: str = "v1") -> dict:
+    """Return config.json for vLLM's DeepSeek-OCR ``version`` with a tiny MoE language model."""
+    architecture, vision_width = ARCHITECTURES[version]
     vocab_size = len(tokenizer)
     return {
-        "architectures": ["DeepseekOCRForCausalLM"],
+        "architectures": [architecture],
         "model_type": "deepseek_vl_v2",
         "tile_tag": "2D",
         "global_view_pos": "head",
         "candidate_resolutions": [[1024, 1024]],
         "torch_dtype": "float32",
         "vision_config": {"image_size": 1024, "patch_size": 16, "width": 1024, "layers": 24, "heads": 16},
-        "projector_config": {"projector_type": "linear", "input_dim": 2048, "n_embed": TEXT_WIDTH},
+        "projector_config": {"projector_type": "linear", "input_dim": vision_width, "n_embed": TEXT_WIDTH},
         "language_config": {
             "architectures": ["DeepseekV2ForCausalLM"],
             "model_type": "deepseek_v2",
@@ -64,13 +69,13 @@ def build_config(tokenizer) -> dict:
     }
 
 
-def write_tiny_vllm_model(directory: str | Path) -> Path:
+def write_tiny_vllm_model(directory: str | Path, version: str = "v1") -> Path:
     """Write config and tokenizer to ``directory`` and return it (no weights: vLLM makes dummy ones)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(directory)
-    (directory / "config.json").write_text(json.dumps(build_config(tokenizer), indent=2))
+    (directory / "config.json").write_text(json.dumps(build_config(tokenizer, version), indent=2))
     (directory / "TINY_RANDOM_MODEL.json").write_text(json.dumps({"weights": "dummy", "purpose": "tests only"}))
     return directory
 
@@ -78,7 +83,9 @@ def write_tiny_vllm_model(directory: str | Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", help="where to write the model")
-    print(write_tiny_vllm_model(parser.parse_args().directory))
+    parser.add_argument("--v2", action="store_true", help="DeepSeek-OCR-2 instead of DeepSeek-OCR")
+    args = parser.parse_args()
+    print(write_tiny_vllm_model(args.directory, "v2" if args.v2 else "v1"))
 
 
 if __name__ == "__main__":
