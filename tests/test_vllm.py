@@ -1,4 +1,4 @@
-"""The real vLLM: its CPU build, dummy weights and a tiny DeepSeek-OCR (v1) language model.
+"""The real vLLM: its CPU build, dummy weights and tiny DeepSeek-OCR-2 and DeepSeek-OCR (v1) language models.
 
 The in-process engine is started with ./start_server.sh and the production topology with ./start_production.sh,
 as users start them. Random weights prove the wiring (flags accepted, guard attached, images reaching the model,
@@ -55,7 +55,14 @@ class Production:
 
 @pytest.fixture(scope="module")
 def tiny_vllm_model_dir(tmp_path_factory) -> Path:
-    return write_tiny_vllm_model(tmp_path_factory.mktemp("tiny-deepseek-ocr"))
+    """DeepSeek-OCR (v1), for the production topology."""
+    return write_tiny_vllm_model(tmp_path_factory.mktemp("tiny-deepseek-ocr"), "v1")
+
+
+@pytest.fixture(scope="module")
+def tiny_vllm_ocr2_dir(tmp_path_factory) -> Path:
+    """DeepSeek-OCR-2, for the in-process engine: between them the two tests cover both models."""
+    return write_tiny_vllm_model(tmp_path_factory.mktemp("tiny-deepseek-ocr-2"), "v2")
 
 
 def _hopper() -> bytes:
@@ -75,11 +82,11 @@ def _metrics(engine_url: str) -> dict[str, float]:
     return values
 
 
-def test_in_process_engine_serves_ocr_and_a_batch(tmp_path, tiny_vllm_model_dir):
+def test_in_process_engine_serves_ocr_and_a_batch(tmp_path, tiny_vllm_ocr2_dir):
     env = environment(
         tmp_path,
         OCR_ENGINE="vllm",
-        DEEPSEEK_MODEL_NAME=str(tiny_vllm_model_dir),
+        DEEPSEEK_MODEL_NAME=str(tiny_vllm_ocr2_dir),
         MAX_TOKENS="8",
         VLLM_EXTRA_ARGS=CPU_FLAGS,
         **CPU_ENV,
@@ -90,7 +97,7 @@ def test_in_process_engine_serves_ocr_and_a_batch(tmp_path, tiny_vllm_model_dir)
     try:
         wait_ready(url, process, log, START_TIMEOUT_S)
         health = requests.get(f"{url}/health", timeout=10).json()
-        assert (health["engine"], health["model"], health["ready"]) == ("vllm", str(tiny_vllm_model_dir), True)
+        assert (health["engine"], health["model"], health["ready"]) == ("vllm", str(tiny_vllm_ocr2_dir), True)
 
         response = _ocr(url, _hopper(), task="markdown")
         assert response.status_code == 200, response.text
@@ -102,7 +109,7 @@ def test_in_process_engine_serves_ocr_and_a_batch(tmp_path, tiny_vllm_model_dir)
         # The 1024 global view alone is 256 image tokens (plus row separators) before the text.
         assert body["usage"]["prompt_tokens"] > 256
         guard = body["guard"]
-        assert (guard["ngram_size"], guard["window_size"]) == (30, 90)  # DeepSeek-OCR v1's profile
+        assert (guard["ngram_size"], guard["window_size"]) == (20, 90)  # DeepSeek-OCR-2's profile
         assert len(guard["whitelist_token_ids"]) == 2
 
         files = [("files", ("first.png", _hopper())), ("files", ("second.png", png_bytes((300, 200))))]
@@ -173,6 +180,7 @@ def test_requests_from_two_workers_are_inside_the_engine_together(production):
 
     assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
     assert all(r.json()["engine"] == "remote" for r in responses)
+    assert all(r.json()["guard"]["ngram_size"] == 30 for r in responses)  # DeepSeek-OCR v1's profile
     # Both requests were running inside the one engine at the same moment: one batch, not a queue.
     assert max(s.get("vllm:num_requests_running", 0) for s in samples) >= 2, samples
     access = (production.logs / "access.log").read_text()

@@ -1,0 +1,124 @@
+"""Choosing and configuring engines without running a model: flags, profiles, settings, the in-process timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from config import ConfigError, Settings
+from ocr_api.engines import EngineLoadError, EngineTimeout, build_engine, choose_engine
+from ocr_api.engines.vllm_engine import VllmEngine
+from ocr_api.engines.vllm_flags import NGRAM_PROCESSOR, engine_flags
+from ocr_api.models import PROFILES, profile_for_checkpoint
+from tests.conftest import REPO
+from tests.tiny_vllm_model import write_tiny_vllm_model
+
+
+def test_engine_url_makes_auto_choose_the_remote_engine():
+    assert choose_engine("auto", cuda_present=True, vllm_installed=True, engine_url="http://gpu:8000") == "remote"
+    assert choose_engine("vllm", cuda_present=False, vllm_installed=False, engine_url="http://gpu:8000") == "vllm"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OCR_ENGINE": "remote"}, "OCR_ENGINE=remote needs OCR_ENGINE_URL"),
+        ({"OCR_ENGINE_URL": "gpu-box:8000"}, "OCR_ENGINE_URL must start with http:// or https://"),
+        ({"ENGINE_TIMEOUT_S": "0"}, "ENGINE_TIMEOUT_S must be between"),
+        ({"ENGINE_CONNECTIONS": "many"}, "ENGINE_CONNECTIONS must be an integer"),
+    ],
+)
+def test_engine_settings_are_validated(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_secrets_stay_out_of_the_settings_repr():
+    settings = Settings(secret_key="s3cret-key", engine_api_key="engine-token")
+    assert "s3cret-key" not in repr(settings)
+    assert "engine-token" not in repr(settings)
+
+
+def test_engine_flags_put_the_recipe_first_and_extra_args_last():
+    extra = "--max-model-len 2048 --foo 'a b'"
+    settings = Settings(model_name="/models/ocr", max_model_len=4096, max_tokens=4096, vllm_extra_args=extra)
+    flags = engine_flags(settings)
+    assert flags[:2] == ["--model", "/models/ocr"]
+    assert flags[flags.index("--logits-processors") + 1] == NGRAM_PROCESSOR
+    assert "--no-enable-prefix-caching" in flags
+    assert flags[flags.index("--mm-processor-cache-gb") + 1] == "0"
+    assert flags[flags.index("--max-model-len") + 1] == "4096"
+    # argparse keeps the last value, so VLLM_EXTRA_ARGS, split as a shell would, overrides MAX_MODEL_LEN.
+    assert flags[-4:] == ["--max-model-len", "2048", "--foo", "a b"]
+    assert engine_flags(Settings())[1] == "deepseek-ai/DeepSeek-OCR-2"
+
+
+def _print_flags(extra_args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "DEEPSEEK_MODEL_NAME": "/m", "VLLM_EXTRA_ARGS": extra_args}
+    command = [sys.executable, "-m", "ocr_api.engines.vllm_flags"]
+    return subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def test_flags_for_the_shell_and_a_broken_extra_args_line():
+    run = _print_flags("--tensor-parallel-size 2")
+    assert run.returncode == 0
+    assert run.stdout.splitlines()[-2:] == ["--tensor-parallel-size", "2"]
+    run = _print_flags("--served-model-name 'unclosed")
+    assert run.returncode == 1
+    assert run.stderr.startswith("error: VLLM_EXTRA_ARGS cannot be split into flags")
+
+
+def test_in_process_engine_without_vllm_fails_with_one_clear_message():
+    engine = build_engine(Settings(engine="vllm", model_name="/models/ocr"))
+    assert isinstance(engine, VllmEngine)
+    assert engine.model_id == "/models/ocr"
+    with pytest.raises(EngineLoadError, match="OCR_ENGINE=vllm needs vLLM"):
+        engine.load()
+
+
+def test_in_process_timeout_cancels_the_engine_call():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    cancelled = threading.Event()
+
+    async def slow_generation():
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()  # what makes vLLM abort the request
+            raise
+
+    engine = VllmEngine(["--model", "/m"])
+    engine._loop = loop
+    try:
+        with pytest.raises(EngineTimeout):
+            engine._run(slow_generation(), timeout=0.2)
+        assert cancelled.wait(5)
+    finally:
+        engine._stop_loop()
+        thread.join(5)
+        loop.close()
+
+
+@pytest.mark.parametrize(("version", "family"), [("v1", "deepseek-ocr"), ("v2", "deepseek-ocr-2")])
+def test_profile_of_a_local_checkpoint_comes_from_its_architecture(tmp_path, version, family):
+    write_tiny_vllm_model(tmp_path / "ocr", version)
+    assert profile_for_checkpoint(str(tmp_path / "ocr")).family == family
+
+
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [
+        ("deepseek-ai/DeepSeek-OCR", "deepseek-ocr"),
+        ("unsloth/DeepSeek-OCR", "deepseek-ocr"),
+        ("deepseek-ai/DeepSeek-OCR-2", "deepseek-ocr-2"),
+        ("/models/deepseek-ocr2/", "deepseek-ocr-2"),
+    ],
+)
+def test_profile_of_a_named_checkpoint_comes_from_its_name(name, family):
+    assert profile_for_checkpoint(name) is PROFILES[family]
