@@ -139,9 +139,10 @@ def main() -> None:
     png = page_png()
 
     port = free_port()
+    stand_in = [sys.executable, "-m", "bench.stand_in_engine", "--port", str(port), "--step-ms", str(args.step_ms)]
+    stand_in += ["--tokens-per-page", str(args.tokens_per_page), "--max-batch", str(args.max_batch)]
     engine = subprocess.Popen(
-        [sys.executable, "-m", "bench.stand_in_engine", "--port", str(port), "--step-ms", str(args.step_ms)]
-        + ["--tokens-per-page", str(args.tokens_per_page), "--max-batch", str(args.max_batch)],
+        stand_in,
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
@@ -178,7 +179,8 @@ def main() -> None:
         f"naive: {args.workers} workers x 1 thread; {args.rounds} pages per client; {os.cpu_count()} CPU cores"
     )
     print()
-    print("| clients | stand-in ceiling (pages/s) | stand-in direct | service | service / direct | naive | naive / direct |")
+    columns = ["clients", "stand-in ceiling (pages/s)", "stand-in direct", "service", "service / direct", "naive"]
+    print("| " + " | ".join([*columns, "naive / direct"]) + " |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for c, ceiling, (direct_rate, _), (served_rate, served_fail), (naive_rate, naive_fail) in rows:
         print(
