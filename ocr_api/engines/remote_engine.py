@@ -102,11 +102,11 @@ class RemoteEngine:
             self._load_metadata()
         futures = [self._pool.submit(self._complete, request) for request in requests_]
         outputs: list[EngineOutput] = []
-        failure: BaseException | None = None
+        failure: Exception | None = None
         for future in futures:  # wait for all, so no call is left running unseen, then report the first failure
             try:
                 outputs.append(future.result())
-            except EngineFailure as exc:
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once every call has ended
                 failure = failure or exc
         if failure is not None:
             raise failure
