@@ -100,6 +100,15 @@ class Settings:
         "NGRAM_SIZE", 0, "No-repeat n-gram guard size. 0: the model's default (docs/CONFIGURATION.md)."
     )
     ngram_window: int = setting("NGRAM_WINDOW", 0, "Window of the n-gram guard in tokens. 0: the model's default.")
+    pdf_dpi: int = setting("PDF_DPI", 144, "Resolution PDF pages are rendered at (the model authors use 144).")
+    max_pdf_pages: int = setting(
+        "MAX_PDF_PAGES", 100, "Most pages processed from one PDF per request; select others with pages=."
+    )
+    engine_batch_pages: int = setting(
+        "ENGINE_BATCH_PAGES",
+        32,
+        "Pages rendered and sent to the engine at once; bounds a long PDF's memory (each page is a few MB).",
+    )
     torch_device: str = setting("TORCH_DEVICE", "auto", "transformers engine: auto, cpu, cuda, cuda:N or mps.")
     torch_dtype: str = setting(
         "TORCH_DTYPE",
@@ -136,6 +145,9 @@ class Settings:
         _within("MAX_TOKENS", self.max_tokens, 1, self.max_model_len)
         _within("NGRAM_SIZE", self.ngram_size, 0, 1000)
         _within("NGRAM_WINDOW", self.ngram_window, 0, 100_000)
+        _within("PDF_DPI", self.pdf_dpi, 36, 600)
+        _within("MAX_PDF_PAGES", self.max_pdf_pages, 1, 100_000)
+        _within("ENGINE_BATCH_PAGES", self.engine_batch_pages, 1, 4096)
         if "<image>" not in self.default_prompt:
             raise ConfigError("DEFAULT_PROMPT must contain the <image> placeholder")
 

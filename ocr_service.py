@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from PIL import Image
+
 from config import Settings
+from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page, select_pages
 from ocr_api.engines import (
     EngineLoadError,
     EngineOutput,
@@ -28,14 +33,8 @@ from ocr_api.errors import (
     InferenceFailed,
     UnprocessableFile,
 )
-from ocr_api.interpretation import clean_text
-from ocr_api.preparation import (
-    EXTENSIONS,
-    ImageLimits,
-    PreparedImage,
-    decode_image,
-    sniff_format,
-)
+from ocr_api.interpretation import clean_text, parse_blocks, to_markdown
+from ocr_api.preparation import EXTENSIONS, ImageLimits, decode_image, sniff_format
 from ocr_api.prompts import resolve_prompt
 from ocr_api.uploads import UploadStore
 
@@ -59,50 +58,122 @@ class OcrOptions:
     prompt: str
     task: str | None
     max_tokens: int
+    pages: str | None = None  # PDF page selection such as "1-3,7"; checked against each document
+    password: str | None = field(default=None, repr=False)  # for encrypted PDFs; never logged
+
+
+# Between the pages of a document in the top-level text, as DeepSeek's own PDF script separates them.
+PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
 
 
 @dataclass
-class PageResult:
-    """The OCR result of one accepted file."""
+class PageOutcome:
+    """One page of a file: its number in the document (None for an image), size, and output or error."""
+
+    number: int | None
+    width: int = 0
+    height: int = 0
+    output: EngineOutput | None = None
+    error: ApiError | None = None
+
+    @property
+    def text(self) -> str:
+        return clean_text(self.output.text) if self.output else ""
+
+    @property
+    def truncated(self) -> bool:
+        return self.output is not None and self.output.finish_reason == "length"
+
+    def markdown_and_blocks(self) -> tuple[str, list[dict[str, Any]]]:
+        """Return the page's markdown and its layout blocks in pixels of this page's image."""
+        if self.output is None:
+            return "", []
+        blocks = parse_blocks(self.output.text, self.width, self.height)
+        return to_markdown(blocks), [block.to_dict() for block in blocks]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the page as an entry of a document's ``pages``."""
+        if self.output is None:
+            error = self.error.to_dict() if self.error else {"error": "not processed", "code": "not_processed"}
+            return {"page": self.number, "status": "failed", **error}
+        markdown, blocks = self.markdown_and_blocks()
+        return {
+            "page": self.number,
+            "status": "truncated" if self.truncated else "ok",
+            "width": self.width,
+            "height": self.height,
+            "text": self.text,
+            "markdown": markdown,
+            "blocks": blocks,
+            "raw_output": self.output.text,
+            "finish_reason": self.output.finish_reason,
+            "truncated": self.truncated,
+            "usage": _usage([self.output]),
+        }
+
+
+@dataclass
+class FileResult:
+    """The OCR result of one accepted file: an image (one page) or a document (its selected pages)."""
 
     filename: str
     image_path: str
     prompt: str
     task: str | None
-    prepared: PreparedImage
-    output: EngineOutput
+    source: dict[str, Any]  # what the file was: image format and mode, or the document's page count and dpi
+    pages: list[PageOutcome]
+    is_document: bool
     engine: str
     model: str
     timing: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": clean_text(self.output.text),
+        outputs = [page.output for page in self.pages if page.output is not None]
+        body: dict[str, Any] = {
+            "text": PAGE_SEPARATOR.join(page.text for page in self.pages),
             "image_path": self.image_path,
             "prompt": self.prompt,
             "task": self.task,
             "filename": self.filename,
-            "raw_output": self.output.text,
-            "finish_reason": self.output.finish_reason,
-            "truncated": self.output.finish_reason == "length",
-            "usage": {
-                "prompt_tokens": self.output.prompt_tokens,
-                "completion_tokens": self.output.completion_tokens,
-                "total_tokens": self.output.prompt_tokens + self.output.completion_tokens,
-            },
-            "max_tokens": self.output.max_tokens,
-            "guard": self.output.guard.to_dict(),
-            "image": {
-                "width": self.prepared.width,
-                "height": self.prepared.height,
-                "format": self.prepared.source_format,
-                "mode": self.prepared.source_mode,
-                "frames": self.prepared.frames,
-            },
-            "engine": self.engine,
-            "model": self.model,
-            "timing": self.timing,
         }
+        if not self.is_document:
+            (page,) = self.pages
+            assert page.output is not None  # an image either has an output or is a FileError
+            markdown, blocks = page.markdown_and_blocks()
+            body.update(
+                raw_output=page.output.text,
+                finish_reason=page.output.finish_reason,
+                truncated=page.truncated,
+                usage=_usage([page.output]),
+                max_tokens=page.output.max_tokens,
+                guard=page.output.guard.to_dict(),
+                markdown=markdown,
+                blocks=blocks,
+                image=self.source,
+            )
+        else:
+            failed = sum(page.output is None for page in self.pages)
+            truncated = sum(page.truncated for page in self.pages)
+            body.update(
+                finish_reason="length" if truncated else "stop",
+                truncated=truncated > 0,
+                pages_total=len(self.pages),
+                pages_failed=failed,
+                pages_truncated=truncated,
+                usage=_usage(outputs),
+                guard=outputs[0].guard.to_dict() if outputs else None,
+                markdown=PAGE_SEPARATOR.join(page.markdown_and_blocks()[0] for page in self.pages),
+                document=self.source,
+                pages=[page.to_dict() for page in self.pages],
+            )
+        body.update(engine=self.engine, model=self.model, timing=self.timing)
+        return body
+
+
+def _usage(outputs: Sequence[EngineOutput]) -> dict[str, int]:
+    prompt = sum(output.prompt_tokens for output in outputs)
+    completion = sum(output.completion_tokens for output in outputs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 @dataclass
@@ -116,6 +187,10 @@ class FileError:
         return {"filename": self.filename, "status": self.error.status, **self.error.to_dict()}
 
 
+# A page waiting for the engine, and how to get its pixels when its turn comes.
+PageTask = tuple[PageOutcome, Callable[[], Image.Image]]
+
+
 class OcrService:
     """The process-wide OCR service: one engine, shared by every request thread."""
 
@@ -125,6 +200,7 @@ class OcrService:
         self.state = "created"  # created -> loading -> ready | failed; closed at shutdown
         self._store = UploadStore(settings.upload_folder, keep=settings.keep_uploads)
         self._limits = ImageLimits(settings.max_image_pixels, settings.min_image_side, settings.max_aspect_ratio)
+        self._pdf_limits = PdfLimits(settings.pdf_dpi, settings.max_pdf_pages, settings.max_image_pixels)
 
     def start(self) -> None:
         """Load the engine; raise EngineLoadError (state "failed") when it cannot be loaded."""
@@ -156,72 +232,121 @@ class OcrService:
         }
 
     def build_options(
-        self, prompt: str | None, task: str | None, phrase: str | None, max_tokens: str | None
+        self,
+        *,
+        prompt: str | None = None,
+        task: str | None = None,
+        phrase: str | None = None,
+        max_tokens: str | None = None,
+        pages: str | None = None,
+        password: str | None = None,
     ) -> OcrOptions:
         """Validate the request's form fields into options."""
         settings = self.settings
         full_prompt, task_name = resolve_prompt(
             prompt, task, phrase, settings.default_prompt, settings.max_prompt_chars
         )
-        return OcrOptions(full_prompt, task_name, _parse_max_tokens(max_tokens, settings.max_tokens))
+        max_tokens_value = _parse_max_tokens(max_tokens, settings.max_tokens)
+        return OcrOptions(full_prompt, task_name, max_tokens_value, pages or None, password or None)
 
-    def recognize(self, files: Sequence[UploadedFile], options: OcrOptions) -> list[PageResult | FileError]:
-        """OCR every file in one engine batch; a file that cannot be prepared becomes a FileError."""
+    def recognize(self, files: Sequence[UploadedFile], options: OcrOptions) -> list[FileResult | FileError]:
+        """OCR every page of every file, batched; a file that cannot be used becomes a FileError."""
         if not self.is_ready():
             raise EngineNotReady()
         started = time.perf_counter()
-        with self._store.session() as uploads:
-            results: list[PageResult | FileError | None] = []
-            pending: list[tuple[int, PreparedImage, str, str, float]] = []
-            for index, upload in enumerate(files):
+        with self._store.session() as uploads, ExitStack() as open_documents:
+            results: list[FileResult | FileError] = []
+            tasks: list[PageTask] = []
+            for upload in files:
                 filename = display_filename(upload.filename)
                 prepare_started = time.perf_counter()
                 try:
-                    prepared, path = self._prepare(upload, uploads)
+                    result, file_tasks = self._accept(upload, filename, options, uploads, open_documents)
                 except ApiError as error:
                     logger.info("rejected upload %r: %s (%s)", filename, error.code, error.status)
                     results.append(FileError(filename, error))
                     continue
-                pending.append((index, prepared, str(path), filename, _ms_since(prepare_started)))
-                results.append(None)
-            outputs, inference_ms = self._run_engine([item[1] for item in pending], options)
-            for (index, prepared, path, filename, prepare_ms), output in zip(pending, outputs, strict=True):
-                results[index] = PageResult(
-                    filename=filename,
-                    image_path=path,
-                    prompt=options.prompt,
-                    task=options.task,
-                    prepared=prepared,
-                    output=output,
-                    engine=self.engine.name,
-                    model=self.engine.model_id,
-                    timing={
-                        "preparation_ms": prepare_ms,
-                        "inference_ms": inference_ms,
-                        "total_ms": _ms_since(started),
-                    },
-                )
-        return [result for result in results if result is not None]
+                result.timing["preparation_ms"] = _ms_since(prepare_started)
+                results.append(result)
+                tasks.extend(file_tasks)
+            inference_ms = self._run_pages(tasks, options)
+        for result in results:
+            if isinstance(result, FileResult):
+                result.timing.update(inference_ms=inference_ms, total_ms=_ms_since(started))
+        return results
 
-    def _prepare(self, upload: UploadedFile, uploads) -> tuple[PreparedImage, Any]:
+    def _accept(
+        self, upload: UploadedFile, filename: str, options: OcrOptions, uploads: Any, open_documents: ExitStack
+    ) -> tuple[FileResult, list[PageTask]]:
+        """Store and open one upload; return its result shell and its pages' tasks (rendered later, in turn)."""
+        common = {
+            "filename": filename,
+            "prompt": options.prompt,
+            "task": options.task,
+            "engine": self.engine.name,
+            "model": self.engine.model_id,
+        }
+        if is_pdf(upload.data):
+            path = uploads.save(upload.data, "pdf")
+            document = open_pdf(upload.data, options.password)
+            open_documents.callback(document.close)
+            indices = select_pages(options.pages, document.page_count, self._pdf_limits.max_pages)
+            pages = [PageOutcome(number=index + 1) for index in indices]
+            source = {"format": "PDF", "page_count": document.page_count, "dpi": self._pdf_limits.dpi}
+            result = FileResult(image_path=str(path), source=source, pages=pages, is_document=True, **common)
+            render = partial(render_page, document, limits=self._pdf_limits)
+            return result, [(page, partial(render, index)) for page, index in zip(pages, indices, strict=True)]
         image_format = sniff_format(upload.data)
         # Only allow-listed bytes are stored; the extension comes from the bytes, not the client's name.
         path = uploads.save(upload.data, EXTENSIONS[image_format]) if image_format else None
-        return decode_image(upload.data, self._limits), path
+        prepared = decode_image(upload.data, self._limits)
+        page = PageOutcome(number=None)
+        source = {
+            "width": prepared.width,
+            "height": prepared.height,
+            "format": prepared.source_format,
+            "mode": prepared.source_mode,
+            "frames": prepared.frames,
+        }
+        result = FileResult(image_path=str(path), source=source, pages=[page], is_document=False, **common)
+        return result, [(page, lambda: prepared.image)]
 
-    def _run_engine(self, images: list[PreparedImage], options: OcrOptions) -> tuple[list[EngineOutput], float]:
+    def _run_pages(self, tasks: list[PageTask], options: OcrOptions) -> float:
+        """Render and run pages ENGINE_BATCH_PAGES at a time, so a long PDF never has all its pixels in memory."""
+        inference_ms = 0.0
+        batch_size = self.settings.engine_batch_pages
+        for start in range(0, len(tasks), batch_size):
+            pages: list[PageOutcome] = []
+            images: list[Image.Image] = []
+            for page, render in tasks[start : start + batch_size]:
+                try:
+                    images.append(render())
+                except ApiError as error:  # this page alone fails; the document's other pages go on
+                    page.error = error
+                    continue
+                page.width, page.height = images[-1].size
+                pages.append(page)
+            outputs, batch_ms = self._run_engine(images, options)
+            # Pages and images stay in separate lists: a loop over (page, image) pairs would leave its last
+            # image in a loop variable, alive while the next batch renders.
+            for page, output in zip(pages, outputs, strict=True):
+                page.output = output
+            inference_ms += batch_ms
+        return round(inference_ms, 1)
+
+    def _run_engine(self, images: list[Image.Image], options: OcrOptions) -> tuple[list[EngineOutput], float]:
         if not images:
             return [], 0.0
         profile = self.engine.profile
         requests = [
             EngineRequest(
-                image=prepared.image,
+                image=image,
                 prompt=options.prompt,
                 max_tokens=options.max_tokens,
                 ngram_size=self.settings.ngram_size or profile.ngram_size,
                 window_size=self.settings.ngram_window or profile.window_size,
             )
-            for prepared in images
+            for image in images
         ]
         started = time.perf_counter()
         try:

@@ -74,7 +74,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> PreparedImage:
     image_format = sniff_format(data)
     if image_format is None:
         raise UnsupportedMediaType(
-            f"The file is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)}).",
+            f"The file is not a PDF nor an image in a supported format ({', '.join(SUPPORTED_FORMATS)}).",
             code="unsupported_media_type",
         )
     try:

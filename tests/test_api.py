@@ -161,8 +161,11 @@ def test_blank_browser_file_input_counts_as_no_file(client):
 
 
 def test_unsupported_type_is_415_whatever_the_name(client):
-    _assert_error(_post(client, files=_file(b"%PDF-1.7\n%fake", "scan.png")), 415, "unsupported_media_type")
     _assert_error(_post(client, files=_file(b"<html></html>", "photo.jpg")), 415, "unsupported_media_type")
+
+
+def test_the_bytes_decide_a_pdf_named_png_is_read_as_a_pdf(client):
+    _assert_error(_post(client, files=_file(b"%PDF-1.7\n%fake", "scan.png")), 422, "corrupt_pdf")
 
 
 def test_corrupt_image_is_422(client):

@@ -86,6 +86,21 @@ def test_every_corpus_image_over_http(server, entry):
     assert _uploads_left(server) == []
 
 
+@pytest.mark.parametrize(("name", "pages"), [("joined.pdf", [1, 2, 50]), ("has-bad-fonts.pdf", [1])])
+def test_corpus_pdfs_over_http(server, name, pages):
+    data = (CORPUS / "pdfs" / name).read_bytes()
+    selection = ",".join(str(page) for page in pages)
+    response = requests.post(
+        f"{server.url}/ocr", files={"file": (name, data)}, data={"task": "markdown", "pages": selection}, timeout=300
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [page["page"] for page in body["pages"]] == pages
+    assert all(page["finish_reason"] in ("stop", "length") for page in body["pages"])
+    assert all(page["usage"]["prompt_tokens"] > 256 for page in body["pages"])  # real image tokens reached the model
+    assert _uploads_left(server) == []
+
+
 def test_corpus_as_one_batch_over_http(server):
     if not CORPUS_IMAGES:
         pytest.skip("no corpus")

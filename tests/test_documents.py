@@ -1,0 +1,228 @@
+"""PDFs: detection, page selection, encryption, damage, the pixel budget, per-page results and bounded memory."""
+
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+from collections.abc import Sequence
+
+import pymupdf
+import pytest
+from urllib3 import encode_multipart_formdata
+
+from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page, select_pages
+from ocr_api.engines import EngineOutput, EngineRequest
+from ocr_api.errors import ApiError
+from tests.conftest import CORPUS, png_bytes
+from tests.fakes import FakeEngine
+
+LIMITS = PdfLimits(dpi=144, max_pages=100, max_page_pixels=40_000_000)
+A4 = (595, 842)  # points
+
+
+def make_pdf(pages: int = 3, size: tuple[float, float] = A4, password: str | None = None, **page_sizes) -> bytes:
+    """A PDF with ``pages`` pages saying "Page N"; ``page_sizes`` maps 1-based page numbers to other sizes."""
+    document = pymupdf.open()
+    for number in range(1, pages + 1):
+        width, height = page_sizes.get(f"p{number}", size)
+        page = document.new_page(width=width, height=height)
+        page.insert_text((72, 72), f"Page {number}", fontsize=24)
+    options = {}
+    if password:
+        options = {"encryption": pymupdf.PDF_ENCRYPT_AES_256, "user_pw": password, "owner_pw": password + "-owner"}
+    data = document.tobytes(**options)
+    document.close()
+    return data
+
+
+def _post(client, files, path="/ocr", field="file", **form):
+    # Encoded here, as HTTP clients do: the test client's own encoder spools large bodies to an unclosed file.
+    body, content_type = encode_multipart_formdata([*form.items(), *((field, (n, c)) for n, c in files)])
+    return client.post(path, data=body, content_type=content_type)
+
+
+# --- the documents module ---
+
+
+def test_pdfs_are_told_by_their_bytes():
+    assert is_pdf(make_pdf(1))
+    assert is_pdf(b"\xef\xbb\xbf  junk before the header %PDF-1.4\n")
+    assert not is_pdf(png_bytes())
+    assert not is_pdf(b"%PDF" + b"-" * 0 + b" no dash")
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (None, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        ("", list(range(10))),
+        ("1-3,7", [0, 1, 2, 6]),
+        (" 10 ", [9]),
+        ("2,1", [1, 0]),
+    ],
+)
+def test_page_selection(spec, expected):
+    assert select_pages(spec, page_count=10, max_pages=100) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "code"),
+    [
+        ("0", "invalid_pages"),
+        ("11", "invalid_pages"),
+        ("3-1", "invalid_pages"),
+        ("1-", "invalid_pages"),
+        ("a", "invalid_pages"),
+        ("1;2", "invalid_pages"),
+    ],
+)
+def test_bad_page_selections_are_400(spec, code):
+    with pytest.raises(ApiError) as caught:
+        select_pages(spec, page_count=10, max_pages=100)
+    assert (caught.value.status, caught.value.code) == (400, code)
+
+
+def test_the_page_cap_refuses_rather_than_cuts():
+    with pytest.raises(ApiError) as caught:
+        select_pages(None, page_count=500, max_pages=100)
+    assert (caught.value.status, caught.value.code) == (422, "too_many_pages")
+    assert "pages=" in caught.value.message
+    assert len(select_pages("401-500", page_count=500, max_pages=100)) == 100
+
+
+def test_encrypted_pdf_needs_its_password():
+    data = make_pdf(2, password="s3cret")
+    for password, code in [(None, "pdf_password_required"), ("wrong", "pdf_password_incorrect")]:
+        with pytest.raises(ApiError) as caught:
+            open_pdf(data, password)
+        assert (caught.value.status, caught.value.code) == (422, code)
+    assert open_pdf(data, "s3cret").page_count == 2
+
+
+def test_a_damaged_pdf_is_repaired_and_garbage_is_refused():
+    data = make_pdf(2)
+    damaged = data.replace(b"startxref", b"startxerf")  # the cross-reference table can no longer be found
+    assert open_pdf(damaged).page_count == 2
+    with pytest.raises(ApiError) as caught:
+        open_pdf(b"%PDF-1.7\n" + bytes(range(256)) * 4)
+    assert (caught.value.status, caught.value.code) == (422, "corrupt_pdf")
+
+
+def test_pages_render_at_the_configured_dpi_on_white():
+    document = open_pdf(make_pdf(1))
+    image = render_page(document, 0, LIMITS)
+    assert image.mode == "RGB"
+    assert image.size == ((595 * 2), (842 * 2))  # 144 dpi is twice the PDF's 72 points per inch
+    assert image.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_a_huge_page_is_refused_before_rendering():
+    document = open_pdf(make_pdf(1, size=(14_400, 14_400)))
+    started = time.perf_counter()
+    with pytest.raises(ApiError) as caught:
+        render_page(document, 0, LIMITS)
+    assert (caught.value.status, caught.value.code) == (422, "page_too_large")
+    assert time.perf_counter() - started < 1
+
+
+# --- through the API, with the fake engine ---
+
+
+def test_the_50_page_corpus_pdf_gives_50_ordered_pages_in_pixels(client, fake_engine):
+    data = (CORPUS / "pdfs" / "joined.pdf").read_bytes()
+    response = _post(client, [("joined.pdf", data)], task="markdown")
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["document"] == {"format": "PDF", "page_count": 50, "dpi": 144}
+    assert [page["page"] for page in body["pages"]] == list(range(1, 51))
+    assert (body["pages_total"], body["pages_failed"]) == (50, 0)
+    first = body["pages"][0]
+    assert first["status"] == "ok"
+    assert (first["width"], first["height"]) == (1191, 1684)  # A4 (595.28 x 841.89 pt) at 144 dpi
+    # The fake engine answers one block covering [[0, 0, 999, 999]]: the whole page, in pixels.
+    assert first["blocks"][0]["boxes"] == [[0, 0, 1191, 1684]]
+    assert "<|" not in first["markdown"]
+    assert body["text"].count("<--- Page Split --->") == 49
+    assert [len(batch) for batch in fake_engine.batches] == [32, 18]  # ENGINE_BATCH_PAGES at a time
+    assert body["image_path"].endswith(".pdf")
+
+
+def test_page_selection_through_the_api(client):
+    body = _post(client, [("doc.pdf", make_pdf(10))], pages="1-3,7").get_json()
+    assert [page["page"] for page in body["pages"]] == [1, 2, 3, 7]
+    assert body["document"]["page_count"] == 10
+
+
+def test_a_document_with_a_bad_page_returns_the_good_ones(client):
+    data = make_pdf(3, p2=(14_400, 14_400))
+    response = _post(client, [("poster.pdf", data)])
+    assert response.status_code == 200
+    body = response.get_json()
+    assert [page["status"] for page in body["pages"]] == ["ok", "failed", "ok"]
+    assert body["pages"][1]["code"] == "page_too_large"
+    assert body["pages_failed"] == 1
+
+
+def test_encrypted_pdf_through_the_api(client):
+    data = make_pdf(1, password="pw")
+    response = _post(client, [("locked.pdf", data)])
+    assert (response.status_code, response.get_json()["code"]) == (422, "pdf_password_required")
+    assert _post(client, [("locked.pdf", data)], password="pw").status_code == 200
+
+
+def test_a_batch_mixes_images_and_pdfs_in_upload_order(client, fake_engine):
+    files = [("a.png", png_bytes((64, 48))), ("b.pdf", make_pdf(2)), ("c.txt", b"text")]
+    body = _post(client, files, path="/ocr/batch", field="files").get_json()
+    assert [r["filename"] for r in body["results"]] == ["a.png", "b.pdf", "c.txt"]
+    image, document, text = body["results"]
+    assert "pages" not in image
+    assert image["blocks"][0]["boxes"] == [[0, 0, 64, 48]]
+    assert len(document["pages"]) == 2
+    assert text["code"] == "unsupported_media_type"
+    assert [len(batch) for batch in fake_engine.batches] == [3]  # one engine batch for all three pages
+
+
+def test_the_corpus_pdf_with_broken_fonts_is_served(client):
+    data = (CORPUS / "pdfs" / "has-bad-fonts.pdf").read_bytes()
+    response = _post(client, [("has-bad-fonts.pdf", data)])
+    assert response.status_code == 200
+    assert response.get_json()["pages_total"] == 1
+
+
+def test_too_many_pages_and_bad_selection_are_clear_errors(make_client):
+    client = make_client(max_pdf_pages=5)
+    response = _post(client, [("long.pdf", make_pdf(6))])
+    assert (response.status_code, response.get_json()["code"]) == (422, "too_many_pages")
+    response = _post(client, [("long.pdf", make_pdf(6))], pages="7")
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_pages")
+
+
+class ForgetfulEngine(FakeEngine):
+    """Keeps no image; records how many images handed to it earlier are still alive at each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[weakref.ref] = []
+        self.alive_at_call: list[int] = []
+        self.sizes: list[int] = []
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+        gc.collect()
+        self.alive_at_call.append(sum(ref() is not None for ref in self.seen))
+        self.seen.extend(weakref.ref(request.image) for request in requests)
+        self.sizes.append(len(requests))
+        outputs = super().generate(requests)
+        self.batches.clear()
+        return outputs
+
+
+def test_a_long_pdf_never_holds_more_than_one_batch_of_pages(make_client):
+    engine = ForgetfulEngine()
+    client = make_client(engine=engine, max_pdf_pages=200, engine_batch_pages=8)
+    response = _post(client, [("long.pdf", make_pdf(120))])
+    assert response.status_code == 200
+    assert len(response.get_json()["pages"]) == 120
+    assert engine.sizes == [8] * 15
+    # When a batch arrives, no page image of an earlier batch is still in memory.
+    assert engine.alive_at_call == [0] * 15
