@@ -33,7 +33,7 @@ from ocr_api.errors import (
     InferenceFailed,
     UnprocessableFile,
 )
-from ocr_api.interpretation import clean_text, parse_blocks, to_markdown
+from ocr_api.interpretation import clean_text, looks_repetitive, parse_blocks, to_markdown
 from ocr_api.preparation import EXTENSIONS, ImageLimits, decode_image, sniff_format
 from ocr_api.prompts import resolve_prompt
 from ocr_api.uploads import UploadStore
@@ -84,6 +84,19 @@ class PageOutcome:
     def truncated(self) -> bool:
         return self.output is not None and self.output.finish_reason == "length"
 
+    @property
+    def repetition_loop(self) -> bool:
+        return looks_repetitive(self.text)
+
+    @property
+    def status(self) -> str:
+        """failed (no output), truncated (token limit), repetitive (ends in a loop) or ok, in that priority."""
+        if self.output is None:
+            return "failed"
+        if self.truncated:
+            return "truncated"
+        return "repetitive" if self.repetition_loop else "ok"
+
     def markdown_and_blocks(self) -> tuple[str, list[dict[str, Any]]]:
         """Return the page's markdown and its layout blocks in pixels of this page's image."""
         if self.output is None:
@@ -99,7 +112,7 @@ class PageOutcome:
         markdown, blocks = self.markdown_and_blocks()
         return {
             "page": self.number,
-            "status": "truncated" if self.truncated else "ok",
+            "status": self.status,
             "width": self.width,
             "height": self.height,
             "text": self.text,
@@ -108,6 +121,7 @@ class PageOutcome:
             "raw_output": self.output.text,
             "finish_reason": self.output.finish_reason,
             "truncated": self.truncated,
+            "repetition_loop": self.repetition_loop,
             "usage": _usage([self.output]),
         }
 
@@ -144,6 +158,7 @@ class FileResult:
                 raw_output=page.output.text,
                 finish_reason=page.output.finish_reason,
                 truncated=page.truncated,
+                repetition_loop=page.repetition_loop,
                 usage=_usage([page.output]),
                 max_tokens=page.output.max_tokens,
                 guard=page.output.guard.to_dict(),
@@ -152,14 +167,15 @@ class FileResult:
                 image=self.source,
             )
         else:
-            failed = sum(page.output is None for page in self.pages)
-            truncated = sum(page.truncated for page in self.pages)
+            statuses = [page.status for page in self.pages]
+            truncated = statuses.count("truncated")
             body.update(
                 finish_reason="length" if truncated else "stop",
                 truncated=truncated > 0,
                 pages_total=len(self.pages),
-                pages_failed=failed,
+                pages_failed=statuses.count("failed"),
                 pages_truncated=truncated,
+                pages_repetitive=statuses.count("repetitive"),
                 usage=_usage(outputs),
                 guard=outputs[0].guard.to_dict() if outputs else None,
                 markdown=PAGE_SEPARATOR.join(page.markdown_and_blocks()[0] for page in self.pages),

@@ -110,6 +110,23 @@ def to_markdown(blocks: list[Block]) -> str:
     return "\n\n".join(parts)
 
 
+def looks_repetitive(text: str, min_repeats: int = 4, min_chars: int = 200, max_unit: int = 300) -> bool:
+    """Return True when the text ends in one passage repeated ``min_repeats`` times over ``min_chars`` or more.
+
+    A model caught in a loop writes the same line, cell or phrase until the token budget runs out; the n-gram
+    guard makes exact loops rarer but not impossible (short units, whitelisted table tags).
+    """
+    text = text.rstrip()
+    for unit_length in range(1, min(max_unit, len(text) // min_repeats) + 1):
+        unit = text[-unit_length:]
+        repeats = 1
+        while text.endswith(unit * (repeats + 1)):
+            repeats += 1
+        if repeats >= min_repeats and repeats * unit_length >= min_chars:
+            return True
+    return False
+
+
 def _strip_markup(text: str) -> str:
     return _STRAY_MARKUP.sub("", text).strip()
 

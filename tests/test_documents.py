@@ -6,6 +6,7 @@ import gc
 import time
 import weakref
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pymupdf
 import pytest
@@ -226,3 +227,34 @@ def test_a_long_pdf_never_holds_more_than_one_batch_of_pages(make_client):
     assert engine.sizes == [8] * 15
     # When a batch arrives, no page image of an earlier batch is still in memory.
     assert engine.alive_at_call == [0] * 15
+
+
+class ScriptedEngine(FakeEngine):
+    """Answers page i of a batch with the i-th scripted (text, finish_reason)."""
+
+    def __init__(self, script: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.script = script
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+        outputs = super().generate(requests)
+        return [
+            replace(output, text=text, finish_reason=finish)
+            for output, (text, finish) in zip(outputs, self.script, strict=False)
+        ]
+
+
+def test_every_page_reports_truncation_and_repetition_loops(make_client):
+    loop = "Total: 12.00\n" + "| 0 | 0 |\n" * 40
+    engine = ScriptedEngine([("A clean page.", "stop"), (loop, "stop"), ("cut off mid-sent", "length")])
+    body = _post(make_client(engine=engine), [("doc.pdf", make_pdf(3))]).get_json()
+    assert [page["status"] for page in body["pages"]] == ["ok", "repetitive", "truncated"]
+    assert [page["repetition_loop"] for page in body["pages"]] == [False, True, False]
+    assert [page["truncated"] for page in body["pages"]] == [False, False, True]
+    assert (body["pages_repetitive"], body["pages_truncated"], body["finish_reason"]) == (1, 1, "length")
+
+
+def test_an_image_reports_a_repetition_loop_too(make_client):
+    engine = ScriptedEngine([("row\n" * 100, "stop")])
+    body = _post(make_client(engine=engine), [("scan.png", png_bytes())]).get_json()
+    assert (body["repetition_loop"], body["truncated"]) == (True, False)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from ocr_api.interpretation import END_OF_SENTENCE, Box, clean_text, parse_blocks, parse_boxes, to_markdown
+from ocr_api.interpretation import (
+    END_OF_SENTENCE,
+    Box,
+    clean_text,
+    looks_repetitive,
+    parse_blocks,
+    parse_boxes,
+    to_markdown,
+)
 
 # The shape DeepSeek-OCR writes for "<|grounding|>Convert the document to markdown."
 DOCUMENT = (
@@ -107,3 +115,18 @@ def test_a_flood_of_boxes_is_bounded():
 
 def test_clean_text_stops_at_the_end_of_sentence_marker():
     assert clean_text(f"  page text {END_OF_SENTENCE} garbage") == "page text"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Total: 12.00\n" + "| 0 | 0 |\n" * 40, True),  # a table row repeated to the budget
+        ("intro " + "ha" * 150, True),
+        ("The quick brown fox jumps over the lazy dog. " * 3, False),  # three times is prose that repeats
+        ("A normal page of text with many different words in it." * 1, False),
+        ("-" * 80, False),  # a rule line: repetitive but short
+        ("", False),
+    ],
+)
+def test_repetition_loops_are_detected_from_the_text(text, expected):
+    assert looks_repetitive(text) is expected
