@@ -25,6 +25,7 @@ from ocr_api.engines import (
     PromptTooLong,
     build_engine,
 )
+from ocr_api.engines.base import RESOLUTION_MODES
 from ocr_api.errors import (
     ApiError,
     BadRequest,
@@ -59,6 +60,7 @@ class OcrOptions:
     task: str | None
     max_tokens: int
     pages: str | None = None  # PDF page selection such as "1-3,7"; checked against each document
+    mode: str = "gundam"
     password: str | None = field(default=None, repr=False)  # for encrypted PDFs; never logged
 
 
@@ -256,6 +258,7 @@ class OcrService:
         max_tokens: str | None = None,
         pages: str | None = None,
         password: str | None = None,
+        mode: str | None = None,
     ) -> OcrOptions:
         """Validate the request's form fields into options."""
         settings = self.settings
@@ -263,7 +266,28 @@ class OcrService:
             prompt, task, phrase, settings.default_prompt, settings.max_prompt_chars
         )
         max_tokens_value = _parse_max_tokens(max_tokens, settings.max_tokens)
-        return OcrOptions(full_prompt, task_name, max_tokens_value, pages or None, password or None)
+        mode_value = self._check_mode((mode or "gundam").strip().lower())
+        return OcrOptions(
+            prompt=full_prompt,
+            task=task_name,
+            max_tokens=max_tokens_value,
+            pages=pages or None,
+            password=password or None,
+            mode=mode_value,
+        )
+
+    def _check_mode(self, mode: str) -> str:
+        if mode not in RESOLUTION_MODES:
+            raise BadRequest(
+                f"Unknown mode {mode[:20]!r}; use one of: {', '.join(RESOLUTION_MODES)}.", code="unknown_mode"
+            )
+        if mode not in self.engine.modes:
+            raise BadRequest(
+                f"The {self.engine.name} engine cannot honour mode={mode}: vLLM's DeepSeek-OCR processor always "
+                "uses gundam (a 1024 global view plus up to 6 tiles). Other modes need OCR_ENGINE=transformers.",
+                code="mode_not_supported",
+            )
+        return mode
 
     def recognize(self, files: Sequence[UploadedFile], options: OcrOptions) -> list[FileResult | FileError]:
         """OCR every page of every file, batched; a file that cannot be used becomes a FileError."""
@@ -361,6 +385,7 @@ class OcrService:
                 max_tokens=options.max_tokens,
                 ngram_size=self.settings.ngram_size or profile.ngram_size,
                 window_size=self.settings.ngram_window or profile.window_size,
+                mode=options.mode,
             )
             for image in images
         ]

@@ -72,7 +72,7 @@ def ocr_batch():
     )
 
 
-OPTION_FIELDS = ("prompt", "task", "phrase", "max_tokens", "pages", "password")
+OPTION_FIELDS = ("prompt", "task", "phrase", "max_tokens", "pages", "password", "mode")
 
 
 def _options() -> OcrOptions:

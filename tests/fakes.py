@@ -15,6 +15,7 @@ class FakeEngine:
 
     name = "fake"
     model_id = "fake/deepseek-ocr-2"
+    modes = ("gundam", "base")
 
     def __init__(self, ready: bool = True, fail_with: Exception | None = None, load_error: str | None = None):
         self.profile = PROFILES["deepseek-ocr-2"]

@@ -109,6 +109,12 @@ def test_max_tokens_field_and_guard_settings_reach_the_engine(make_client, fake_
     assert (request.max_tokens, request.ngram_size, request.window_size) == (7, 30, 50)
 
 
+def test_mode_field_reaches_the_engine(client, fake_engine):
+    assert _post(client, files=_file(png_bytes()), mode="base").status_code == 200
+    assert _post(client, files=_file(png_bytes())).status_code == 200
+    assert [batch[0].mode for batch in fake_engine.batches] == ["base", "gundam"]
+
+
 def test_image_reaches_the_engine_upright_and_rgb(client, fake_engine):
     if not (CORPUS / "images").exists():
         pytest.skip("no corpus")
@@ -129,6 +135,7 @@ def test_image_reaches_the_engine_upright_and_rgb(client, fake_engine):
         ({"max_tokens": "0"}, "invalid_max_tokens"),
         ({"max_tokens": "65"}, "invalid_max_tokens"),
         ({"prompt": "a <image> in the middle"}, "invalid_prompt"),
+        ({"mode": "huge"}, "unknown_mode"),
     ],
 )
 def test_invalid_fields_are_400(client, form, code):

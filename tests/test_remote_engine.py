@@ -109,6 +109,14 @@ def test_a_batch_reaches_the_engine_at_once(settings, engine_url):
     assert max(before, _metric(engine_url, "stand_in:max_running")) >= 4
 
 
+def test_modes_vllm_cannot_honour_are_refused_clearly(settings, engine_url):
+    client, _ = _client(settings, engine_url)
+    response = _post(client, mode="base")
+    assert (response.status_code, response.get_json()["code"]) == (400, "mode_not_supported")
+    assert "gundam" in response.get_json()["error"]
+    assert _post(client, mode="gundam").status_code == 200
+
+
 def test_prompt_too_long_for_the_engine_is_422(settings, engine_url):
     client, _ = _client(settings, engine_url)
     _mode(engine_url, "context_error")

@@ -22,8 +22,8 @@ GLOBAL_VIEW_TOKENS = 256 + 1  # 1024 view at 16 px patches, 4x downsampled, plus
 TILE_TOKENS = 144  # one 768 tile
 
 
-def _request(size=(128, 128), prompt=FREE_OCR, max_tokens=8, ngram_size=20, window_size=90) -> EngineRequest:
-    return EngineRequest(Image.new("RGB", size, "white"), prompt, max_tokens, ngram_size, window_size)
+def _request(size=(128, 128), prompt=FREE_OCR, max_tokens=8, ngram_size=20, window_size=90, *, mode="gundam"):
+    return EngineRequest(Image.new("RGB", size, "white"), prompt, max_tokens, ngram_size, window_size, mode)
 
 
 def test_prompt_tokens_follow_the_models_image_token_layout(tiny_engine):
@@ -32,6 +32,15 @@ def test_prompt_tokens_follow_the_models_image_token_layout(tiny_engine):
     assert small.prompt_tokens == GLOBAL_VIEW_TOKENS + text_tokens
     # An A4-shaped page is tiled 2x3 at 768 px: 6 tiles besides the global view.
     assert page.prompt_tokens == GLOBAL_VIEW_TOKENS + 6 * TILE_TOKENS + text_tokens
+
+
+def test_base_mode_sees_the_page_whole_and_mixed_modes_keep_their_order(tiny_engine):
+    gundam, base, again = tiny_engine.generate(
+        [_request((800, 1100)), _request((800, 1100), mode="base"), _request((800, 1100))]
+    )
+    text_tokens = len(b"\nFree OCR.")
+    assert gundam.prompt_tokens == again.prompt_tokens == GLOBAL_VIEW_TOKENS + 6 * TILE_TOKENS + text_tokens
+    assert base.prompt_tokens == GLOBAL_VIEW_TOKENS + TILE_TOKENS + text_tokens  # one view instead of six tiles
 
 
 def test_batch_outputs_come_back_in_request_order(tiny_engine):

@@ -41,6 +41,14 @@ class EngineRequest:
     max_tokens: int
     ngram_size: int
     window_size: int
+    mode: str = "gundam"  # resolution mode (RESOLUTION_MODES); engines list what they honour in ``modes``
+
+
+# How the page reaches the vision tower. gundam: a 1024 global view plus 2-6 tiles by aspect ratio (the model
+# authors' default, and all vLLM's processors do); base: the page seen whole, no tiling (DeepSeek-OCR-2 under
+# transformers: the 1024 global view plus one 768 view of the whole page; 411 instead of 1131 prompt tokens
+# for an A4 page). Faster, for photos and small images; fine print on a full page needs gundam's tiles.
+RESOLUTION_MODES = ("gundam", "base")
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class OcrEngine(Protocol):
     name: str
     model_id: str
     profile: ModelProfile  # decoding defaults of the loaded model; valid after load()
+    modes: tuple[str, ...]  # the resolution modes this engine can honour
 
     def load(self) -> None:
         """Load weights and tokenizer; raise EngineLoadError with an actionable message on failure."""

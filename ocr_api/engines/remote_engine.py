@@ -44,6 +44,7 @@ class RemoteEngine:
     """Talks to a vLLM OpenAI server: chat completions with the image as a data URL and the guard per request."""
 
     name = "remote"
+    modes = ("gundam",)  # vLLM's DeepSeek-OCR processors hard-code it
 
     def __init__(
         self,

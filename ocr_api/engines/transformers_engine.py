@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ocr_api.engines.base import (
+    RESOLUTION_MODES,
     EngineLoadError,
     EngineOutput,
     EngineRequest,
@@ -25,6 +26,7 @@ class TransformersEngine:
     """Runs DeepSeek-OCR-2 with ``generate()``; one batch at a time, so concurrent callers take turns."""
 
     name = "transformers"
+    modes = RESOLUTION_MODES  # the processor's patch count switches tiles on and off
 
     def __init__(self, model_name: str = "", device: str = "auto", dtype: str = "auto", max_model_len: int = 8192):
         self.model_id = model_name or DEFAULT_CHECKPOINTS["transformers"]
@@ -85,6 +87,11 @@ class TransformersEngine:
 
         if not requests:
             return []
+        if len({r.mode for r in requests}) > 1:  # one processor call takes one mode: split, keep the order
+            by_mode = {
+                mode: self.generate([r for r in requests if r.mode == mode]) for mode in {r.mode for r in requests}
+            }
+            return [by_mode[r.mode].pop(0) for r in requests]
         guards = [GuardSettings(r.ngram_size, r.window_size, self.whitelist_token_ids) for r in requests]
         with self._lock, torch.inference_mode():
             inputs = self._processor(
@@ -92,6 +99,9 @@ class TransformersEngine:
                 text=[r.prompt for r in requests],
                 return_tensors="pt",
                 padding=True,
+                # base: one patch instead of 2-6 tiles. Through the count, not crop_to_patches=False, which
+                # shrinks the global view below what the processor counts image tokens for (a mismatch error).
+                **({} if requests[0].mode == "gundam" else {"min_patches": 1, "max_patches": 1}),
             )
             prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
             budgets = [

@@ -34,6 +34,7 @@ class VllmEngine:
     """Runs DeepSeek-OCR or DeepSeek-OCR-2 with vLLM's AsyncLLM; safe to call from any number of threads."""
 
     name = "vllm"
+    modes = ("gundam",)  # vLLM's DeepSeek-OCR processors hard-code it
 
     def __init__(self, flags: Sequence[str], timeout_s: float = 240.0):
         self._flags = list(flags)
