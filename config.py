@@ -100,6 +100,12 @@ class Settings:
         "NGRAM_SIZE", 0, "No-repeat n-gram guard size. 0: the model's default (docs/CONFIGURATION.md)."
     )
     ngram_window: int = setting("NGRAM_WINDOW", 0, "Window of the n-gram guard in tokens. 0: the model's default.")
+    runaway_retries: int = setting(
+        "RUNAWAY_RETRIES",
+        1,
+        "Times a page that ran away (repetition loop, or the default token budget exhausted) is run again, "
+        "each time with a stronger n-gram guard. 0: never.",
+    )
     pdf_dpi: int = setting("PDF_DPI", 144, "Resolution PDF pages are rendered at (the model authors use 144).")
     max_pdf_pages: int = setting(
         "MAX_PDF_PAGES", 100, "Most pages processed from one PDF per request; select others with pages=."
@@ -145,6 +151,7 @@ class Settings:
         _within("MAX_TOKENS", self.max_tokens, 1, self.max_model_len)
         _within("NGRAM_SIZE", self.ngram_size, 0, 1000)
         _within("NGRAM_WINDOW", self.ngram_window, 0, 100_000)
+        _within("RUNAWAY_RETRIES", self.runaway_retries, 0, 3)
         _within("PDF_DPI", self.pdf_dpi, 36, 600)
         _within("MAX_PDF_PAGES", self.max_pdf_pages, 1, 100_000)
         _within("ENGINE_BATCH_PAGES", self.engine_batch_pages, 1, 4096)

@@ -77,6 +77,7 @@ class PageOutcome:
     height: int = 0
     output: EngineOutput | None = None
     error: ApiError | None = None
+    attempts: int = 1  # more than 1 when the page ran away and was run again (RUNAWAY_RETRIES)
 
     @property
     def text(self) -> str:
@@ -124,6 +125,7 @@ class PageOutcome:
             "finish_reason": self.output.finish_reason,
             "truncated": self.truncated,
             "repetition_loop": self.repetition_loop,
+            "attempts": self.attempts,
             "usage": _usage([self.output]),
         }
 
@@ -161,6 +163,7 @@ class FileResult:
                 finish_reason=page.output.finish_reason,
                 truncated=page.truncated,
                 repetition_loop=page.repetition_loop,
+                attempts=page.attempts,
                 usage=_usage([page.output]),
                 max_tokens=page.output.max_tokens,
                 guard=page.output.guard.to_dict(),
@@ -178,6 +181,7 @@ class FileResult:
                 pages_failed=statuses.count("failed"),
                 pages_truncated=truncated,
                 pages_repetitive=statuses.count("repetitive"),
+                pages_retried=sum(page.attempts > 1 for page in self.pages),
                 usage=_usage(outputs),
                 guard=outputs[0].guard.to_dict() if outputs else None,
                 markdown=PAGE_SEPARATOR.join(page.markdown_and_blocks()[0] for page in self.pages),
@@ -310,6 +314,7 @@ class OcrService:
                 results.append(result)
                 tasks.extend(file_tasks)
             inference_ms = self._run_pages(tasks, options)
+            inference_ms += self._retry_runaways(tasks, options)
         for result in results:
             if isinstance(result, FileResult):
                 result.timing.update(inference_ms=inference_ms, total_ms=_ms_since(started))
@@ -351,7 +356,25 @@ class OcrService:
         result = FileResult(image_path=str(path), source=source, pages=[page], is_document=False, **common)
         return result, [(page, lambda: prepared.image)]
 
-    def _run_pages(self, tasks: list[PageTask], options: OcrOptions) -> float:
+    def _retry_runaways(self, tasks: list[PageTask], options: OcrOptions) -> float:
+        """Run pages that ran away again, up to RUNAWAY_RETRIES times, each time with a stronger guard."""
+        inference_ms = 0.0
+        for attempt in range(1, self.settings.runaway_retries + 1):
+            runaways = [(page, render) for page, render in tasks if self._ran_away(page, options)]
+            if not runaways:
+                break
+            logger.info("retrying %d runaway page(s), attempt %d", len(runaways), attempt + 1)
+            for page, _ in runaways:
+                page.attempts += 1
+            inference_ms += self._run_pages(runaways, options, guard_strength=attempt)
+        return inference_ms
+
+    def _ran_away(self, page: PageOutcome, options: OcrOptions) -> bool:
+        # A page cut off by a budget the caller lowered on purpose is what was asked for, not a runaway.
+        budget_is_default = options.max_tokens == self.settings.max_tokens
+        return page.status == "repetitive" or (page.status == "truncated" and budget_is_default)
+
+    def _run_pages(self, tasks: list[PageTask], options: OcrOptions, guard_strength: int = 0) -> float:
         """Render and run pages ENGINE_BATCH_PAGES at a time, so a long PDF never has all its pixels in memory."""
         inference_ms = 0.0
         batch_size = self.settings.engine_batch_pages
@@ -366,7 +389,7 @@ class OcrService:
                     continue
                 page.width, page.height = images[-1].size
                 pages.append(page)
-            outputs, batch_ms = self._run_engine(images, options)
+            outputs, batch_ms = self._run_engine(images, options, guard_strength)
             # Pages and images stay in separate lists: a loop over (page, image) pairs would leave its last
             # image in a loop variable, alive while the next batch renders.
             for page, output in zip(pages, outputs, strict=True):
@@ -374,17 +397,26 @@ class OcrService:
             inference_ms += batch_ms
         return round(inference_ms, 1)
 
-    def _run_engine(self, images: list[Image.Image], options: OcrOptions) -> tuple[list[EngineOutput], float]:
+    def _run_engine(
+        self, images: list[Image.Image], options: OcrOptions, guard_strength: int = 0
+    ) -> tuple[list[EngineOutput], float]:
         if not images:
             return [], 0.0
         profile = self.engine.profile
+        ngram_size = self.settings.ngram_size or profile.ngram_size
+        window_size = self.settings.ngram_window or profile.window_size
+        if guard_strength and ngram_size:
+            # Each retry halves the n-gram (not below 4) and doubles the window: shorter repeats are banned
+            # over a longer stretch.
+            ngram_size = max(4, ngram_size >> guard_strength)
+            window_size <<= guard_strength
         requests = [
             EngineRequest(
                 image=image,
                 prompt=options.prompt,
                 max_tokens=options.max_tokens,
-                ngram_size=self.settings.ngram_size or profile.ngram_size,
-                window_size=self.settings.ngram_window or profile.window_size,
+                ngram_size=ngram_size,
+                window_size=window_size,
                 mode=options.mode,
             )
             for image in images

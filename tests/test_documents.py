@@ -230,31 +230,63 @@ def test_a_long_pdf_never_holds_more_than_one_batch_of_pages(make_client):
 
 
 class ScriptedEngine(FakeEngine):
-    """Answers page i of a batch with the i-th scripted (text, finish_reason)."""
+    """Answers the n-th call's pages with the n-th script's (text, finish_reason) pairs, in order."""
 
-    def __init__(self, script: list[tuple[str, str]]) -> None:
+    def __init__(self, *scripts: list[tuple[str, str]]) -> None:
         super().__init__()
-        self.script = script
+        self.scripts = list(scripts)
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
         outputs = super().generate(requests)
-        return [
-            replace(output, text=text, finish_reason=finish)
-            for output, (text, finish) in zip(outputs, self.script, strict=False)
-        ]
+        script = self.scripts.pop(0)
+        pairs = zip(outputs, script, strict=True)  # the test scripted exactly this call's pages
+        return [replace(output, text=text, finish_reason=finish) for output, (text, finish) in pairs]
+
+
+LOOP = "Total: 12.00\n" + "| 0 | 0 |\n" * 40
 
 
 def test_every_page_reports_truncation_and_repetition_loops(make_client):
-    loop = "Total: 12.00\n" + "| 0 | 0 |\n" * 40
-    engine = ScriptedEngine([("A clean page.", "stop"), (loop, "stop"), ("cut off mid-sent", "length")])
-    body = _post(make_client(engine=engine), [("doc.pdf", make_pdf(3))]).get_json()
+    engine = ScriptedEngine([("A clean page.", "stop"), (LOOP, "stop"), ("cut off mid-sent", "length")])
+    body = _post(make_client(engine=engine, runaway_retries=0), [("doc.pdf", make_pdf(3))]).get_json()
     assert [page["status"] for page in body["pages"]] == ["ok", "repetitive", "truncated"]
     assert [page["repetition_loop"] for page in body["pages"]] == [False, True, False]
     assert [page["truncated"] for page in body["pages"]] == [False, False, True]
+    assert [page["attempts"] for page in body["pages"]] == [1, 1, 1]
     assert (body["pages_repetitive"], body["pages_truncated"], body["finish_reason"]) == (1, 1, "length")
+
+
+def test_runaway_pages_are_retried_with_a_stronger_guard(make_client):
+    engine = ScriptedEngine(
+        [("A clean page.", "stop"), (LOOP, "stop"), ("cut off mid-sent", "length")],
+        [("Page two, read properly.", "stop"), ("Page three, complete.", "stop")],
+    )
+    body = _post(make_client(engine=engine), [("doc.pdf", make_pdf(3))]).get_json()
+    assert [page["status"] for page in body["pages"]] == ["ok", "ok", "ok"]
+    assert [page["attempts"] for page in body["pages"]] == [1, 2, 2]
+    assert body["pages_retried"] == 2
+    assert body["pages"][1]["text"] == "Page two, read properly."
+    first, retry = engine.batches
+    assert {(r.ngram_size, r.window_size) for r in first} == {(20, 90)}
+    assert {(r.ngram_size, r.window_size) for r in retry} == {(10, 180)}  # halved n-gram, doubled window
+
+
+def test_a_page_that_still_runs_away_is_marked_not_dropped(make_client):
+    engine = ScriptedEngine([(LOOP, "stop")], [(LOOP, "length")])
+    body = _post(make_client(engine=engine), [("doc.pdf", make_pdf(1))]).get_json()
+    (page,) = body["pages"]
+    assert (page["status"], page["attempts"], page["repetition_loop"]) == ("truncated", 2, True)
+    assert page["text"].startswith("Total: 12.00")
+
+
+def test_a_budget_the_caller_lowered_is_not_retried(make_client):
+    engine = ScriptedEngine([("cut off by request", "length")])
+    body = _post(make_client(engine=engine), [("scan.png", png_bytes())], max_tokens="7").get_json()
+    assert (body["truncated"], body["attempts"]) == (True, 1)
+    assert engine.scripts == []
 
 
 def test_an_image_reports_a_repetition_loop_too(make_client):
     engine = ScriptedEngine([("row\n" * 100, "stop")])
-    body = _post(make_client(engine=engine), [("scan.png", png_bytes())]).get_json()
+    body = _post(make_client(engine=engine, runaway_retries=0), [("scan.png", png_bytes())]).get_json()
     assert (body["repetition_loop"], body["truncated"]) == (True, False)
