@@ -34,6 +34,7 @@ from ocr_api.errors import (
     InferenceFailed,
     UnprocessableFile,
 )
+from ocr_api.figures import annotate, crop_figures
 from ocr_api.interpretation import clean_text, looks_repetitive, parse_blocks, to_markdown
 from ocr_api.preparation import EXTENSIONS, ImageLimits, decode_image, sniff_format
 from ocr_api.prompts import resolve_prompt
@@ -61,6 +62,8 @@ class OcrOptions:
     max_tokens: int
     pages: str | None = None  # PDF page selection such as "1-3,7"; checked against each document
     mode: str = "gundam"
+    figures: bool = False  # return image regions cropped from the page, inline
+    annotate: bool = False  # return a copy of the page with the boxes drawn, inline
     password: str | None = field(default=None, repr=False)  # for encrypted PDFs; never logged
 
 
@@ -78,6 +81,21 @@ class PageOutcome:
     output: EngineOutput | None = None
     error: ApiError | None = None
     attempts: int = 1  # more than 1 when the page ran away and was run again (RUNAWAY_RETRIES)
+    figures: list[dict[str, Any]] | None = None
+    annotated_image: str | None = None
+
+    def draw(self, image: Image.Image, figures: bool, annotated: bool) -> None:
+        """Make the pictures asked for from this page's image while it is still in memory."""
+        blocks = parse_blocks(self.output.text, self.width, self.height) if self.output else []
+        if figures:
+            self.figures = crop_figures(image, blocks)
+        if annotated:
+            self.annotated_image = annotate(image, blocks)
+
+    def pictures(self) -> dict[str, Any]:
+        """Return the pictures made for this page, keyed as in the response."""
+        made = {"figures": self.figures, "annotated_image": self.annotated_image}
+        return {key: value for key, value in made.items() if value is not None}
 
     @property
     def text(self) -> str:
@@ -127,6 +145,7 @@ class PageOutcome:
             "repetition_loop": self.repetition_loop,
             "attempts": self.attempts,
             "usage": _usage([self.output]),
+            **self.pictures(),
         }
 
 
@@ -170,6 +189,7 @@ class FileResult:
                 markdown=markdown,
                 blocks=blocks,
                 image=self.source,
+                **page.pictures(),
             )
         else:
             statuses = [page.status for page in self.pages]
@@ -263,6 +283,8 @@ class OcrService:
         pages: str | None = None,
         password: str | None = None,
         mode: str | None = None,
+        figures: str | None = None,
+        annotate: str | None = None,
     ) -> OcrOptions:
         """Validate the request's form fields into options."""
         settings = self.settings
@@ -278,6 +300,8 @@ class OcrService:
             pages=pages or None,
             password=password or None,
             mode=mode_value,
+            figures=_parse_flag("figures", figures),
+            annotate=_parse_flag("annotate", annotate),
         )
 
     def _check_mode(self, mode: str) -> str:
@@ -394,6 +418,9 @@ class OcrService:
             # image in a loop variable, alive while the next batch renders.
             for page, output in zip(pages, outputs, strict=True):
                 page.output = output
+            if options.figures or options.annotate:
+                for index, page in enumerate(pages):
+                    page.draw(images[index], options.figures, options.annotate)
             inference_ms += batch_ms
         return round(inference_ms, 1)
 
@@ -450,6 +477,15 @@ def display_filename(filename: str | None) -> str:
     """Return the client's filename fit for a JSON response or a log line: no control characters, bounded."""
     cleaned = "".join(ch for ch in (filename or "") if ch.isprintable())
     return cleaned[:MAX_FILENAME_CHARS]
+
+
+def _parse_flag(name: str, raw: str | None) -> bool:
+    value = (raw or "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise BadRequest(f"{name} must be true or false; got {raw[:20]!r}.", code="invalid_flag")
 
 
 def _parse_max_tokens(raw: str | None, limit: int) -> int:

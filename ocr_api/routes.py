@@ -72,7 +72,7 @@ def ocr_batch():
     )
 
 
-OPTION_FIELDS = ("prompt", "task", "phrase", "max_tokens", "pages", "password", "mode")
+OPTION_FIELDS = ("prompt", "task", "phrase", "max_tokens", "pages", "password", "mode", "figures", "annotate")
 
 
 def _options() -> OcrOptions:

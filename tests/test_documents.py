@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import gc
+import io
 import time
 import weakref
 from collections.abc import Sequence
@@ -10,6 +12,7 @@ from dataclasses import replace
 
 import pymupdf
 import pytest
+from PIL import Image
 from urllib3 import encode_multipart_formdata
 
 from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page, select_pages
@@ -290,3 +293,50 @@ def test_an_image_reports_a_repetition_loop_too(make_client):
     engine = ScriptedEngine([("row\n" * 100, "stop")])
     body = _post(make_client(engine=engine, runaway_retries=0), [("scan.png", png_bytes())]).get_json()
     assert (body["repetition_loop"], body["truncated"]) == (True, False)
+
+
+def _decode_data_url(url: str) -> Image.Image:
+    assert url.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+def test_figures_are_cropped_and_the_page_annotated_in_pixels(make_client):
+    page = Image.new("RGB", (400, 300), "white")
+    page.paste((255, 0, 0), (100, 100, 300, 200))  # the figure, where the model will say it is
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    grounded = (
+        "<|ref|>image<|/ref|><|det|>[[250, 333, 750, 666]]<|/det|>\n"
+        "<|ref|>text<|/ref|><|det|>[[0, 0, 999, 100]]<|/det|>\nHi"
+    )
+    engine = ScriptedEngine([(grounded, "stop")])
+    client = make_client(engine=engine)
+    body = _post(client, [("page.png", buffer.getvalue())], task="markdown", figures="true", annotate="1").get_json()
+    (figure,) = body["figures"]
+    assert (figure["figure"], figure["box"]) == (1, [100, 100, 300, 200])
+    crop = _decode_data_url(figure["image"])
+    assert crop.size == (200, 100)
+    assert crop.convert("RGB").getcolors() == [(200 * 100, (255, 0, 0))]
+    annotated = _decode_data_url(body["annotated_image"]).convert("RGB")
+    assert annotated.size == (400, 300)
+    assert annotated.getpixel((100, 150)) == (0x1F, 0x77, 0xB4)  # the image block's box edge, in its colour
+    assert annotated.getpixel((200, 150)) == (255, 0, 0)  # inside the box the page is untouched
+    assert "![figure 1](#figure-1)" in body["markdown"]
+
+
+def test_pictures_are_only_made_when_asked_and_flags_are_checked(client):
+    body = _post(client, [("page.png", png_bytes())]).get_json()
+    assert "figures" not in body
+    assert "annotated_image" not in body
+    response = _post(client, [("page.png", png_bytes())], figures="maybe")
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_flag")
+
+
+def test_pdf_pages_carry_their_own_figures(make_client):
+    grounded = "<|ref|>image<|/ref|><|det|>[[0, 0, 499, 499]]<|/det|>"
+    engine = ScriptedEngine([(grounded, "stop"), (grounded, "stop")])
+    body = _post(make_client(engine=engine), [("doc.pdf", make_pdf(2))], figures="yes").get_json()
+    for page in body["pages"]:
+        (figure,) = page["figures"]
+        assert _decode_data_url(figure["image"]).size == (round(499 / 999 * 1190), round(499 / 999 * 1684))
+        assert "annotated_image" not in page
