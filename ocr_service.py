@@ -128,8 +128,7 @@ class PageOutcome:
     def to_dict(self) -> dict[str, Any]:
         """Return the page as an entry of a document's ``pages``."""
         if self.output is None:
-            error = self.error.to_dict() if self.error else {"error": "not processed", "code": "not_processed"}
-            return {"page": self.number, "status": "failed", **error}
+            return {"page": self.number, "status": "failed", **(self.error.to_dict() if self.error else {})}
         markdown, blocks = self.markdown_and_blocks()
         return {
             "page": self.number,
