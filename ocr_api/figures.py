@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 from PIL import Image, ImageDraw
 
 from ocr_api.interpretation import Block
+from ocr_api.preparation import png_data_url
 
 # One colour per kind of block, so an annotated page reads at a glance.
 COLOURS = {"title": "#d62728", "sub_title": "#ff7f0e", "table": "#2ca02c", "image": "#1f77b4", "equation": "#9467bd"}
 DEFAULT_COLOUR = "#7f7f7f"
-
-
-def png_data_url(image: Image.Image) -> str:
-    """Encode an image as a PNG data URL."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def crop_figures(page: Image.Image, blocks: list[Block]) -> list[dict[str, object]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import warnings
@@ -57,6 +58,13 @@ class PreparedImage:
     @property
     def height(self) -> int:
         return self.image.height
+
+
+def png_data_url(image: Image.Image) -> str:
+    """Encode an image as a lossless PNG data URL; fast compression, as it only travels to a local peer."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def sniff_format(data: bytes) -> str | None:

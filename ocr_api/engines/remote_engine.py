@@ -6,8 +6,6 @@ The workers import neither torch nor vLLM; one vLLM server owns the GPU and batc
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import threading
 import time
@@ -30,6 +28,7 @@ from ocr_api.engines.base import (
 )
 from ocr_api.guard import GuardSettings
 from ocr_api.models import ModelProfile, profile_for_checkpoint
+from ocr_api.preparation import png_data_url
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ class RemoteEngine:
                 {
                     "role": "user",
                     "content": [
-                        {"type": "image_url", "image_url": {"url": image_data_url(request.image)}},
+                        {"type": "image_url", "image_url": {"url": png_data_url(request.image)}},
                         # The prompt keeps its own <image>: vLLM then places the image there, not in front.
                         {"type": "text", "text": request.prompt},
                     ],
@@ -241,10 +240,3 @@ def _error_message(response: requests.Response) -> str:
     if isinstance(error, dict):
         return str(error.get("message", error))[:300]
     return str(error)[:300]
-
-
-def image_data_url(image: Any) -> str:
-    """Encode a PIL image as a lossless PNG data URL (fast compression: the network is local)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
