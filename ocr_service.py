@@ -191,7 +191,8 @@ class FileResult:
                 **page.pictures(),
             )
         else:
-            statuses = [page.status for page in self.pages]
+            page_entries = [page.to_dict() for page in self.pages]
+            statuses = [entry["status"] for entry in page_entries]
             truncated = statuses.count("truncated")
             body.update(
                 finish_reason="length" if truncated else "stop",
@@ -203,9 +204,9 @@ class FileResult:
                 pages_retried=sum(page.attempts > 1 for page in self.pages),
                 usage=_usage(outputs),
                 guard=outputs[0].guard.to_dict() if outputs else None,
-                markdown=PAGE_SEPARATOR.join(page.markdown_and_blocks()[0] for page in self.pages),
+                markdown=PAGE_SEPARATOR.join(entry.get("markdown", "") for entry in page_entries),
                 document=self.source,
-                pages=[page.to_dict() for page in self.pages],
+                pages=page_entries,
             )
         body.update(engine=self.engine, model=self.model, timing=self.timing)
         return body
