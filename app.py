@@ -26,16 +26,19 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     """Build the app; without a service, the process-wide one is created and its engine loaded."""
     from flask import Flask
 
+    from ocr_api.access import install_access_control
     from ocr_api.errors import register_error_handlers
-    from ocr_api.routes import bp
+    from ocr_api.logs import configure_logging
+    from ocr_api.routes import UploadRequest, bp
     from ocr_service import get_service
 
     if settings is None:
         settings = service.settings if service is not None else Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     if service is None:
         service = get_service(settings)
     app = Flask(__name__)
+    app.request_class = UploadRequest
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,
@@ -48,15 +51,8 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     app.extensions["ocr_service"] = service
     register_error_handlers(app)
     app.register_blueprint(bp)
+    install_access_control(app, settings)
     return app
-
-
-def configure_logging(level: str) -> None:
-    """Send log records to stderr with timestamps, once per process."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    root.setLevel(level)
 
 
 def main() -> int:

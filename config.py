@@ -15,6 +15,7 @@ ENGINE_CHOICES = ("auto", "transformers", "vllm", "remote")
 DEVICE_PREFIXES = ("auto", "cpu", "cuda", "mps")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MIN_API_KEY_CHARS = 16
 
 # Pillow refuses images above twice this count as decompression bombs; our limit must stay below it.
 PILLOW_BOMB_LIMIT = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -74,6 +75,50 @@ class Settings:
         "--tensor-parallel-size 2.",
     )
     secret_key: str = setting("SECRET_KEY", "", "Flask secret key. Empty: a random key per process.", secret=True)
+    api_keys: str = setting(
+        "API_KEYS",
+        "",
+        "Comma-separated API keys (16 characters or more each). When set, /ocr and /ocr/batch need one, sent as "
+        "`Authorization: Bearer <key>` or `X-API-Key: <key>`; /health and /ready stay open. Empty: no keys.",
+        secret=True,
+    )
+    cors_origins: str = setting(
+        "CORS_ORIGINS",
+        "",
+        "Comma-separated origins whose browser pages may call the API (https://app.example.com), or `*`. "
+        "Empty: CORS off (browsers refuse cross-origin calls).",
+    )
+    rate_limit: str = setting(
+        "RATE_LIMIT",
+        "",
+        "Requests each client may make to /ocr and /ocr/batch, in Flask-Limiter notation such as "
+        "`60/minute;1000/day`. A client is its API key, else its address. Empty: no limit.",
+    )
+    rate_limit_storage_uri: str = setting(
+        "RATE_LIMIT_STORAGE_URI",
+        "memory://",
+        "Where rate-limit counters live. `memory://`: in each worker process, so N gunicorn workers let up to N "
+        "times the limit through; `redis://host:6379/0`: shared by every worker and host.",
+        secret=True,  # may carry a password
+    )
+    trusted_proxies: int = setting(
+        "TRUSTED_PROXIES",
+        0,
+        "Reverse proxies in front of the service whose X-Forwarded-For names the client (for rate limits). "
+        "0: the peer address is the client.",
+    )
+    max_pages_in_flight: int = setting(
+        "MAX_PAGES_IN_FLIGHT",
+        64,
+        "Admission bound of each service process: pages at the engine and not yet answered. A request that "
+        "would go past it gets 503 `overloaded` with Retry-After at once. Also caps ENGINE_BATCH_PAGES.",
+    )
+    drain_file: str = setting(
+        "DRAIN_FILE",
+        "",
+        "While this file exists, new OCR requests get 503 `shutting_down` and /ready answers 503; requests "
+        "already running finish. start_production.sh creates it on SIGTERM. Empty: no drain.",
+    )
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     host: str = setting("HOST", "0.0.0.0", "Address `python app.py` and the start scripts bind to.")
     port: int = setting("PORT", 5000, "Port `python app.py` and the start scripts listen on.")
@@ -155,8 +200,30 @@ class Settings:
         _within("PDF_DPI", self.pdf_dpi, 36, 600)
         _within("MAX_PDF_PAGES", self.max_pdf_pages, 1, 100_000)
         _within("ENGINE_BATCH_PAGES", self.engine_batch_pages, 1, 4096)
+        for key in self.api_key_list:
+            if len(key) < MIN_API_KEY_CHARS:
+                raise ConfigError(
+                    f"API_KEYS: every key needs {MIN_API_KEY_CHARS} characters or more; make one with "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+        if self.rate_limit:
+            _check_rate_limit(self.rate_limit)
+        if "://" not in self.rate_limit_storage_uri:
+            raise ConfigError("RATE_LIMIT_STORAGE_URI must be a URI such as memory:// or redis://host:6379/0")
+        _within("TRUSTED_PROXIES", self.trusted_proxies, 0, 10)
+        _within("MAX_PAGES_IN_FLIGHT", self.max_pages_in_flight, 1, 100_000)
         if "<image>" not in self.default_prompt:
             raise ConfigError("DEFAULT_PROMPT must contain the <image> placeholder")
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        """The accepted API keys; empty when keys are off."""
+        return _split_list(self.api_keys)
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """The origins CORS answers for; empty when CORS is off."""
+        return _split_list(self.cors_origins)
 
     @property
     def max_content_length(self) -> int:
@@ -213,6 +280,19 @@ def _parse(name: str, raw: str, kind: type) -> Any:
             raise ConfigError(f"{name} must be a{'n integer' if kind is int else ' number'}; got {raw!r}") from None
     # A literal backslash-n in an env file means a newline, as it does in prompts.
     return raw.replace("\\n", "\n") if name == "DEFAULT_PROMPT" else raw
+
+
+def _split_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _check_rate_limit(raw: str) -> None:
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"RATE_LIMIT must look like 60/minute or 10/second;500/hour; got {raw!r}") from None
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from config import Settings
+from ocr_api.admission import Admission
 from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page, select_pages
 from ocr_api.engines import (
     EngineLoadError,
@@ -32,6 +34,7 @@ from ocr_api.errors import (
     EngineNotReady,
     GatewayTimeout,
     InferenceFailed,
+    ShuttingDown,
     UnprocessableFile,
 )
 from ocr_api.figures import annotate, crop_figures
@@ -243,6 +246,9 @@ class OcrService:
         self._store = UploadStore(settings.upload_folder, keep=settings.keep_uploads)
         self._limits = ImageLimits(settings.max_image_pixels, settings.min_image_side, settings.max_aspect_ratio)
         self._pdf_limits = PdfLimits(settings.pdf_dpi, settings.max_pdf_pages, settings.max_image_pixels)
+        self.admission = Admission(settings.max_pages_in_flight)
+        # A request never has more pages at the engine than the admission bound lets one process have.
+        self._batch_pages = min(settings.engine_batch_pages, settings.max_pages_in_flight)
 
     def start(self) -> None:
         """Load the engine; raise EngineLoadError (state "failed") when it cannot be loaded."""
@@ -256,6 +262,10 @@ class OcrService:
 
     def is_ready(self) -> bool:
         return self.state == "ready" and self.engine.is_ready()
+
+    def is_draining(self) -> bool:
+        """True while the drain file exists: the server is being stopped and takes no new work."""
+        return bool(self.settings.drain_file) and os.path.exists(self.settings.drain_file)
 
     def close(self) -> None:
         """Shut the engine down (its processes too); the service is not ready afterwards."""
@@ -271,6 +281,9 @@ class OcrService:
             "model_loaded": self.state == "ready",
             "engine_state": self.state,
             "ready": self.is_ready(),
+            "draining": self.is_draining(),
+            "pages_in_flight": self.admission.in_flight,
+            "max_pages_in_flight": self.admission.limit,
         }
 
     def build_options(
@@ -319,8 +332,11 @@ class OcrService:
 
     def recognize(self, files: Sequence[UploadedFile], options: OcrOptions) -> list[FileResult | FileError]:
         """OCR every page of every file, batched; a file that cannot be used becomes a FileError."""
+        if self.is_draining():
+            raise ShuttingDown()
         if not self.is_ready():
             raise EngineNotReady()
+        self.admission.check_room()
         started = time.perf_counter()
         with self._store.session() as uploads, ExitStack() as open_documents:
             results: list[FileResult | FileError] = []
@@ -337,8 +353,10 @@ class OcrService:
                 result.timing["preparation_ms"] = _ms_since(prepare_started)
                 results.append(result)
                 tasks.extend(file_tasks)
-            inference_ms = self._run_pages(tasks, options)
-            inference_ms += self._retry_runaways(tasks, options)
+            with self.admission.admit(min(len(tasks), self._batch_pages)):
+                inference_ms = self._run_pages(tasks, options)
+                inference_ms += self._retry_runaways(tasks, options)
+        results = [_refuse_if_no_page_ran(result) for result in results]
         for result in results:
             if isinstance(result, FileResult):
                 result.timing.update(inference_ms=inference_ms, total_ms=_ms_since(started))
@@ -355,7 +373,9 @@ class OcrService:
             "engine": self.engine.name,
             "model": self.engine.model_id,
         }
-        if is_pdf(upload.data):
+        image_format = sniff_format(upload.data)
+        # An image signature at byte 0 wins: "%PDF-" inside a PNG's text chunk does not make it a PDF.
+        if image_format is None and is_pdf(upload.data):
             path = uploads.save(upload.data, "pdf")
             document = open_pdf(upload.data, options.password)
             open_documents.callback(document.close)
@@ -365,7 +385,6 @@ class OcrService:
             result = FileResult(image_path=str(path), source=source, pages=pages, is_document=True, **common)
             render = partial(render_page, document, limits=self._pdf_limits)
             return result, [(page, partial(render, index)) for page, index in zip(pages, indices, strict=True)]
-        image_format = sniff_format(upload.data)
         # Only allow-listed bytes are stored; the extension comes from the bytes, not the client's name.
         path = uploads.save(upload.data, EXTENSIONS[image_format]) if image_format else None
         prepared = decode_image(upload.data, self._limits)
@@ -401,7 +420,7 @@ class OcrService:
     def _run_pages(self, tasks: list[PageTask], options: OcrOptions, guard_strength: int = 0) -> float:
         """Render and run pages ENGINE_BATCH_PAGES at a time, so a long PDF never has all its pixels in memory."""
         inference_ms = 0.0
-        batch_size = self.settings.engine_batch_pages
+        batch_size = self._batch_pages
         for start in range(0, len(tasks), batch_size):
             pages: list[PageOutcome] = []
             images: list[Image.Image] = []
@@ -471,6 +490,15 @@ class OcrService:
             logger.error("engine returned %d outputs for %d requests", len(outputs), len(requests))
             raise InferenceFailed()
         return outputs, _ms_since(started)
+
+
+def _refuse_if_no_page_ran(result: FileResult | FileError) -> FileResult | FileError:
+    """A document none of whose pages could be rendered is refused with its first page's error."""
+    if isinstance(result, FileResult) and result.is_document:
+        errors = [page.error for page in result.pages if page.output is None]
+        if len(errors) == len(result.pages) and errors[0] is not None:
+            return FileError(result.filename, errors[0])
+    return result
 
 
 def display_filename(filename: str | None) -> str:

@@ -8,7 +8,8 @@ It measures how well a client feeds an engine, nothing about recognition or real
 
 For tests: ``POST /stand-in/mode`` with ``{"mode": ...}`` switches on a fault: ``context_error`` (400 as vLLM
 answers an over-long prompt), ``server_error`` (500), ``unhealthy`` (health and completions 503), ``slow``
-(completions answer after 3 s); ``GET /stand-in/last`` returns the last completion request's body.
+(completions answer after ``seconds``, default 3); ``GET /stand-in/last`` returns the last completion request's
+body. As vLLM's server does, a request whose client hangs up is aborted (counted in ``stand_in:aborted_total``).
 
     python -m bench.stand_in_engine --port 8100 --step-ms 20 --tokens-per-page 100 --max-batch 256
 """
@@ -17,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
+import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -35,6 +39,7 @@ class Decoding:
     tokens: int
     generated: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    aborted: bool = False
 
 
 class SimulatedEngine:
@@ -47,18 +52,31 @@ class SimulatedEngine:
         self.waiting: list[Decoding] = []
         self.running: list[Decoding] = []
         self.pages_done = 0
+        self.aborted = 0
         self.max_running = 0
         self._cond = threading.Condition()
         threading.Thread(target=self._loop, name="stand-in-steps", daemon=True).start()
 
-    def decode(self, max_tokens: int) -> Decoding:
-        """Queue a page and block until it is decoded."""
+    def decode(self, max_tokens: int, client_gone: Callable[[], bool]) -> Decoding:
+        """Queue a page and block until it is decoded, or aborted because its client hung up."""
         request = Decoding(tokens=min(self.tokens_per_page, max_tokens))
         with self._cond:
             self.waiting.append(request)
             self._cond.notify()
-        request.done.wait()
+        while not request.done.wait(0.05):
+            if client_gone():
+                self.abort(request)
+                break
         return request
+
+    def abort(self, request: Decoding | None = None) -> None:
+        """Drop a request from the batch (vLLM aborts a request whose HTTP client disconnected)."""
+        with self._cond:
+            if request is not None:
+                request.aborted = True
+                self.running = [r for r in self.running if r is not request]
+                self.waiting = [r for r in self.waiting if r is not request]
+            self.aborted += 1
 
     def _loop(self) -> None:
         while True:
@@ -82,12 +100,14 @@ class SimulatedEngine:
     def metrics(self) -> str:
         with self._cond:
             running, waiting, done, most = len(self.running), len(self.waiting), self.pages_done, self.max_running
+            aborted = self.aborted
         return (
             "# stand-in engine, not vLLM\n"
             f'vllm:num_requests_running{{model_name="stand-in"}} {running}.0\n'
             f'vllm:num_requests_waiting{{model_name="stand-in"}} {waiting}.0\n'
             f"stand_in:pages_done_total {done}.0\n"
             f"stand_in:max_running {most}.0\n"
+            f"stand_in:aborted_total {aborted}.0\n"
         )
 
 
@@ -96,6 +116,7 @@ class Handler(BaseHTTPRequestHandler):
     engine: SimulatedEngine
     model = "stand-in/deepseek-ocr-2"
     mode = "normal"
+    slow_s = 3.0
     last_body: dict[str, Any] = {}  # noqa: RUF012 - shared on purpose: what tests inspect
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -119,6 +140,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {"tokens": [WHITELIST[body["prompt"]]] if body.get("prompt") in WHITELIST else [1, 2]})
         elif self.path == "/stand-in/mode":
             Handler.mode = body.get("mode", "normal")
+            Handler.slow_s = float(body.get("seconds", 3.0))
             self._send(200, {"mode": Handler.mode})
         elif self.path == "/v1/chat/completions":
             self._complete(body)
@@ -128,7 +150,12 @@ class Handler(BaseHTTPRequestHandler):
     def _complete(self, body: dict[str, Any]) -> None:
         Handler.last_body = body
         if Handler.mode == "slow":
-            time.sleep(3)
+            deadline = time.monotonic() + Handler.slow_s
+            while time.monotonic() < deadline:
+                if self._client_gone():
+                    self.engine.abort()
+                    return
+                time.sleep(0.05)
         if Handler.mode == "context_error":
             message = "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens."
             self._send(400, {"error": {"message": message, "type": "BadRequestError"}})
@@ -136,7 +163,9 @@ class Handler(BaseHTTPRequestHandler):
         if Handler.mode in ("server_error", "unhealthy"):
             self._send(500 if Handler.mode == "server_error" else 503, {"error": {"message": "stand-in fault"}})
             return
-        decoding = self.engine.decode(int(body.get("max_tokens") or self.engine.tokens_per_page))
+        decoding = self.engine.decode(int(body.get("max_tokens") or self.engine.tokens_per_page), self._client_gone)
+        if decoding.aborted:
+            return
         finish = "length" if decoding.tokens < self.engine.tokens_per_page else "stop"
         self._send(
             200,
@@ -158,6 +187,16 @@ class Handler(BaseHTTPRequestHandler):
                 "stand_in": True,
             },
         )
+
+    def _client_gone(self) -> bool:
+        """True when the client closed its connection (readable, and a peek reads nothing)."""
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _send(self, status: int, payload: dict[str, Any]) -> None:
         self._send_bytes(status, json.dumps(payload).encode(), "application/json")

@@ -64,19 +64,53 @@ class UnprocessableFile(ApiError):
     message = "The file could not be used."
 
 
+class Unauthorized(ApiError):
+    status = 401
+    code = "invalid_api_key"
+    message = "A valid API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
+
+    def __init__(self, message: str | None = None, *, code: str | None = None):
+        super().__init__(message, code=code, headers={"WWW-Authenticate": 'Bearer realm="DeepSeek-OCR API"'})
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "rate_limited"
+    message = "Too many requests for this client; wait for the time in Retry-After, then try again."
+
+
 class InferenceFailed(ApiError):
     status = 500
     code = "inference_failed"
     message = "The OCR engine failed while processing this request; the error was logged."
 
 
-class EngineNotReady(ApiError):
+class ServiceUnavailable(ApiError):
+    """503: nothing is wrong with the request; the same request may succeed after Retry-After seconds."""
+
     status = 503
+    code = "service_unavailable"
+    retry_after = 10
+
+    def __init__(self, message: str | None = None, *, code: str | None = None, retry_after: int | None = None):
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after or self.retry_after)})
+
+
+class EngineNotReady(ServiceUnavailable):
     code = "engine_not_ready"
     message = "The OCR engine is not ready yet; try again shortly."
 
-    def __init__(self, message: str | None = None, *, code: str | None = None, retry_after: int = 10):
-        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+
+class Overloaded(ServiceUnavailable):
+    code = "overloaded"
+    message = "The service is at capacity; try again after the time in Retry-After."
+    retry_after = 5
+
+
+class ShuttingDown(ServiceUnavailable):
+    code = "shutting_down"
+    message = "This server is shutting down and takes no new requests; send the request again (to another server)."
+    retry_after = 5
 
 
 class GatewayTimeout(ApiError):
@@ -92,6 +126,7 @@ _FRAMEWORK_ERRORS: dict[int, type[ApiError]] = {
     405: MethodNotAllowed,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
+    429: RateLimited,
 }
 
 

@@ -21,7 +21,7 @@ MAX_PHRASE_CHARS = 200
 def task_prompt(task: str, phrase: str | None = None) -> str:
     """Return the full prompt of a preset task; ``locate`` needs the phrase to find."""
     if task not in TASKS:
-        raise BadRequest(f"Unknown task {task!r}; use one of: {', '.join(TASKS)}.", code="unknown_task")
+        raise BadRequest(f"Unknown task {task[:40]!r}; use one of: {', '.join(TASKS)}.", code="unknown_task")
     if task != "locate":
         if phrase:
             raise BadRequest("The phrase field is only used with task=locate.", code="unexpected_phrase")

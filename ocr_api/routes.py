@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
+from typing import IO
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Request, current_app, jsonify, request
 
-from ocr_api.errors import BadRequest, EngineNotReady
+from ocr_api.errors import BadRequest, EngineNotReady, ShuttingDown, UnsupportedMediaType
 from ocr_service import FileError, OcrOptions, OcrService, UploadedFile
 
 SERVICE_NAME = "DeepSeek-OCR API"
 
 bp = Blueprint("ocr", __name__)
+
+
+class UploadRequest(Request):
+    """Keeps uploaded parts in memory (the body is bounded by MAX_UPLOAD_MB, and every byte is read anyway).
+
+    Werkzeug's default spools large parts to temporary files, and when a form is refused half-way (too many
+    parts, a field too long) the parts already parsed are left for the garbage collector to close.
+    """
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return io.BytesIO()
 
 
 def _service() -> OcrService:
@@ -33,6 +52,8 @@ def health():
 def ready():
     """Readiness: 200 once the engine can serve, 503 before and while it is broken."""
     service = _service()
+    if service.is_draining():
+        raise ShuttingDown("This server is shutting down; it takes no new requests.")
     if not service.is_ready():
         raise EngineNotReady(f"The OCR engine is not ready (state: {service.state}).")
     return jsonify(status="ready", **service.describe())
@@ -80,9 +101,21 @@ def _options() -> OcrOptions:
 
 
 def _uploads(field: str) -> list[UploadedFile]:
+    _require_multipart()
     files = [UploadedFile(part.filename or "", part.read()) for part in request.files.getlist(field)]
     # Browsers send an empty, nameless part for a file input left blank: that is no file at all.
     return [upload for upload in files if upload.filename or upload.data]
+
+
+def _require_multipart() -> None:
+    """Refuse a body that is not a form upload, naming what came instead; an empty body is a missing file."""
+    if request.mimetype == "multipart/form-data" or not (request.content_length or request.mimetype):
+        return
+    raise UnsupportedMediaType(
+        f"Send the request as multipart/form-data (curl -F file=@scan.png); got Content-Type "
+        f"{request.mimetype[:100]!r}.",
+        code="not_multipart",
+    )
 
 
 def _missing_file_message(field: str) -> str:

@@ -7,8 +7,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import requests
@@ -77,3 +78,29 @@ def stop(process: subprocess.Popen, timeout_s: float = 60) -> int:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         raise
+
+
+@contextlib.contextmanager
+def stand_in_engine(step_ms: float = 50, tokens_per_page: int = 10, port: int | None = None) -> Iterator[str]:
+    """Run bench/stand_in_engine.py (a STAND-IN for vLLM's server, no model) and yield its URL."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "bench.stand_in_engine", "--port", str(port), "--step-ms", str(step_ms)]
+    process = subprocess.Popen([*command, "--tokens-per-page", str(tokens_per_page)], cwd=REPO, stdout=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert process.stdout is not None
+        assert b"STAND-IN ENGINE" in process.stdout.readline()
+        wait_until(lambda: requests.get(f"{url}/health", timeout=1).ok, timeout_s=10)
+        yield url
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+
+
+def metric(url: str, name: str) -> float:
+    """Return one value from a Prometheus /metrics page."""
+    for line in requests.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")

@@ -22,7 +22,7 @@ from app import create_app
 from config import Settings
 from ocr_service import OcrService
 from tests.conftest import REPO, png_bytes
-from tests.servers import environment, free_port, start, stop, wait_ready, wait_until
+from tests.servers import environment, free_port, metric, stand_in_engine, start, stop, wait_ready, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -30,19 +30,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def stand_in() -> Iterator[str]:
     """A stand-in engine decoding 10 tokens a page at 50 ms a step."""
-    port = free_port()
-    command = [sys.executable, "-m", "bench.stand_in_engine", "--port", str(port), "--step-ms", "50"]
-    process = subprocess.Popen([*command, "--tokens-per-page", "10"], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert process.stdout is not None
-        assert "STAND-IN ENGINE" in process.stdout.readline()
-        wait_until(lambda: requests.get(f"{url}/health", timeout=1).ok, timeout_s=10)
+    with stand_in_engine(step_ms=50, tokens_per_page=10) as url:
         yield url
-    finally:
-        process.kill()
-        process.wait()
-        process.stdout.close()
 
 
 @pytest.fixture
@@ -99,14 +88,14 @@ def test_the_request_carries_image_prompt_guard_and_special_tokens(settings, eng
 
 def test_a_batch_reaches_the_engine_at_once(settings, engine_url):
     client, _ = _client(settings, engine_url)
-    before = _metric(engine_url, "stand_in:max_running")
+    before = metric(engine_url, "stand_in:max_running")
     response = _post(client, "/ocr/batch", field="files", count=4)
     assert response.status_code == 200
     body = response.get_json()
     assert [r["filename"] for r in body["results"]] == ["p0.png", "p1.png", "p2.png", "p3.png"]
     assert all(r["finish_reason"] == "stop" for r in body["results"])
     # Four pages of 0.5 s each were decoded side by side, not one after another.
-    assert max(before, _metric(engine_url, "stand_in:max_running")) >= 4
+    assert max(before, metric(engine_url, "stand_in:max_running")) >= 4
 
 
 def test_modes_vllm_cannot_honour_are_refused_clearly(settings, engine_url):
@@ -182,13 +171,17 @@ def test_engine_dropping_mid_request_is_503(settings, engine_url):
     assert (response.status_code, response.get_json()["code"]) == (503, "engine_unavailable")
 
 
-def test_slow_engine_is_504_within_the_timeout(settings, engine_url):
+def test_slow_engine_is_504_within_the_timeout_and_the_engine_request_is_aborted(settings, engine_url):
     client, _ = _client(settings, engine_url, engine_timeout_s=1.0)
-    _mode(engine_url, "slow")
+    requests.post(f"{engine_url}/stand-in/mode", json={"mode": "slow", "seconds": 30}, timeout=5)
+    aborted_before = metric(engine_url, "stand_in:aborted_total")
     started = time.monotonic()
     response = _post(client)
     assert (response.status_code, response.get_json()["code"]) == (504, "engine_timeout")
     assert time.monotonic() - started < 3
+    # The connection was closed, and the engine dropped the request (as vLLM's server does on a disconnect)
+    # instead of working 30 s for nobody.
+    wait_until(lambda: metric(engine_url, "stand_in:aborted_total") == aborted_before + 1, timeout_s=2)
 
 
 def test_a_model_the_engine_does_not_serve_is_refused_at_start(settings, engine_url):
@@ -226,10 +219,3 @@ def test_start_production_with_an_external_engine(engine_url, tmp_path):
     assert re.search(r'"POST /ocr/batch HTTP/1.1" 200 .* worker=<\d+>', (tmp_path / "logs" / "access.log").read_text())
     assert not (tmp_path / "logs" / "vllm.log").exists()  # no engine of its own was started
     assert list((tmp_path / "uploads").iterdir()) == []
-
-
-def _metric(url: str, name: str) -> float:
-    for line in requests.get(f"{url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(name):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from PIL import Image
 
-from ocr_api.engines import EngineLoadError, EngineRequest, PromptTooLong
+from ocr_api.engines import EngineLoadError, EngineRequest, EngineTimeout, PromptTooLong
 from ocr_api.engines.transformers_engine import TransformersEngine
 from ocr_api.guard import repeated_ngram
 
@@ -93,6 +94,19 @@ def test_max_tokens_is_bounded_by_the_context_left(tiny_model_dir):
     assert output.max_tokens == 280 - output.prompt_tokens
     with pytest.raises(PromptTooLong):
         engine.generate([_request((800, 1100))])
+
+
+def test_a_generation_past_the_timeout_is_stopped_and_reported(tiny_model_dir):
+    engine = TransformersEngine(str(tiny_model_dir), device="cpu", timeout_s=0.5)
+    engine.load()
+    started = time.monotonic()
+    with pytest.raises(EngineTimeout, match="generation was stopped"):
+        engine.generate([_request(max_tokens=8000, ngram_size=0)])  # random weights never stop by themselves
+    assert time.monotonic() - started < 5
+    # Another request holds the model: waiting counts against the timeout as well.
+    with engine._lock, pytest.raises(EngineTimeout, match="busy"):
+        engine.generate([_request()])
+    assert len(engine.generate([_request(max_tokens=2)])) == 1  # and the engine serves the next request
 
 
 def test_concurrent_callers_from_threads_are_all_served(tiny_engine):

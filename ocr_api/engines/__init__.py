@@ -62,7 +62,13 @@ def build_engine(settings: Settings) -> OcrEngine:
         return VllmEngine(engine_flags(settings), timeout_s=settings.engine_timeout_s)
     from ocr_api.engines.transformers_engine import TransformersEngine
 
-    return TransformersEngine(settings.model_name, settings.torch_device, settings.torch_dtype, settings.max_model_len)
+    return TransformersEngine(
+        settings.model_name,
+        settings.torch_device,
+        settings.torch_dtype,
+        settings.max_model_len,
+        timeout_s=settings.engine_timeout_s,
+    )
 
 
 def _cuda_present() -> bool:

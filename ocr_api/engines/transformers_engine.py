@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from ocr_api.engines.base import (
     EngineLoadError,
     EngineOutput,
     EngineRequest,
+    EngineTimeout,
     PromptTooLong,
 )
 from ocr_api.guard import GuardSettings, banned_next_tokens
@@ -28,11 +30,19 @@ class TransformersEngine:
     name = "transformers"
     modes = RESOLUTION_MODES  # the processor's patch count switches tiles on and off
 
-    def __init__(self, model_name: str = "", device: str = "auto", dtype: str = "auto", max_model_len: int = 8192):
+    def __init__(
+        self,
+        model_name: str = "",
+        device: str = "auto",
+        dtype: str = "auto",
+        max_model_len: int = 8192,
+        timeout_s: float | None = None,
+    ):
         self.model_id = model_name or DEFAULT_CHECKPOINTS["transformers"]
         self._device_setting = device
         self._dtype_setting = dtype
         self._max_model_len = max_model_len
+        self._timeout_s = timeout_s
         self._lock = threading.Lock()  # generate() on one model is not safe from several threads
         self._model: Any = None
         self._processor: Any = None
@@ -83,8 +93,6 @@ class TransformersEngine:
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
         """Generate for all requests in one ``generate()`` call, greedy, with the n-gram guard per row."""
-        import torch
-
         if not requests:
             return []
         if len({r.mode for r in requests}) > 1:  # one processor call takes one mode: split, keep the order
@@ -93,7 +101,21 @@ class TransformersEngine:
             }
             return [by_mode[r.mode].pop(0) for r in requests]
         guards = [GuardSettings(r.ngram_size, r.window_size, self.whitelist_token_ids) for r in requests]
-        with self._lock, torch.inference_mode():
+        started = time.monotonic()
+        # Waiting for the model (another request holds it) counts against the timeout too.
+        if not self._lock.acquire(timeout=-1 if self._timeout_s is None else self._timeout_s):
+            raise EngineTimeout(f"the engine stayed busy with other requests for {self._timeout_s:g} s")
+        try:
+            return self._generate_locked(requests, guards, started)
+        finally:
+            self._lock.release()
+
+    def _generate_locked(
+        self, requests: Sequence[EngineRequest], guards: list[GuardSettings], started: float
+    ) -> list[EngineOutput]:
+        import torch
+
+        with torch.inference_mode():
             inputs = self._processor(
                 images=[r.image for r in requests],
                 text=[r.prompt for r in requests],
@@ -117,6 +139,7 @@ class TransformersEngine:
             if "pixel_values_local" in inputs:
                 inputs["pixel_values_local"] = inputs["pixel_values_local"].to(self._model.dtype)
             prompt_length = inputs["input_ids"].shape[1]
+            remaining = None if self._timeout_s is None else max(0.0, self._timeout_s - (time.monotonic() - started))
             sequences = self._model.generate(
                 **inputs,
                 do_sample=False,
@@ -124,7 +147,11 @@ class TransformersEngine:
                 eos_token_id=self._eos_id,
                 pad_token_id=self._pad_id,
                 logits_processor=[_ngram_guard_processor(guards, prompt_length)],
+                # transformers' own MaxTimeCriteria: generation stops after this many seconds; then it is 504.
+                max_time=remaining,
             )
+            if self._timeout_s is not None and time.monotonic() - started >= self._timeout_s:
+                raise EngineTimeout(f"the engine did not finish within {self._timeout_s:g} s; generation was stopped")
             generated = sequences[:, prompt_length:].tolist()
         return [
             self._output(tokens, budget, prompts, guard)

@@ -1,0 +1,83 @@
+"""Who may call what: API keys, CORS and rate limits, each off unless configured."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Flask, request
+from flask_cors import CORS
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from config import Settings
+from ocr_api.errors import Unauthorized
+
+# The endpoints that cost engine time. /health and /ready stay open: probes and load balancers carry no keys.
+PROTECTED_ENDPOINTS = frozenset({"ocr.ocr", "ocr.ocr_batch"})
+API_KEY_HEADERS = ("Authorization: Bearer", "X-API-Key")
+
+
+def install_access_control(app: Flask, settings: Settings) -> None:
+    """Add what the settings ask for, in the order a request meets it: proxy, CORS, key, rate limit."""
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    if settings.cors_origin_list:
+        origins = "*" if "*" in settings.cors_origin_list else list(settings.cors_origin_list)
+        CORS(
+            app,
+            origins=origins,
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            methods=["GET", "POST", "OPTIONS"],
+            max_age=600,
+        )
+    if settings.api_key_list:
+        keys = [key.encode() for key in settings.api_key_list]
+        app.before_request(lambda: require_api_key(keys))
+    if settings.rate_limit:
+        # With keys on, the key (already checked) names the client; without, a made-up key would be a free
+        # new bucket on every request, so the address does.
+        identity = client_by_key if settings.api_key_list else client_by_address
+        Limiter(
+            identity,
+            app=app,
+            default_limits=[settings.rate_limit],
+            default_limits_exempt_when=lambda: request.endpoint not in PROTECTED_ENDPOINTS,
+            storage_uri=settings.rate_limit_storage_uri,
+            headers_enabled=True,
+            key_prefix="deepseek-ocr",
+        )
+
+
+def require_api_key(keys: list[bytes]) -> None:
+    """Refuse a protected request without a valid key; every key is compared, each in constant time."""
+    if request.endpoint not in PROTECTED_ENDPOINTS or request.method == "OPTIONS":
+        return
+    presented = presented_key()
+    if presented is None:
+        raise Unauthorized(code="missing_api_key")
+    # Comparing against all keys (no early exit) keeps the time independent of which key matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented.encode(), key)
+    if not matched:
+        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+
+
+def presented_key() -> str | None:
+    """Return the key the request carries (Authorization: Bearer, else X-API-Key), or None."""
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.headers.get("X-API-Key", "").strip() or None
+
+
+def client_by_key() -> str:
+    """Return a digest of the request's (valid) API key: the client a rate limit counts when keys are on."""
+    return "key:" + hashlib.sha256((presented_key() or "").encode()).hexdigest()[:32]
+
+
+def client_by_address() -> str:
+    """Return the client's address (after TRUSTED_PROXIES): the client a rate limit counts without keys."""
+    return "addr:" + get_remote_address()

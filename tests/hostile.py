@@ -1,0 +1,257 @@
+"""Hostile requests, generated: bombs, polyglots, truncations, malformed forms and filenames.
+
+Each case is the raw request (path, content type, body) and the answer the service documents for it
+(docs/RELIABILITY.md), so the same table is replayed through Flask's test client and over real HTTP.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pymupdf
+from PIL import Image
+
+BOUNDARY = "hostile-boundary-7d1f"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One form part; ``disposition`` is the raw tail of its Content-Disposition header."""
+
+    name: str
+    data: bytes
+    filename: str | None = "upload.bin"
+    disposition: bytes | None = None  # replaces name/filename when a case needs bytes no encoder would write
+
+
+@dataclass(frozen=True)
+class Case:
+    """A request and the documented answer."""
+
+    name: str
+    body: bytes
+    status: int
+    code: str | None  # the error code, or None for a 200
+    path: str = "/ocr"
+    content_type: str = MULTIPART
+    client_filename: str | None = None  # a name that must never appear raw in logs nor on disk
+
+
+def multipart(parts: Iterable[Part]) -> bytes:
+    """Encode parts by hand, so a case can put any bytes into a part's headers."""
+    chunks = []
+    for part in parts:
+        if part.disposition is not None:
+            disposition = part.disposition
+        elif part.filename is None:
+            disposition = f'name="{part.name}"'.encode()
+        else:
+            disposition = f'name="{part.name}"; filename="{part.filename}"'.encode()
+        chunks.append(
+            b"--" + BOUNDARY.encode() + b"\r\nContent-Disposition: form-data; " + disposition + b"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + part.data + b"\r\n"
+        )
+    return b"".join(chunks) + b"--" + BOUNDARY.encode() + b"--\r\n"
+
+
+def file_case(name: str, data: bytes, status: int, code: str | None, filename: str = "upload.png") -> Case:
+    return Case(name, multipart([Part("file", data, filename)]), status, code)
+
+
+def png(size: tuple[int, int] = (64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "white").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid-looking PNG whose header claims ``width`` x ``height`` and whose data is a few bytes."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = zlib.compress(b"\0" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+
+
+def png_with_pdf_inside() -> bytes:
+    """A real PNG whose text chunk starts a PDF: a polyglot sniffers that look for %PDF- anywhere get wrong."""
+    image = png()
+    text = _png_chunk(b"tEXt", b"Comment\0%PDF-1.7 1 0 obj << >> endobj")
+    return image[:33] + text + image[33:]  # after the signature and IHDR
+
+
+def nested_flate(total: int, fill: bytes = b"\0", layers: int = 2) -> bytes:
+    """``total`` bytes of ``fill`` compressed ``layers`` times, built in chunks (no gigabyte in memory)."""
+    compressor = zlib.compressobj(9)
+    block = fill * (1 << 20)
+    out = [compressor.compress(block) for _ in range(total // len(block))]
+    data = b"".join(out) + compressor.flush()
+    for _ in range(layers - 1):
+        data = zlib.compress(data, 9)
+    return data
+
+
+def _pdf(objects: list[bytes]) -> bytes:
+    """Assemble numbered objects (1 = catalog) into a PDF with a correct cross-reference table."""
+    out, offsets = b"%PDF-1.7\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+def _stream(data: bytes, extra: bytes = b"") -> bytes:
+    return b"<< /Length %d %s >>stream\n" % (len(data), extra) + data + b"\nendstream"
+
+
+def pdf_page(content: bytes, filters: bytes = b"", resources: bytes = b"", box: bytes = b"0 0 612 792") -> list[bytes]:
+    return [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [%s] %s /Contents 4 0 R >>" % (box, resources),
+        _stream(content, filters),
+    ]
+
+
+def pdf_image_bomb(side: int = 20_000) -> bytes:
+    """A one-page PDF drawing a ``side`` x ``side`` grey image stored as flate inside flate (about 2 kB)."""
+    image = nested_flate(side * side)
+    resources = b"/Resources << /XObject << /Im0 5 0 R >> >>"
+    dictionary = b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray " % (side, side)
+    dictionary += b"/BitsPerComponent 8 /Filter [/FlateDecode /FlateDecode]"
+    return _pdf([*pdf_page(b"q 612 0 0 792 0 0 cm /Im0 Do Q", resources=resources), _stream(image, dictionary)])
+
+
+def pdf_content_bomb(size: int = 256 << 20) -> bytes:
+    """A page whose drawing instructions are ``size`` bytes of spaces, flate inside flate (about 1 kB)."""
+    return _pdf(pdf_page(nested_flate(size, b" "), b"/Filter [/FlateDecode /FlateDecode]"))
+
+
+def pdf_inline_image_bomb(side: int = 15_000) -> bytes:
+    """A page with an inline image (BI ... ID ... EI) of ``side`` x ``side`` pixels."""
+    inline = b"BI /W %d /H %d /CS /G /BPC 8 /F /Fl ID " % (side, side) + nested_flate(side * side, layers=1)
+    content = zlib.compress(b"q 612 0 0 792 0 0 cm " + inline + b" EI Q", 9)
+    return _pdf(pdf_page(content, b"/Filter /FlateDecode"))
+
+
+def pdf_huge_page() -> bytes:
+    """A page of 14,400 x 14,400 points, the largest the PDF specification allows (28,800 px square at 144 dpi)."""
+    return _pdf(pdf_page(b"BT ET", box=b"0 0 14400 14400"))
+
+
+def pdf_many_pages(count: int) -> bytes:
+    document = pymupdf.open()
+    for _ in range(count):
+        document.new_page(width=200, height=200)
+    data = document.tobytes(garbage=1, deflate=True)
+    document.close()
+    return data
+
+
+def pdf_text() -> bytes:
+    return _pdf(pdf_page(b"BT /F1 12 Tf 72 720 Td (Hello) Tj ET"))
+
+
+def cases(corpus_dir: Path | None = None) -> list[Case]:
+    """Every hostile case with its documented answer."""
+    good = png()
+    hopper = (corpus_dir / "images" / "hopper.jpg").read_bytes() if corpus_dir else good
+    joined = (corpus_dir / "pdfs" / "joined.pdf").read_bytes() if corpus_dir else pdf_many_pages(50)
+    long_name = "A" * 10_000 + ".png"
+    return [
+        # Empty, truncated, mislabelled.
+        file_case("zero-byte file", b"", 400, "empty_file"),
+        file_case("PNG cut after its header", good[:40], 422, "corrupt_image"),
+        file_case("JPEG cut in half", hopper[: len(hopper) // 2], 422, "corrupt_image"),
+        file_case("PDF cut in half (repaired, or refused)", joined[: len(joined) // 2], 422, "corrupt_pdf"),
+        file_case("PDF named .png (the bytes decide)", pdf_text(), 200, None, "scan.png"),
+        file_case("HTML named .jpg", b"<!doctype html><script>alert(1)</script>", 415, "unsupported_media_type"),
+        file_case("SVG named .png", b'<svg xmlns="http://www.w3.org/2000/svg"/>', 415, "unsupported_media_type"),
+        file_case("PNG with %PDF- in a text chunk", png_with_pdf_inside(), 200, None),
+        file_case("GIF header then JavaScript", b"GIF89a/*" + b"\0" * 8 + b"*/alert(1)", 422, "corrupt_image"),
+        # Bombs.
+        file_case("PNG declaring 100,000 x 100,000", png_declaring(100_000, 100_000), 422, "image_too_large"),
+        file_case("PNG declaring 1 x 1 (engine never sees it)", png_declaring(1, 1), 422, "image_too_small"),
+        file_case("PDF: 20,000 px square image, nested flate", pdf_image_bomb(), 422, "page_too_large"),
+        file_case("PDF: 256 MiB of drawing instructions, nested flate", pdf_content_bomb(), 422, "page_too_large"),
+        file_case("PDF: 15,000 px square inline image", pdf_inline_image_bomb(), 422, "page_too_large"),
+        file_case("PDF: page of 14,400 x 14,400 pt", pdf_huge_page(), 422, "page_too_large"),
+        file_case("PDF of 1,000 pages", pdf_many_pages(1000), 422, "too_many_pages"),
+        # Malformed requests.
+        Case(
+            "no file part, only a prompt", multipart([Part("prompt", b"<image>\nFree OCR.", None)]), 400, "missing_file"
+        ),
+        Case("file sent as 'image'", multipart([Part("image", good)]), 400, "missing_file"),
+        Case("batch sent as 'file'", multipart([Part("file", good)]), 400, "missing_file", path="/ocr/batch"),
+        Case("JSON body", b'{"file": "aGVsbG8="}', 415, "not_multipart", content_type="application/json"),
+        Case("raw image body", good, 415, "not_multipart", content_type="image/png"),
+        Case("URL-encoded form", b"file=abc", 415, "not_multipart", content_type="application/x-www-form-urlencoded"),
+        Case(
+            "multipart without a boundary",
+            multipart([Part("file", good)]),
+            400,
+            "missing_file",
+            content_type="multipart/form-data",
+        ),
+        Case("1,001 form parts", multipart([Part(f"f{i}", b"x", None) for i in range(1001)]), 413, "payload_too_large"),
+        Case(
+            "1 MB text field",
+            multipart([Part("file", good), Part("prompt", b"x" * 1_000_000, None)]),
+            413,
+            "payload_too_large",
+        ),
+        Case(
+            "10 kB prompt",
+            multipart([Part("file", good), Part("prompt", b"<image>\n" + b"x" * 10_000, None)]),
+            400,
+            "prompt_too_long",
+        ),
+        Case("body over the upload limit", multipart([Part("file", b"\0" * (17 << 20))]), 413, "payload_too_large"),
+        Case(
+            "unknown field with 100 kB of junk",
+            multipart([Part("file", good), Part("x" * 100, b"\xff" * 100_000, None)]),
+            200,
+            None,
+        ),
+        # Filenames: echoed cleaned, never a path, never logged raw.
+        file_case("filename ../../etc/passwd", good, 200, None, "../../../../../../etc/passwd"),
+        Case(
+            "filename with NUL and newline (RFC 2231)",
+            multipart(
+                [
+                    Part(
+                        "file",
+                        good,
+                        disposition=(b"name=\"file\"; filename*=UTF-8''evil%00name%0AFORGED%20LOG%20LINE.png"),
+                    )
+                ]
+            ),
+            200,
+            None,
+            client_filename="evil\x00name\nFORGED LOG LINE.png",
+        ),
+        Case(
+            "filename with a raw newline in the header",
+            multipart([Part("file", good, disposition=(b'name="file"; filename="x\nFORGED: header.png"'))]),
+            400,
+            "missing_file",
+        ),
+        Case(
+            "filename of 10,000 characters",
+            multipart([Part("file", good, long_name)]),
+            200,
+            None,
+            client_filename=long_name,
+        ),
+    ]

@@ -1,0 +1,252 @@
+"""Bad input: every corpus file and every generated hostile request gets its documented answer, quickly, with
+memory bounded, nothing left in uploads/, and the client's filename never a path nor a raw log line.
+
+The table of cases is tests/hostile.py; docs/RELIABILITY.md lists the same answers. The property tests throw
+arbitrary bytes and form fields at the API: the answer is always a documented status, never a 5xx.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app import create_app
+from config import Settings
+from ocr_api.routes import OPTION_FIELDS
+from ocr_service import OcrService
+from tests.conftest import CORPUS, CORPUS_FILES, png_bytes
+from tests.fakes import FakeEngine
+from tests.hostile import MULTIPART, Case, Part, multipart, pdf_text
+from tests.hostile import cases as hostile_cases
+from tests.servers import environment, stand_in_engine, start, stop, wait_ready
+
+HOSTILE = hostile_cases(CORPUS if CORPUS_FILES else None)
+DOCUMENTED_STATUSES = {200, 400, 413, 415, 422}  # what a request can cause; 401/429/503/504 are the server's state
+STORED_NAME = re.compile(r"[0-9a-f]{32}\.(png|jpg|gif|bmp|webp|tif|pdf)")
+
+# The corpus files the manifest does not expect a 200 for, with the answer this service documents.
+CORPUS_REFUSALS = {
+    "tRNS_null_1x1.png": (422, "image_too_small"),
+    "broken.png": (422, "corrupt_image"),
+    "zero_width.gif": (422, "corrupt_image"),
+    "broken_data_stream.png": (422, "corrupt_image"),
+    "cross_scan_line_truncated.tga": (415, "unsupported_media_type"),
+    "decompression_bomb.gif": (422, "image_too_large"),
+    "reallybig.bmp": (422, "image_too_large"),
+    "hopper_1bit.pbm": (415, "unsupported_media_type"),
+    "pil_sample_cmyk.eps": (415, "unsupported_media_type"),
+}
+
+
+def corpus_cases() -> list[Case]:
+    """Every corpus file sent to /ocr, with its documented answer."""
+    return [
+        Case(
+            f"corpus {entry.name}",
+            multipart([Part("file", entry.path.read_bytes(), entry.name)]),
+            *CORPUS_REFUSALS.get(entry.name, (200, None)),
+        )
+        for entry in CORPUS_FILES
+    ]
+
+
+def assert_answer(status: int, body: dict, case: Case, uploads: Path) -> None:
+    """The status and code documented for the case; an accepted file stored under a generated name."""
+    assert (status, body.get("code")) == (case.status, case.code), body
+    if case.code:
+        assert body["error"]
+        assert "Traceback" not in body["error"]
+    else:
+        stored = Path(body["image_path"])
+        assert stored.parent == uploads
+        assert STORED_NAME.fullmatch(stored.name), stored
+
+
+def assert_log_clean(log: str) -> None:
+    """No line a client forged through a filename, no 10,000-character name, no traceback."""
+    assert not re.search(r"^FORGED", log, re.MULTILINE)
+    assert "A" * 300 not in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("case", HOSTILE + corpus_cases(), ids=lambda case: case.name)
+def test_each_bad_request_gets_its_documented_answer(make_client, uploads_dir, caplog, case):
+    client = make_client()
+    caplog.set_level("DEBUG")
+    started = time.monotonic()
+    response = client.post(case.path, data=case.body, content_type=case.content_type)
+    assert time.monotonic() - started < 3
+    assert_answer(response.status_code, response.get_json(), case, uploads_dir)
+    assert not uploads_dir.exists() or list(uploads_dir.iterdir()) == []
+    assert_log_clean(caplog.text)
+
+
+def test_a_batch_of_hostile_files_fails_each_alone(client, uploads_dir):
+    files = [
+        Part("files", png_bytes(), "good.png"),
+        Part("files", b"", "empty.png"),
+        Part("files", pdf_text(), "doc.pdf"),
+        Part("files", b"<html>", "page.jpg"),
+    ]
+    response = client.post("/ocr/batch", data=multipart(files), content_type=MULTIPART)
+    body = response.get_json()
+    assert response.status_code == 200
+    assert [result.get("code") for result in body["results"]] == [None, "empty_file", None, "unsupported_media_type"]
+    assert (body["succeeded"], body["failed"]) == (2, 2)
+    assert list(uploads_dir.iterdir()) == []
+
+
+# Property tests: one app for all examples (hypothesis runs a test body many times).
+_PROPERTY_UPLOADS = Path(tempfile.mkdtemp(prefix="ocr-property-"))
+
+
+def _property_client():
+    service = OcrService(Settings(upload_folder=str(_PROPERTY_UPLOADS), max_tokens=64), FakeEngine())
+    service.start()
+    return create_app(service=service).test_client()
+
+
+_CLIENT = None
+
+
+def property_client():
+    global _CLIENT  # noqa: PLW0603 - built once, on first use, for every example
+    if _CLIENT is None:
+        _CLIENT = _property_client()
+    return _CLIENT
+
+
+SEEDS = [png_bytes(), png_bytes(fmt="JPEG"), png_bytes(fmt="GIF"), png_bytes(fmt="WEBP"), pdf_text()]
+
+
+@st.composite
+def mangled_files(draw: st.DrawFn) -> bytes:
+    """A real image or PDF cut, flipped or spliced: the bytes decoders meet on the way to errors."""
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(0, 4))):
+        operation = draw(st.sampled_from(["truncate", "flip", "insert"]))
+        position = draw(st.integers(0, max(0, len(data) - 1)))
+        if operation == "truncate":
+            del data[position:]
+        elif operation == "flip" and data:
+            data[position] = draw(st.integers(0, 255))
+        else:
+            data[position:position] = draw(st.binary(max_size=64))
+    return bytes(data)
+
+
+FIELD_NAMES = st.sampled_from([*OPTION_FIELDS, "files", "file"]) | st.text(min_size=1, max_size=20)
+
+
+def assert_documented(response) -> None:
+    assert response.status_code in DOCUMENTED_STATUSES, response.get_data(as_text=True)
+    if response.status_code != 200:
+        body = response.get_json()
+        assert set(body) == {"error", "code"}, body
+        assert body["error"]
+    assert list(_PROPERTY_UPLOADS.iterdir()) == []
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=2048) | mangled_files(), filename=st.text(max_size=300))
+def test_any_bytes_under_any_name_get_a_documented_answer(data, filename):
+    body = multipart([Part("file", data, disposition=_disposition("file", filename))])
+    assert_documented(property_client().post("/ocr", data=body, content_type=MULTIPART))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    fields=st.dictionaries(FIELD_NAMES, st.text(max_size=300), max_size=8), path=st.sampled_from(["/ocr", "/ocr/batch"])
+)
+def test_any_form_fields_get_a_documented_answer(fields, path):
+    parts = [Part("files" if path.endswith("batch") else "file", png_bytes(), "page.png")]
+    parts += [
+        Part(name, value.encode("utf-8", "surrogatepass"), None, _disposition(name, None))
+        for name, value in fields.items()
+    ]
+    assert_documented(property_client().post(path, data=multipart(parts), content_type=MULTIPART))
+
+
+# Header values are latin-1 without control characters: HTTP cannot carry anything else.
+HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=100)
+
+
+@settings(max_examples=100, deadline=None)
+@given(content_type=HEADER_TEXT | st.sampled_from(["multipart/form-data", MULTIPART]), body=st.binary(max_size=1024))
+def test_any_body_under_any_content_type_gets_a_documented_answer(content_type, body):
+    assert_documented(property_client().post("/ocr", data=body, headers={"Content-Type": content_type}))
+
+
+def _disposition(name: str, filename: str | None) -> bytes:
+    """A Content-Disposition tail as browsers write it (quotes and newlines percent-encoded)."""
+
+    def quote(text: str) -> bytes:
+        return text.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A").encode("utf-8", "surrogatepass")
+
+    tail = b'name="' + quote(name) + b'"'
+    return tail if filename is None else tail + b'; filename="' + quote(filename) + b'"'
+
+
+@pytest.mark.slow
+def test_replay_over_http_against_gunicorn_bounded_and_clean(tmp_path):
+    """The whole table again over real HTTP: gunicorn workers, the remote engine, a stand-in engine."""
+    with stand_in_engine(step_ms=10, tokens_per_page=5) as engine_url:
+        env = environment(tmp_path, OCR_ENGINE_URL=engine_url, WORKERS="2", THREADS="4")
+        log = tmp_path / "production.log"
+        process = start("start_production.sh", env, log)
+        url = f"http://127.0.0.1:{env['PORT']}"
+        uploads = Path(env["UPLOAD_FOLDER"])
+        try:
+            wait_ready(url, process, log, timeout_s=300)
+            # Hostile requests first: the workers' peak memory after them is what bad input can cost.
+            hostile_slowest = replay(url, HOSTILE, uploads)
+            hostile_peaks = worker_peak_memory_mib(tmp_path / "logs" / "access.log")
+            # Then the corpus, whose 50-page PDF is rendered ENGINE_BATCH_PAGES (32) pages at a time.
+            corpus_slowest = replay(url, corpus_cases(), uploads)
+            peaks = worker_peak_memory_mib(tmp_path / "logs" / "access.log")
+            print(
+                f"\n{len(HOSTILE)} hostile: slowest {hostile_slowest:.2f} s, worker peak RSS {hostile_peaks} MiB"
+                f"; then {len(CORPUS_FILES)} corpus files: slowest {corpus_slowest:.2f} s, worker peak RSS {peaks} MiB"
+            )
+            assert max(hostile_slowest, corpus_slowest) < 5
+            assert max(hostile_peaks.values()) < 300
+            assert max(peaks.values()) < 700
+        finally:
+            assert stop(process) == 0, log.read_text()[-3000:]
+    assert list(uploads.iterdir()) == []
+    assert_log_clean(log.read_text())
+    assert_log_clean((tmp_path / "logs" / "access.log").read_text())
+
+
+def replay(url: str, cases: list[Case], uploads: Path) -> float:
+    """Send each case over HTTP, check its answer, and return the slowest answer's time in seconds."""
+    slowest = 0.0
+    for case in cases:
+        started = time.monotonic()
+        try:
+            response = requests.post(
+                url + case.path, data=case.body, headers={"Content-Type": case.content_type}, timeout=30
+            )
+        except requests.ConnectionError:
+            # A body far over the limit may be cut off while it is still being sent: refused all the same.
+            assert case.status == 413, case.name
+            continue
+        slowest = max(slowest, time.monotonic() - started)
+        assert_answer(response.status_code, response.json(), case, uploads)
+    return slowest
+
+
+def worker_peak_memory_mib(access_log: Path) -> dict[int, float]:
+    """Return each gunicorn worker's peak resident memory (VmHWM), by pid, from the pids the access log names."""
+    peaks = {}
+    for pid in {int(pid) for pid in re.findall(r"worker=<(\d+)>", access_log.read_text())}:
+        status = Path(f"/proc/{pid}/status").read_text()
+        peaks[pid] = round(int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024, 1)
+    return peaks
