@@ -3,8 +3,9 @@
 # with the remote engine, so no worker (nor the master) imports torch or touches CUDA, and every worker's
 # requests are batched together inside the one engine. With OCR_ENGINE_URL set, that server is used instead
 # and none is started. If the engine dies it is restarted (workers answer 503 meanwhile) up to
-# ENGINE_MAX_RESTARTS times, then everything stops with status 1 for a supervisor. SIGTERM stops gunicorn
-# gracefully first, then the engine. See docs/DEPLOYMENT.md.
+# ENGINE_MAX_RESTARTS times, then everything stops with status 1 for a supervisor. SIGTERM drains (new
+# requests get 503 shutting_down for DRAIN_SECONDS while running ones go on), stops gunicorn gracefully, then
+# the engine. See docs/DEPLOYMENT.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck source=scripts/bootstrap.sh
@@ -15,8 +16,15 @@ mkdir -p uploads "$log_dir"
 engine_pid=""
 gunicorn_pid=""
 stopping=0
+# While this file exists the workers refuse new OCR requests with 503 and /ready answers 503.
+export DRAIN_FILE="${DRAIN_FILE:-$log_dir/draining}"
+rm -f "$DRAIN_FILE"
 
 say() { echo "start_production: $*" >&2; }
+
+if [ "$(id -u)" = 0 ]; then
+  say "warning: running as root; the documented deployment runs as an unprivileged user (docs/DEPLOYMENT.md)"
+fi
 
 start_gunicorn() {
   # THREADS > 1 makes gunicorn use its gthread worker; --worker-connections equal to THREADS stops a worker
@@ -86,10 +94,16 @@ stop_engine() {
 
 stop_gunicorn() {
   [ -n "$gunicorn_pid" ] || return 0
-  # gunicorn lets in-flight requests finish within GUNICORN_GRACEFUL_TIMEOUT, then exits.
+  # Drain first: for DRAIN_SECONDS new requests get 503 shutting_down (and load balancers see /ready 503) while
+  # the port stays open; then gunicorn closes it and lets in-flight requests finish within
+  # GUNICORN_GRACEFUL_TIMEOUT.
+  touch "$DRAIN_FILE"
+  say "draining for ${DRAIN_SECONDS:-5} s, then stopping gunicorn"
+  sleep "${DRAIN_SECONDS:-5}"
   kill -TERM "$gunicorn_pid" 2>/dev/null || true
   wait "$gunicorn_pid" 2>/dev/null || true
   gunicorn_pid=""
+  rm -f "$DRAIN_FILE"
 }
 
 if [ -n "${OCR_ENGINE_URL:-}" ]; then

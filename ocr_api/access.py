@@ -47,6 +47,9 @@ def install_access_control(app: Flask, settings: Settings) -> None:
             storage_uri=settings.rate_limit_storage_uri,
             headers_enabled=True,
             key_prefix="deepseek-ocr",
+            # Shared storage down: count in this process meanwhile and log it, rather than answer 500.
+            swallow_errors=True,
+            in_memory_fallback_enabled=True,
         )
 
 

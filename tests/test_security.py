@@ -1,0 +1,217 @@
+"""Who may call what: API keys, CORS, rate limits (per process and shared through Redis), redacted logs."""
+
+from __future__ import annotations
+
+import hmac
+import io
+import logging
+import re
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from config import ConfigError, Settings
+from tests.conftest import png_bytes
+from tests.servers import environment, free_port, start, stop, wait_ready
+
+KEY_A = "key-a-0123456789abcdef"
+KEY_B = "key-b-fedcba9876543210"
+
+
+def _ocr(client, headers=None, path="/ocr", field="file"):
+    data = {field: (io.BytesIO(png_bytes()), "page.png")}
+    return client.post(path, data=data, content_type="multipart/form-data", headers=headers or {})
+
+
+def test_with_keys_set_ocr_needs_one_and_health_and_ready_stay_open(make_client):
+    client = make_client(api_keys=f"{KEY_A},{KEY_B}")
+    missing = _ocr(client)
+    assert (missing.status_code, missing.get_json()["code"]) == (401, "missing_api_key")
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = _ocr(client, {"X-API-Key": KEY_A + "x"})
+    assert (wrong.status_code, wrong.get_json()["code"]) == (401, "invalid_api_key")
+    assert _ocr(client, {"Authorization": "Basic " + KEY_A}).status_code == 401  # only Bearer carries a key
+    assert _ocr(client, {"Authorization": f"Bearer {KEY_A}"}).status_code == 200
+    assert _ocr(client, {"X-API-Key": KEY_B}).status_code == 200  # several keys, either header
+    assert _ocr(client, {"X-API-Key": KEY_B}, path="/ocr/batch", field="files").status_code == 200
+    assert client.get("/health").status_code == 200
+    assert client.get("/ready").status_code == 200
+
+
+def test_without_keys_nothing_asks_for_one(client):
+    assert _ocr(client).status_code == 200
+
+
+def test_every_key_is_compared_in_constant_time_whichever_matches(make_client, monkeypatch):
+    calls: list[bytes] = []
+    real_compare = hmac.compare_digest
+
+    def counting(a, b):
+        calls.append(b)
+        return real_compare(a, b)
+
+    monkeypatch.setattr("ocr_api.access.hmac.compare_digest", counting)
+    client = make_client(api_keys=f"{KEY_A},{KEY_B}")
+    for presented in (KEY_A, KEY_B, "not-a-key-at-all-000"):
+        calls.clear()
+        _ocr(client, {"X-API-Key": presented})
+        assert calls == [KEY_A.encode(), KEY_B.encode()]  # no early exit on the first match
+
+
+def test_keys_shorter_than_16_characters_are_refused_at_start():
+    with pytest.raises(ConfigError, match="16 characters"):
+        Settings(api_keys="short")
+
+
+def test_keys_never_reach_the_log_even_when_code_logs_them(make_client, caplog):
+    client = make_client(api_keys=KEY_A, engine_api_key="engine-secret-123456")
+    caplog.set_level(logging.INFO)
+    _ocr(client, {"X-API-Key": KEY_A})
+    _ocr(client, {"X-API-Key": KEY_B})
+    logging.getLogger("anything").warning("oops %s and %s", KEY_A, "engine-secret-123456")
+    try:
+        raise RuntimeError(f"failed with {KEY_A}")
+    except RuntimeError:
+        logging.getLogger("anything").exception("traceback")
+    assert KEY_A not in caplog.text
+    assert "engine-secret-123456" not in caplog.text
+    assert "[redacted]" in caplog.text
+
+
+def test_settings_repr_hides_every_secret():
+    settings = Settings(api_keys=KEY_A, rate_limit_storage_uri="redis://:hunter2hunter2@cache:6379/0")
+    assert KEY_A not in repr(settings)
+    assert "hunter2" not in repr(settings)
+
+
+def test_cors_is_off_by_default(client):
+    response = client.get("/health", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_cors_answers_configured_origins_only_and_preflight_needs_no_key(make_client):
+    client = make_client(cors_origins="https://app.example.com", api_keys=KEY_A)
+    allowed = _ocr(client, {"Origin": "https://app.example.com", "X-API-Key": KEY_A})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    other = _ocr(client, {"Origin": "https://evil.example", "X-API-Key": KEY_A})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    preflight = client.options(
+        "/ocr",
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "X-API-Key",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "x-api-key" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    # The 401 itself carries the CORS header, so a browser page can read why it was refused.
+    refused = _ocr(client, {"Origin": "https://app.example.com"})
+    assert refused.status_code == 401
+    assert refused.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+
+
+def test_rate_limit_refuses_past_the_limit_with_retry_after_and_spares_health(make_client):
+    client = make_client(rate_limit="3/minute")
+    assert [_ocr(client).status_code for _ in range(3)] == [200, 200, 200]
+    refused = _ocr(client)
+    assert (refused.status_code, refused.get_json()["code"]) == (429, "rate_limited")
+    assert int(refused.headers["Retry-After"]) > 0
+    assert [client.get("/health").status_code for _ in range(5)] == [200] * 5
+
+
+def test_with_keys_the_rate_limit_counts_each_key_and_ignores_made_up_ones(make_client):
+    client = make_client(rate_limit="2/minute", api_keys=f"{KEY_A},{KEY_B}")
+    assert [_ocr(client, {"X-API-Key": KEY_A}).status_code for _ in range(3)] == [200, 200, 429]
+    assert _ocr(client, {"X-API-Key": KEY_B}).status_code == 200  # another client, its own budget
+    assert _ocr(client, {"X-API-Key": "made-up-key-0000000000"}).status_code == 401  # refused before counting
+
+
+def test_without_keys_a_made_up_key_does_not_open_a_new_budget(make_client):
+    client = make_client(rate_limit="2/minute")
+    statuses = [_ocr(client, {"X-API-Key": f"random-key-{i:012d}"}).status_code for i in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+def test_rate_limit_storage_down_falls_back_to_this_process_instead_of_500(make_client):
+    client = make_client(rate_limit="2/minute", rate_limit_storage_uri=f"redis://127.0.0.1:{free_port()}/0")
+    statuses = [_ocr(client).status_code for _ in range(6)]
+    assert set(statuses) == {200, 429}, statuses
+
+
+def test_an_invalid_rate_limit_is_refused_at_start():
+    with pytest.raises(ConfigError, match="RATE_LIMIT"):
+        Settings(rate_limit="lots")
+
+
+@pytest.mark.slow
+def test_a_redis_backed_limit_holds_across_gunicorn_workers(tmp_path):
+    """Two workers, one limit: with shared storage the workers together admit exactly the limit."""
+    from fakeredis import TcpFakeServer  # a Redis protocol server in-process: the real client and storage code
+
+    server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    redis_url = f"redis://127.0.0.1:{server.server_address[1]}/0"
+    _preload_limits_scripts(redis_url)
+    with _stand_in_for_rate_limits() as engine_url:
+        env = environment(
+            tmp_path,
+            OCR_ENGINE_URL=engine_url,
+            WORKERS="2",
+            THREADS="1",
+            RATE_LIMIT="6/minute",
+            RATE_LIMIT_STORAGE_URI=redis_url,
+            DRAIN_SECONDS="0",
+        )
+        url = f"http://127.0.0.1:{env['PORT']}"
+        log = tmp_path / "production.log"
+        process = start("start_production.sh", env, log)
+        try:
+            wait_ready(url, process, log, timeout_s=300)
+            statuses: list[int] = []
+
+            def send() -> None:
+                response = requests.post(f"{url}/ocr", files={"file": ("p.png", png_bytes())}, timeout=30)
+                statuses.append(response.status_code)
+
+            for _ in range(5):  # two at a time: each single-threaded worker takes one
+                pair = [threading.Thread(target=send) for _ in range(2)]
+                for thread in pair:
+                    thread.start()
+                for thread in pair:
+                    thread.join()
+        finally:
+            assert stop(process) == 0, log.read_text()[-3000:]
+            server.shutdown()
+            server.server_close()
+    workers = set(
+        re.findall(r'"POST /ocr HTTP/1.1" \d+ .* worker=<(\d+)>', (tmp_path / "logs" / "access.log").read_text())
+    )
+    assert len(workers) == 2, "both workers must have answered for the test to mean anything"
+    assert sorted(statuses) == [200] * 6 + [429] * 4
+    assert "falling back to in-memory" not in (tmp_path / "logs" / "error.log").read_text()
+    assert redis_url not in log.read_text()
+
+
+def _preload_limits_scripts(redis_url: str) -> None:
+    """Load the limits library's Lua scripts, so EVALSHA finds them.
+
+    fakeredis's TCP server closes a connection after any error reply, and the first EVALSHA of a script a server
+    has not seen is one (NOSCRIPT); a real Redis answers it and redis-py loads the script.
+    """
+    import limits
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for script in (Path(limits.__file__).parent / "resources" / "redis" / "lua_scripts").glob("*.lua"):
+        client.script_load(script.read_text())
+    client.close()
+
+
+def _stand_in_for_rate_limits():
+    from tests.servers import stand_in_engine
+
+    return stand_in_engine(step_ms=50, tokens_per_page=6)  # 0.3 s a page: the two requests overlap
