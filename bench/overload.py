@@ -152,7 +152,6 @@ def run(
             WORKERS=str(workers),
             THREADS=str(clients),  # enough threads that admission, not gunicorn, is the bound under test
             MAX_PAGES_IN_FLIGHT=str(pages_in_flight),
-            DRAIN_SECONDS="0",
         )
         log = workdir / "production.log"
         process = start("start_production.sh", env, log)

@@ -325,3 +325,53 @@ def test_concurrent_requests_get_distinct_stored_names(make_client, uploads_dir)
     assert len(paths) == 20
     assert len(set(paths)) == 20
     assert len(list(uploads_dir.iterdir())) == 20
+
+
+def test_an_in_process_engine_that_dies_gives_503_then_recovers_when_it_is_back(make_client, fake_engine):
+    from ocr_api.engines import EngineUnavailable
+
+    client = make_client()
+    fake_engine.fail_with, fake_engine.ready = EngineUnavailable("engine core died"), False
+    response = _post(client, files=[_file(png_bytes(), "a.png")])
+    _assert_error(response, 503, "engine_not_ready")
+    assert client.get("/ready").status_code == 503
+    assert client.get("/health").status_code == 200
+    fake_engine.ready = True  # is_ready() said yes, but the call itself finds the engine gone
+    _assert_error(_post(client, files=[_file(png_bytes(), "a.png")]), 503, "engine_unavailable")
+    fake_engine.fail_with = None  # back
+    assert client.get("/ready").status_code == 200
+    assert _post(client, files=[_file(png_bytes(), "a.png")]).status_code == 200
+
+
+def test_one_input_that_breaks_the_engine_does_not_poison_the_next(make_client, fake_engine):
+    client = make_client()
+    fake_engine.fail_with = RuntimeError("CUDA error: an illegal memory access")
+    _assert_error(_post(client, files=[_file(png_bytes((8, 512)), "thin.png")]), 500, "inference_failed")
+    fake_engine.fail_with = None
+    assert _post(client, files=[_file(png_bytes(), "a.png")]).status_code == 200
+
+
+def test_past_the_admission_bound_a_request_is_refused_at_once(make_client, fake_engine):
+    client = make_client(max_pages_in_flight=4)
+    service = client.application.extensions["ocr_service"]
+    with service.admission.admit(4):  # four pages of other requests at the engine
+        response = _post(client, files=[_file(png_bytes(), "a.png")])
+        _assert_error(response, 503, "overloaded")
+        assert response.headers["Retry-After"] == "5"
+        assert "4 of 4 pages" in response.get_json()["error"]
+        assert client.get("/health").get_json()["pages_in_flight"] == 4
+    assert fake_engine.batches == []  # refused before anything reached the engine
+    assert _post(client, files=[_file(png_bytes(), "a.png")]).status_code == 200
+    assert service.admission.in_flight == 0
+
+
+def test_a_document_longer_than_the_bound_is_sent_in_chunks_of_the_bound(make_client, fake_engine):
+    import pymupdf
+
+    document = pymupdf.open()
+    for _ in range(10):
+        document.new_page(width=200, height=200)
+    client = make_client(max_pages_in_flight=4)
+    response = _post(client, files=[_file(document.tobytes(), "ten.pdf")])
+    assert response.status_code == 200
+    assert [len(batch) for batch in fake_engine.batches] == [4, 4, 2]

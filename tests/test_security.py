@@ -164,7 +164,6 @@ def test_a_redis_backed_limit_holds_across_gunicorn_workers(tmp_path):
             THREADS="1",
             RATE_LIMIT="6/minute",
             RATE_LIMIT_STORAGE_URI=redis_url,
-            DRAIN_SECONDS="0",
         )
         url = f"http://127.0.0.1:{env['PORT']}"
         log = tmp_path / "production.log"
