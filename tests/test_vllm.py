@@ -225,8 +225,11 @@ def test_killing_the_engine_gives_503_the_service_recovers_and_the_script_stops_
     assert restarted_pid != engine_pid
     wait_until(lambda: requests.get(f"{production.url}/ready", timeout=5).status_code == 200, timeout_s=300)
     ready_after = time.monotonic() - killed_at
-    recovered = _ocr(production.url, png_bytes())
-    assert recovered.status_code == 200, recovered.text
+    # Each worker re-checks the engine's health at most once a second, so the worker that did not answer
+    # /ready may refuse for up to a second more.
+    recovered: list[requests.Response] = []
+    wait_until(lambda: recovered.append(_ocr(production.url, png_bytes())) or recovered[-1].ok, timeout_s=180)
+    assert [r.status_code for r in recovered][-1] == 200
     print(f"\nreal vLLM killed mid-request: 503 after {answered_in:.1f} s, ready again after {ready_after:.0f} s")
     # SIGTERM now stops gunicorn and the new engine.
     assert stop(production.process, timeout_s=120) == 0
