@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import re
 import statistics
 import tempfile
 import threading
@@ -26,7 +24,7 @@ from pathlib import Path
 import requests
 from PIL import Image
 
-from tests.servers import environment, metric, stand_in_engine, start, stop, wait_ready
+from tests.servers import environment, gunicorn_workers, memory_mib, metric, stand_in_engine, start, stop, wait_ready
 
 
 @dataclass
@@ -112,31 +110,6 @@ def drive(url: str, clients: int, rounds: int) -> list[Outcome]:
     return outcomes
 
 
-def worker_rss_mib(gunicorn_pids: list[int]) -> dict[int, float]:
-    """Current resident memory of each gunicorn worker, in MiB."""
-    rss = {}
-    for pid in gunicorn_pids:
-        status = Path(f"/proc/{pid}/status").read_text()
-        rss[pid] = round(int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024, 1)
-    return rss
-
-
-def gunicorn_workers(master_pid: int) -> list[int]:
-    """The worker pids of the gunicorn master that is a child of ``master_pid``'s script."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"gunicorn" in command and os.getpgid(int(entry.name)) == master_pid:
-                children.append((int(fields[1]), int(entry.name)))
-    pids = {pid for _, pid in children}
-    return sorted(pid for parent, pid in children if parent in pids)  # workers: children of the master
-
-
 def run(
     workers: int = 2, pages_in_flight: int = 4, load: float = 2.0, rounds: int = 5, workdir: Path | None = None
 ) -> Report:
@@ -160,11 +133,11 @@ def run(
             wait_ready(url, process, log, timeout_s=300)
             pids = gunicorn_workers(process.pid)
             drive(url, clients, rounds=1)  # warm up every thread of every worker (allocator arenas, connections)
-            before = worker_rss_mib(pids)
+            before = {pid: memory_mib(pid) for pid in pids}
             pages_before = metric(engine_url, "stand_in:pages_done_total")
             report.outcomes = drive(url, clients, rounds)
             report.engine_pages = int(metric(engine_url, "stand_in:pages_done_total") - pages_before)
-            after = worker_rss_mib(pids)
+            after = {pid: memory_mib(pid) for pid in pids}
             report.worker_rss_mib = {str(pid): [before[pid], after[pid]] for pid in pids}
         finally:
             stop(process)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pymupdf
 import pytest
 from flask.testing import FlaskClient
 from PIL import Image
@@ -62,6 +63,24 @@ def png_bytes(size: tuple[int, int] = (64, 48), color: str = "white", mode: str 
     buffer = io.BytesIO()
     Image.new(mode, size, color).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+A4 = (595, 842)  # points
+
+
+def make_pdf(pages: int = 3, size: tuple[float, float] = A4, password: str | None = None, **page_sizes) -> bytes:
+    """A PDF with ``pages`` pages saying "Page N"; ``page_sizes`` maps 1-based page numbers to other sizes."""
+    document = pymupdf.open()
+    for number in range(1, pages + 1):
+        width, height = page_sizes.get(f"p{number}", size)
+        page = document.new_page(width=width, height=height)
+        page.insert_text((72, 72), f"Page {number}", fontsize=24)
+    options = {}
+    if password:
+        options = {"encryption": pymupdf.PDF_ENCRYPT_AES_256, "user_pw": password, "owner_pw": password + "-owner"}
+    data = document.tobytes(**options)
+    document.close()
+    return data
 
 
 @pytest.fixture

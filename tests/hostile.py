@@ -6,15 +6,13 @@ Each case is the raw request (path, content type, body) and the answer the servi
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pymupdf
-from PIL import Image
+from tests.conftest import make_pdf, png_bytes
 
 BOUNDARY = "hostile-boundary-7d1f"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -64,12 +62,6 @@ def file_case(name: str, data: bytes, status: int, code: str | None, filename: s
     return Case(name, multipart([Part("file", data, filename)]), status, code)
 
 
-def png(size: tuple[int, int] = (64, 48)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, "white").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
@@ -83,7 +75,7 @@ def png_declaring(width: int, height: int) -> bytes:
 
 def png_with_pdf_inside() -> bytes:
     """A real PNG whose text chunk starts a PDF: a polyglot sniffers that look for %PDF- anywhere get wrong."""
-    image = png()
+    image = png_bytes()
     text = _png_chunk(b"tEXt", b"Comment\0%PDF-1.7 1 0 obj << >> endobj")
     return image[:33] + text + image[33:]  # after the signature and IHDR
 
@@ -150,24 +142,15 @@ def pdf_huge_page() -> bytes:
     return _pdf(pdf_page(b"BT ET", box=b"0 0 14400 14400"))
 
 
-def pdf_many_pages(count: int) -> bytes:
-    document = pymupdf.open()
-    for _ in range(count):
-        document.new_page(width=200, height=200)
-    data = document.tobytes(garbage=1, deflate=True)
-    document.close()
-    return data
-
-
 def pdf_text() -> bytes:
     return _pdf(pdf_page(b"BT /F1 12 Tf 72 720 Td (Hello) Tj ET"))
 
 
 def cases(corpus_dir: Path | None = None) -> list[Case]:
     """Every hostile case with its documented answer."""
-    good = png()
+    good = png_bytes()
     hopper = (corpus_dir / "images" / "hopper.jpg").read_bytes() if corpus_dir else good
-    joined = (corpus_dir / "pdfs" / "joined.pdf").read_bytes() if corpus_dir else pdf_many_pages(50)
+    joined = (corpus_dir / "pdfs" / "joined.pdf").read_bytes() if corpus_dir else make_pdf(50)
     long_name = "A" * 10_000 + ".png"
     return [
         # Empty, truncated, mislabelled.
@@ -187,7 +170,7 @@ def cases(corpus_dir: Path | None = None) -> list[Case]:
         file_case("PDF: 256 MiB of drawing instructions, nested flate", pdf_content_bomb(), 422, "page_too_large"),
         file_case("PDF: 15,000 px square inline image", pdf_inline_image_bomb(), 422, "page_too_large"),
         file_case("PDF: page of 14,400 x 14,400 pt", pdf_huge_page(), 422, "page_too_large"),
-        file_case("PDF of 1,000 pages", pdf_many_pages(1000), 422, "too_many_pages"),
+        file_case("PDF of 1,000 pages", make_pdf(1000, size=(200, 200)), 422, "too_many_pages"),
         # Malformed requests.
         Case(
             "no file part, only a prompt", multipart([Part("prompt", b"<image>\nFree OCR.", None)]), 400, "missing_file"

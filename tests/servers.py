@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -105,3 +106,39 @@ def metric(url: str, name: str) -> float:
         if line.startswith(name):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+def processes_in_group(group: int) -> dict[int, int]:
+    """Return {pid: parent pid} of the live (not zombie) processes whose process group is ``group``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, parent, process_group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if state != "Z" and int(process_group) == group:
+                found[int(entry.name)] = int(parent)
+    return found
+
+
+def gunicorn_workers(group: int) -> list[int]:
+    """The pids of the gunicorn workers in a script's process group (the master's children)."""
+    members = processes_in_group(group)
+    gunicorn = {pid for pid in members if b"gunicorn" in _cmdline(pid)}
+    return sorted(pid for pid in gunicorn if members[pid] in gunicorn)
+
+
+def memory_mib(pid: int, field: str = "VmRSS") -> float:
+    """Return a process's memory in MiB from /proc: VmRSS (now) or VmHWM (its peak so far)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(rf"{field}:\s+(\d+) kB", status)
+    assert match, f"{field} not in /proc/{pid}/status"
+    return round(int(match[1]) / 1024, 1)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -9,7 +9,7 @@ import pytest
 from urllib3 import encode_multipart_formdata
 
 from ocr_api.engines import PromptTooLong
-from tests.conftest import CORPUS, png_bytes
+from tests.conftest import CORPUS, make_pdf, png_bytes
 from tests.fakes import FakeEngine
 
 
@@ -366,12 +366,7 @@ def test_past_the_admission_bound_a_request_is_refused_at_once(make_client, fake
 
 
 def test_a_document_longer_than_the_bound_is_sent_in_chunks_of_the_bound(make_client, fake_engine):
-    import pymupdf
-
-    document = pymupdf.open()
-    for _ in range(10):
-        document.new_page(width=200, height=200)
     client = make_client(max_pages_in_flight=4)
-    response = _post(client, files=[_file(document.tobytes(), "ten.pdf")])
+    response = _post(client, files=[_file(make_pdf(10, size=(200, 200)), "ten.pdf")])
     assert response.status_code == 200
     assert [len(batch) for batch in fake_engine.batches] == [4, 4, 2]

@@ -10,7 +10,6 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 
-import pymupdf
 import pytest
 from PIL import Image
 from urllib3 import encode_multipart_formdata
@@ -18,26 +17,10 @@ from urllib3 import encode_multipart_formdata
 from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page, select_pages
 from ocr_api.engines import EngineOutput, EngineRequest
 from ocr_api.errors import ApiError
-from tests.conftest import CORPUS, png_bytes
+from tests.conftest import CORPUS, make_pdf, png_bytes
 from tests.fakes import FakeEngine
 
 LIMITS = PdfLimits(dpi=144, max_pages=100, max_page_pixels=40_000_000)
-A4 = (595, 842)  # points
-
-
-def make_pdf(pages: int = 3, size: tuple[float, float] = A4, password: str | None = None, **page_sizes) -> bytes:
-    """A PDF with ``pages`` pages saying "Page N"; ``page_sizes`` maps 1-based page numbers to other sizes."""
-    document = pymupdf.open()
-    for number in range(1, pages + 1):
-        width, height = page_sizes.get(f"p{number}", size)
-        page = document.new_page(width=width, height=height)
-        page.insert_text((72, 72), f"Page {number}", fontsize=24)
-    options = {}
-    if password:
-        options = {"encryption": pymupdf.PDF_ENCRYPT_AES_256, "user_pw": password, "owner_pw": password + "-owner"}
-    data = document.tobytes(**options)
-    document.close()
-    return data
 
 
 def _post(client, files, path="/ocr", field="file", **form):

@@ -24,7 +24,7 @@ from tests.conftest import CORPUS, CORPUS_FILES, png_bytes
 from tests.fakes import FakeEngine
 from tests.hostile import MULTIPART, Case, Part, multipart, pdf_text
 from tests.hostile import cases as hostile_cases
-from tests.servers import environment, stand_in_engine, start, stop, wait_ready
+from tests.servers import environment, gunicorn_workers, memory_mib, stand_in_engine, start, stop, wait_ready
 from tests.test_preparation import EXPECTED
 
 HOSTILE = hostile_cases(CORPUS if CORPUS_FILES else None)
@@ -187,10 +187,10 @@ def test_replay_over_http_against_gunicorn_bounded_and_clean(tmp_path):
             wait_ready(url, process, log, timeout_s=300)
             # Hostile requests first: the workers' peak memory after them is what bad input can cost.
             hostile_slowest = replay(url, HOSTILE, uploads)
-            hostile_peaks = worker_peak_memory_mib(tmp_path / "logs" / "access.log")
+            hostile_peaks = worker_peaks(process.pid)
             # Then the corpus, whose 50-page PDF is rendered ENGINE_BATCH_PAGES (32) pages at a time.
             corpus_slowest = replay(url, corpus_cases(), uploads)
-            peaks = worker_peak_memory_mib(tmp_path / "logs" / "access.log")
+            peaks = worker_peaks(process.pid)
             print(
                 f"\n{len(HOSTILE)} hostile: slowest {hostile_slowest:.2f} s, worker peak RSS {hostile_peaks} MiB"
                 f"; then {len(CORPUS_FILES)} corpus files: slowest {corpus_slowest:.2f} s, worker peak RSS {peaks} MiB"
@@ -223,10 +223,6 @@ def replay(url: str, cases: list[Case], uploads: Path) -> float:
     return slowest
 
 
-def worker_peak_memory_mib(access_log: Path) -> dict[int, float]:
-    """Return each gunicorn worker's peak resident memory (VmHWM), by pid, from the pids the access log names."""
-    peaks = {}
-    for pid in {int(pid) for pid in re.findall(r"worker=<(\d+)>", access_log.read_text())}:
-        status = Path(f"/proc/{pid}/status").read_text()
-        peaks[pid] = round(int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024, 1)
-    return peaks
+def worker_peaks(group: int) -> dict[int, float]:
+    """Each gunicorn worker's peak resident memory so far (VmHWM), in MiB."""
+    return {pid: memory_mib(pid, "VmHWM") for pid in gunicorn_workers(group)}

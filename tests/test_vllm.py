@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.conftest import CORPUS, REPO, png_bytes
-from tests.servers import environment, free_port, start, stop, wait_ready, wait_until
+from tests.servers import environment, free_port, processes_in_group, start, stop, wait_ready, wait_until
 from tests.tiny_vllm_model import write_tiny_vllm_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -126,7 +126,7 @@ def test_in_process_engine_serves_ocr_and_a_batch(tmp_path, tiny_vllm_ocr2_dir):
         # SIGTERM to the service process alone, as `kill PID` does: it must take vLLM's processes down with it.
         os.kill(process.pid, signal.SIGTERM)
         assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
-        wait_until(lambda: _processes_in_group(process.pid) == [], timeout_s=30)
+        wait_until(lambda: processes_in_group(process.pid) == {}, timeout_s=30)
 
 
 @pytest.fixture(scope="module")
@@ -233,25 +233,11 @@ def test_killing_the_engine_gives_503_the_service_recovers_and_the_script_stops_
     print(f"\nreal vLLM killed mid-request: 503 after {answered_in:.1f} s, ready again after {ready_after:.0f} s")
     # SIGTERM now stops gunicorn and the new engine.
     assert stop(production.process, timeout_s=120) == 0
-    assert _processes_in_group(engine_pid) == []
-    assert _processes_in_group(restarted_pid) == []
-    assert _processes_in_group(production.process.pid) == []
+    assert processes_in_group(engine_pid) == {}
+    assert processes_in_group(restarted_pid) == {}
+    assert processes_in_group(production.process.pid) == {}
     assert not any(production.uploads.iterdir())
 
 
 def _script_log(production: Production) -> str:
     return (production.logs.parent / "production.log").read_text()
-
-
-def _processes_in_group(group: int) -> list[int]:
-    """Return the processes whose process group is ``group`` (the engine runs in a group of its own)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and int(fields[2]) == group:
-                found.append(int(entry.name))
-    return found
