@@ -7,6 +7,7 @@ The stand-in (bench/stand_in_engine.py) speaks the same endpoints as vLLM's serv
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import re
 import subprocess
@@ -157,17 +158,25 @@ def test_engine_dropping_mid_request_is_503(settings, engine_url):
     port = listener.getsockname()[1]
 
     def drop_connections():
-        for _ in range(3):
-            connection, _ = listener.accept()
-            connection.recv(65536)
-            connection.close()
+        # However many times the client tries; accept fails once the test shuts the listener down.
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(65536)
 
     client, service = _client(settings, engine_url)
     assert service.is_ready()  # healthy, and remembered for a second
     service.engine.base_url = f"http://127.0.0.1:{port}"  # so the request itself meets the dropping server
-    threading.Thread(target=drop_connections, daemon=True).start()
-    response = _post(client)
-    listener.close()
+    dropper = threading.Thread(target=drop_connections, daemon=True)
+    dropper.start()
+    try:
+        response = _post(client)
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (Linux), unlike close() alone
+        listener.close()
+        dropper.join(timeout=5)
+    assert not dropper.is_alive()
     assert (response.status_code, response.get_json()["code"]) == (503, "engine_unavailable")
 
 
