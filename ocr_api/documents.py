@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import logging
 import re
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pymupdf
 from PIL import Image
 
 from ocr_api.errors import BadRequest, UnprocessableFile
+from ocr_api.pdf_streams import PageTooLarge, check_page
 
 logger = logging.getLogger(__name__)
 
 POINTS_PER_INCH = 72
 _RANGE = re.compile(r"^\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?$")
 
-# PDF bombs hide in what a page decodes, not in the page size: a 1.5 kB file can hold a 20,000 x 20,000 image or
-# a content stream that inflates to gigabytes (flate inside flate), and MuPDF decodes either whole while
-# rendering. So before rendering, a page's images are checked against the pixel limit and its content streams
-# are inflated in bounded chunks, counting, without keeping the output.
-MAX_PAGE_CONTENT_BYTES = 64 * 1024 * 1024  # real pages' drawing instructions take kilobytes to a few megabytes
-_FLATE = {"/FlateDecode", "/Fl"}
-_INLINE_IMAGE = re.compile(rb"\bBI\s(.{0,400}?)\bID\s", re.DOTALL)
-_INLINE_SIZE = re.compile(rb"/(W|Width|H|Height)\s+(\d{1,9})")
-_CHUNK = 1 << 20
+# Real pages decode to kilobytes or a few megabytes (drawing instructions, fonts; a full CJK font is about 16 MB);
+# the bombs that ocr_api.pdf_streams measures decode to gigabytes.
+MAX_PAGE_DECODED_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,6 +29,7 @@ class PdfLimits:
     dpi: int
     max_pages: int
     max_page_pixels: int
+    max_page_decoded_bytes: int = MAX_PAGE_DECODED_BYTES
 
 
 def is_pdf(data: bytes) -> bool:
@@ -114,71 +108,19 @@ def render_page(document: pymupdf.Document, index: int, limits: PdfLimits) -> Im
                 f"{limits.max_page_pixels} pixels.",
                 code="page_too_large",
             )
-        check_page_contents(document, page, index, limits)
+        # Before rendering: MuPDF would decode a bomb whole (images) or for as long as it lasts (drawing).
+        check_page(document, page.xref, limits.max_page_pixels, limits.max_page_decoded_bytes)
         # alpha=False renders onto an opaque white background: transparent pages are flattened.
         pixmap = page.get_pixmap(dpi=limits.dpi, alpha=False)
+    except PageTooLarge as exc:
+        raise UnprocessableFile(
+            f"Page {index + 1} {exc}; the limit is {limits.max_page_pixels} pixels per image and "
+            f"{limits.max_page_decoded_bytes >> 20} MiB decoded per page.",
+            code="page_too_large",
+        ) from None
     except UnprocessableFile:
         raise
     except Exception as exc:  # noqa: BLE001 - a page PyMuPDF cannot load or draw is that page's fault
         logger.info("could not render PDF page %d: %s: %s", index + 1, type(exc).__name__, exc)
         raise UnprocessableFile(f"Page {index + 1} could not be rendered.", code="corrupt_pdf") from None
     return Image.frombytes("RGB", (pixmap.width, pixmap.height), pixmap.samples)
-
-
-def check_page_contents(document: pymupdf.Document, page: pymupdf.Page, index: int, limits: PdfLimits) -> None:
-    """Refuse the page when an image on it, or its drawing instructions, would decode beyond the limits."""
-    for image in page.get_images(full=True):
-        width, height = image[2], image[3]
-        if width * height > limits.max_page_pixels:
-            raise _too_large(index, f"embeds an image of {width}x{height} pixels", limits)
-    streams = [*page.get_contents(), *(xobject[0] for xobject in page.get_xobjects())]
-    total = 0
-    for xref in streams:
-        for chunk in _inflated_chunks(document, xref):
-            total += len(chunk)
-            if total > MAX_PAGE_CONTENT_BYTES:
-                raise _too_large(index, f"has drawing instructions beyond {MAX_PAGE_CONTENT_BYTES >> 20} MiB", limits)
-            for match in _INLINE_IMAGE.finditer(chunk):
-                sizes = {key[:1]: int(value) for key, value in _INLINE_SIZE.findall(match[1])}
-                width, height = sizes.get(b"W", 0), sizes.get(b"H", 0)
-                if width * height > limits.max_page_pixels:
-                    raise _too_large(index, f"holds an inline image of {width}x{height} pixels", limits)
-
-
-def _inflated_chunks(document: pymupdf.Document, xref: int) -> Iterator[bytes]:
-    """Yield a stream's decoded bytes in bounded chunks when every filter is Flate; other filters are not measured."""
-    kind, value = document.xref_get_key(xref, "Filter")
-    filters = re.findall(r"/[^\s/\[\]<>()]+", value) if kind in ("name", "array") else []
-    if any(name not in _FLATE for name in filters):
-        return
-    data = document.xref_stream_raw(xref)
-    if not filters:
-        yield data
-        return
-    # Each layer inflates at most _CHUNK bytes at a time, so memory stays a few chunks whatever the ratio.
-    yield from _inflate_layers([zlib.decompressobj() for _ in filters], data)
-
-
-def _inflate_layers(layers: list[zlib._Decompress], data: bytes, depth: int = 0) -> Iterator[bytes]:
-    """Inflate ``data`` through ``layers[depth:]`` chunk by chunk; corrupt data ends the stream quietly."""
-    inflater = layers[depth]
-    while data:
-        try:
-            out = inflater.decompress(data, _CHUNK)
-        except zlib.error:
-            return
-        data = inflater.unconsumed_tail
-        if not out:
-            return
-        if depth + 1 == len(layers):
-            yield out
-        else:
-            yield from _inflate_layers(layers, out, depth + 1)
-
-
-def _too_large(index: int, what: str, limits: PdfLimits) -> UnprocessableFile:
-    return UnprocessableFile(
-        f"Page {index + 1} {what}; the limit is {limits.max_page_pixels} pixels per image and "
-        f"{MAX_PAGE_CONTENT_BYTES >> 20} MiB of drawing instructions per page.",
-        code="page_too_large",
-    )

@@ -91,7 +91,7 @@ def nested_flate(total: int, fill: bytes = b"\0", layers: int = 2) -> bytes:
     return data
 
 
-def _pdf(objects: list[bytes]) -> bytes:
+def assemble_pdf(objects: list[bytes]) -> bytes:
     """Assemble numbered objects (1 = catalog) into a PDF with a correct cross-reference table."""
     out, offsets = b"%PDF-1.7\n", []
     for number, body in enumerate(objects, 1):
@@ -103,16 +103,19 @@ def _pdf(objects: list[bytes]) -> bytes:
     return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
 
 
-def _stream(data: bytes, extra: bytes = b"") -> bytes:
+def stream_object(data: bytes, extra: bytes = b"") -> bytes:
     return b"<< /Length %d %s >>stream\n" % (len(data), extra) + data + b"\nendstream"
 
 
-def pdf_page(content: bytes, filters: bytes = b"", resources: bytes = b"", box: bytes = b"0 0 612 792") -> list[bytes]:
+def pdf_page(
+    content: bytes, filters: bytes = b"", resources: bytes = b"", box: bytes = b"0 0 612 792", inherited: bytes = b""
+) -> list[bytes]:
+    """Objects 1-4 of a one-page PDF: catalog, page tree (with ``inherited`` entries), page, its content stream."""
     return [
         b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 %s >>" % inherited,
         b"<< /Type /Page /Parent 2 0 R /MediaBox [%s] %s /Contents 4 0 R >>" % (box, resources),
-        _stream(content, filters),
+        stream_object(content, filters),
     ]
 
 
@@ -122,28 +125,45 @@ def pdf_image_bomb(side: int = 20_000) -> bytes:
     resources = b"/Resources << /XObject << /Im0 5 0 R >> >>"
     dictionary = b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray " % (side, side)
     dictionary += b"/BitsPerComponent 8 /Filter [/FlateDecode /FlateDecode]"
-    return _pdf([*pdf_page(b"q 612 0 0 792 0 0 cm /Im0 Do Q", resources=resources), _stream(image, dictionary)])
+    return assemble_pdf(
+        [*pdf_page(b"q 612 0 0 792 0 0 cm /Im0 Do Q", resources=resources), stream_object(image, dictionary)]
+    )
 
 
 def pdf_content_bomb(size: int = 256 << 20) -> bytes:
     """A page whose drawing instructions are ``size`` bytes of spaces, flate inside flate (about 1 kB)."""
-    return _pdf(pdf_page(nested_flate(size, b" "), b"/Filter [/FlateDecode /FlateDecode]"))
+    return assemble_pdf(pdf_page(nested_flate(size, b" "), b"/Filter [/FlateDecode /FlateDecode]"))
+
+
+def pdf_bomb_behind_a_harmless_filter(size: int = 256 << 20) -> bytes:
+    """``size`` bytes of hex digits, flate inside flate, with ASCIIHex as the last filter (about 1 kB)."""
+    return assemble_pdf(pdf_page(nested_flate(size, b"2"), b"/Filter [/FlateDecode /FlateDecode /ASCIIHexDecode]"))
+
+
+def pdf_bomb_in_an_annotation(size: int = 256 << 20) -> bytes:
+    """A page whose drawing instructions are empty and whose annotation's appearance is the bomb (about 1 kB)."""
+    page = pdf_page(b"", resources=b"/Annots [5 0 R]")
+    annotation = b"<< /Type /Annot /Subtype /Square /Rect [0 0 100 100] /AP << /N 6 0 R >> >>"
+    appearance = stream_object(
+        nested_flate(size, b" "), b"/Type /XObject /Subtype /Form /BBox [0 0 100 100] /Filter [/Fl /Fl]"
+    )
+    return assemble_pdf([*page, annotation, appearance])
 
 
 def pdf_inline_image_bomb(side: int = 15_000) -> bytes:
     """A page with an inline image (BI ... ID ... EI) of ``side`` x ``side`` pixels."""
     inline = b"BI /W %d /H %d /CS /G /BPC 8 /F /Fl ID " % (side, side) + nested_flate(side * side, layers=1)
     content = zlib.compress(b"q 612 0 0 792 0 0 cm " + inline + b" EI Q", 9)
-    return _pdf(pdf_page(content, b"/Filter /FlateDecode"))
+    return assemble_pdf(pdf_page(content, b"/Filter /FlateDecode"))
 
 
 def pdf_huge_page() -> bytes:
     """A page of 14,400 x 14,400 points, the largest the PDF specification allows (28,800 px square at 144 dpi)."""
-    return _pdf(pdf_page(b"BT ET", box=b"0 0 14400 14400"))
+    return assemble_pdf(pdf_page(b"BT ET", box=b"0 0 14400 14400"))
 
 
 def pdf_text() -> bytes:
-    return _pdf(pdf_page(b"BT /F1 12 Tf 72 720 Td (Hello) Tj ET"))
+    return assemble_pdf(pdf_page(b"BT /F1 12 Tf 72 720 Td (Hello) Tj ET"))
 
 
 def cases(corpus_dir: Path | None = None) -> list[Case]:
@@ -168,6 +188,10 @@ def cases(corpus_dir: Path | None = None) -> list[Case]:
         file_case("PNG declaring 1 x 1 (engine never sees it)", png_declaring(1, 1), 422, "image_too_small"),
         file_case("PDF: 20,000 px square image, nested flate", pdf_image_bomb(), 422, "page_too_large"),
         file_case("PDF: 256 MiB of drawing instructions, nested flate", pdf_content_bomb(), 422, "page_too_large"),
+        file_case(
+            "PDF: 256 MiB behind a last ASCIIHex filter", pdf_bomb_behind_a_harmless_filter(), 422, "page_too_large"
+        ),
+        file_case("PDF: 256 MiB in an annotation's appearance", pdf_bomb_in_an_annotation(), 422, "page_too_large"),
         file_case("PDF: 15,000 px square inline image", pdf_inline_image_bomb(), 422, "page_too_large"),
         file_case("PDF: page of 14,400 x 14,400 pt", pdf_huge_page(), 422, "page_too_large"),
         file_case("PDF of 1,000 pages", make_pdf(1000, size=(200, 200)), 422, "too_many_pages"),

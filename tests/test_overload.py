@@ -27,7 +27,8 @@ def test_twice_the_admission_capacity_refuses_the_excess_at_once_and_loses_nothi
     print("\n" + "\n".join(report.lines()))
     assert report.lost == []  # every request got a 200 or a 503 overloaded: no 500, no dropped connection
     assert report.refused, "twice the capacity must be refused in part"
-    assert max(outcome.seconds for outcome in report.refused) < 0.5  # at once, not after queueing
+    # At once: an accepted request takes at least the engine's 1 s of decoding, a refusal waits for none of it.
+    assert max(outcome.seconds for outcome in report.refused) < 1.0
     assert {outcome.retry_after for outcome in report.refused} == {"5"}
     assert len(report.accepted) >= report.capacity_pages  # the bound admits its capacity, not fewer
     assert report.engine_pages == len(report.accepted)  # every accepted page decoded once, no more
