@@ -10,7 +10,7 @@ import pymupdf
 from PIL import Image
 
 from ocr_api.errors import BadRequest, UnprocessableFile
-from ocr_api.pdf_streams import PageTooLarge, check_page
+from ocr_api.pdf_streams import MAX_PAGE_OBJECTS, PageTooLarge, check_page
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def render_page(document: pymupdf.Document, index: int, limits: PdfLimits) -> Im
         pixmap = page.get_pixmap(dpi=limits.dpi, alpha=False)
     except PageTooLarge as exc:
         raise UnprocessableFile(
-            f"Page {index + 1} {exc}; the limit is {limits.max_page_pixels} pixels per image and "
-            f"{limits.max_page_decoded_bytes >> 20} MiB decoded per page.",
+            f"Page {index + 1} {exc}; a page may hold images of up to {limits.max_page_pixels} pixels, decode to "
+            f"{limits.max_page_decoded_bytes >> 20} MiB and refer to {MAX_PAGE_OBJECTS} objects.",
             code="page_too_large",
         ) from None
     except UnprocessableFile:

@@ -19,6 +19,7 @@ import binascii
 import logging
 import re
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pymupdf
@@ -29,6 +30,10 @@ from pypdf.filters import LZWDecode, RunLengthDecode
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+# Real pages reach hundreds to a few thousand objects; walking one takes about 30 us, so this bounds the walk at
+# well under a second (a page referring to an array of 200,000 objects took 5.8 s before the bound).
+MAX_PAGE_OBJECTS = 20_000
+_BACK_POINTERS = ("Parent", "P", "IRT")
 _REFERENCE = re.compile(r"(\d+) \d+ R\b")
 _FILTER_NAME = re.compile(r"/[^\s/\[\]<>()]+")
 _INLINE_IMAGE = re.compile(rb"\bBI\s(.{0,400}?)\bID\s", re.DOTALL)
@@ -81,21 +86,54 @@ def reachable_streams(document: pymupdf.Document, page_xref: int) -> Iterator[in
     while todo:
         xref = todo.pop()
         try:
-            # Through /Parent the page tree is reached, and what the page inherits from it; its other pages
-            # (and those a link or an article bead names) are their own business.
-            if xref != page_xref and _key(document, xref, "Type") == "/Page":
-                continue
             source = document.xref_object(xref, compressed=True)
+            # Another page, named by a link or an article bead, is its own business. (Reading a key costs twice
+            # as much as reading the whole object, so keys are read only where the text holds their name.)
+            if xref != page_xref and "/Page" in source and _key(document, xref, "Type") == "/Page":
+                continue
+            references = _references(document, xref, source)
+            if xref == page_xref:
+                references.update(_inherited_resources(document, page_xref))
             if document.xref_is_stream(xref):
                 yield xref
         except Exception as exc:  # noqa: BLE001 - an object MuPDF cannot read: it will not draw it either
             logger.debug("skipping unreadable PDF object %d: %s", xref, exc)
             continue
-        for found in _REFERENCE.findall(source):
-            reference = int(found)
-            if reference not in seen and 0 < reference < document.xref_length():
+        for reference, count in references.items():
+            if count > 0 and reference not in seen and 0 < reference < document.xref_length():
+                if len(seen) == MAX_PAGE_OBJECTS:
+                    raise PageTooLarge(f"refers to more than {MAX_PAGE_OBJECTS} objects")
                 seen.add(reference)
                 todo.append(reference)
+
+
+def _references(document: pymupdf.Document, xref: int, source: str) -> Counter[int]:
+    """The objects this one refers to, with how often, less its back-pointers.
+
+    Back-pointers (an annotation's page, a form field's parent) lead to the rest of the document, not to anything
+    this page draws. Each is taken off once, so an object also named elsewhere in the dictionary is still followed.
+    """
+    references = Counter(int(found) for found in _REFERENCE.findall(source))
+    for key in _BACK_POINTERS:
+        if f"/{key}" in source:
+            kind, value = document.xref_get_key(xref, key)
+            if kind == "xref":
+                references[int(value.split()[0])] -= 1
+    return references
+
+
+def _inherited_resources(document: pymupdf.Document, page_xref: int) -> Counter[int]:
+    """The objects named by the /Resources of the page tree nodes above the page, which the page inherits."""
+    found: Counter[int] = Counter()
+    xref, seen = page_xref, set()
+    while xref not in seen:
+        seen.add(xref)
+        kind, parent = document.xref_get_key(xref, "Parent")
+        if kind != "xref":
+            break
+        xref = int(parent.split()[0])
+        found.update(int(number) for number in _REFERENCE.findall(document.xref_get_key(xref, "Resources")[1]))
+    return found
 
 
 def decoded_pieces(document: pymupdf.Document, xref: int, budget: DecodeBudget) -> Iterator[bytes]:

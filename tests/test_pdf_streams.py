@@ -12,7 +12,14 @@ import pymupdf
 import pytest
 
 from ocr_api.documents import open_pdf
-from ocr_api.pdf_streams import DecodeBudget, PageTooLarge, check_page, decoded_pieces, reachable_streams
+from ocr_api.pdf_streams import (
+    MAX_PAGE_OBJECTS,
+    DecodeBudget,
+    PageTooLarge,
+    check_page,
+    decoded_pieces,
+    reachable_streams,
+)
 from tests.hostile import assemble_pdf, pdf_page, stream_object
 
 MiB = 1 << 20
@@ -237,6 +244,43 @@ def test_another_page_is_not_this_pages_business():
     first, second = (document.load_page(index) for index in (0, 1))
     assert set(second.get_contents()).isdisjoint(reachable_streams(document, first.xref))
     assert set(second.get_contents()) <= set(reachable_streams(document, second.xref))
+
+
+def test_form_fields_lead_to_other_pages_widgets_which_are_not_measured_for_this_page():
+    # One text field with a widget on each page; the second widget's appearance is large. The first page reaches
+    # the field through its widget's /Parent, and the field names both widgets.
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R /AcroForm << /Fields [5 0 R] >> >>",
+        b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Annots [6 0 R] >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Annots [7 0 R] >>",
+        b"<< /FT /Tx /T (name) /Kids [6 0 R 7 0 R] >>",
+        b"<< /Type /Annot /Subtype /Widget /Parent 5 0 R /P 3 0 R /Rect [0 0 100 20] /AP << /N 8 0 R >> >>",
+        b"<< /Type /Annot /Subtype /Widget /Parent 5 0 R /P 4 0 R /Rect [0 0 100 20] /AP << /N 9 0 R >> >>",
+        _form(b""),
+        _form(BIG),
+    ]
+    document = open_pdf(assemble_pdf(objects))
+    check_page(document, document.load_page(0).xref, PIXELS, 1 * MiB)
+    with pytest.raises(PageTooLarge):
+        check_page(document, document.load_page(1).xref, PIXELS, 1 * MiB)
+
+
+def test_an_object_that_is_a_back_pointer_and_an_appearance_too_is_measured():
+    # The annotation names the large form as its /P and as its appearance: dropping the back-pointer must not
+    # drop the appearance.
+    page = pdf_page(b"", resources=b"/Annots [5 0 R]")
+    annotation = b"<< /Type /Annot /Subtype /Square /P 6 0 R /Rect [0 0 100 100] /AP << /N 6 0 R >> >>"
+    with pytest.raises(PageTooLarge):
+        _check(assemble_pdf([*page, annotation, _form(BIG)]), 1 * MiB)
+
+
+def test_a_page_reaching_too_many_objects_is_refused_without_walking_them_all():
+    count = MAX_PAGE_OBJECTS + 10
+    array = b"[" + b" ".join(b"%d 0 R" % (6 + index) for index in range(count)) + b"]"
+    objects = [*pdf_page(b"", resources=b"/PieceInfo 5 0 R"), array, *([b"<< /A 1 >>"] * count)]
+    with pytest.raises(PageTooLarge, match=f"refers to more than {MAX_PAGE_OBJECTS} objects"):
+        _check(assemble_pdf(objects), 64 * MiB)
 
 
 def test_an_inline_image_header_split_between_two_pieces_is_still_seen():
