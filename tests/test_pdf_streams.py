@@ -50,17 +50,14 @@ def lzw(data: bytes) -> bytes:
 
 
 def run_length(data: bytes) -> bytes:
-    """RunLengthDecode data: runs of one repeated byte where they pay, literal runs elsewhere."""
+    """RunLengthDecode data: repeat runs where a byte repeats, one-byte literal runs elsewhere."""
     out, index = bytearray(), 0
     while index < len(data):
         repeat = 1
         while repeat < 128 and index + repeat < len(data) and data[index + repeat] == data[index]:
             repeat += 1
-        if repeat > 1:
-            out += bytes((257 - repeat, data[index]))
-        else:
-            repeat = 1
-            out += bytes((0, data[index]))
+        # A repeat run (257 - n: the next byte n times), or a literal run of one byte (0: the next 1 byte).
+        out += bytes((257 - repeat, data[index])) if repeat > 1 else bytes((0, data[index]))
         index += repeat
     return bytes(out + b"\x80")
 
