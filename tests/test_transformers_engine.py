@@ -97,12 +97,13 @@ def test_max_tokens_is_bounded_by_the_context_left(tiny_model_dir):
 
 
 def test_a_generation_past_the_timeout_is_stopped_and_reported(tiny_model_dir):
-    engine = TransformersEngine(str(tiny_model_dir), device="cpu", timeout_s=0.5)
+    # 3 s: far beyond one short request even on a loaded CI machine (0.5 s was not), far below 8,000 tokens.
+    engine = TransformersEngine(str(tiny_model_dir), device="cpu", timeout_s=3)
     engine.load()
     started = time.monotonic()
     with pytest.raises(EngineTimeout, match="generation was stopped"):
         engine.generate([_request(max_tokens=8000, ngram_size=0)])  # random weights never stop by themselves
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 3 + 5
     # Another request holds the model: waiting counts against the timeout as well.
     with engine._lock, pytest.raises(EngineTimeout, match="busy"):
         engine.generate([_request()])
