@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import secrets
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +63,13 @@ class Settings:
     engine_timeout_s: float = setting(
         "ENGINE_TIMEOUT_S",
         240.0,
-        "Seconds one engine call may take before the request is aborted with 504; keep it below GUNICORN_TIMEOUT.",
+        "Seconds one engine call (up to ENGINE_BATCH_PAGES pages) may take before the request is aborted with 504.",
+    )
+    client_timeout_s: float = setting(
+        "CLIENT_TIMEOUT_S",
+        30.0,
+        "start_production.sh's front server (nginx): seconds a client may take to send its headers, and the longest "
+        "pause while it sends its body or reads the answer. Slower clients are cut off before they reach a worker.",
     )
     engine_connections: int = setting(
         "ENGINE_CONNECTIONS",
@@ -129,6 +137,12 @@ class Settings:
         40_000_000,
         f"Largest decoded image (width x height), checked before decoding; at most {PILLOW_BOMB_LIMIT}.",
     )
+    prepare_timeout_s: float = setting(
+        "PREPARE_TIMEOUT_S",
+        30.0,
+        "Seconds preparing one upload, or one PDF page, may take (decoding, checks, rendering) before it is refused "
+        "with 422 `preparation_timeout`; checked between steps, as a decoder cannot be interrupted.",
+    )
     min_image_side: int = setting("MIN_IMAGE_SIDE", 8, "Smallest width or height in pixels that is accepted.")
     max_aspect_ratio: float = setting("MAX_ASPECT_RATIO", 64.0, "Longest side over shortest side, at most.")
     upload_folder: str = setting("UPLOAD_FOLDER", "uploads", "Where uploads are stored while they are processed.")
@@ -181,6 +195,7 @@ class Settings:
             raise ConfigError(f"OCR_ENGINE_URL must start with http:// or https://; got {self.engine_url!r}")
         _within("ENGINE_TIMEOUT_S", self.engine_timeout_s, 1, 86_400)
         _within("ENGINE_CONNECTIONS", self.engine_connections, 1, 4096)
+        _within("CLIENT_TIMEOUT_S", self.client_timeout_s, 1, 3600)
         _choice("LOG_LEVEL", self.log_level, LOG_LEVELS)
         _choice("TORCH_DTYPE", self.torch_dtype, DTYPE_CHOICES)
         if self.torch_device.split(":")[0] not in DEVICE_PREFIXES:
@@ -189,6 +204,7 @@ class Settings:
         _within("MAX_UPLOAD_MB", self.max_upload_mb, 1, 4096)
         _within("MAX_BATCH_FILES", self.max_batch_files, 1, 1000)
         _within("MAX_IMAGE_PIXELS", self.max_image_pixels, 1, PILLOW_BOMB_LIMIT)
+        _within("PREPARE_TIMEOUT_S", self.prepare_timeout_s, 0.1, 3600)
         _within("MIN_IMAGE_SIDE", self.min_image_side, 1, 10_000)
         _within("MAX_ASPECT_RATIO", self.max_aspect_ratio, 1, 1000)
         _within("MAX_PROMPT_CHARS", self.max_prompt_chars, 16, 1_000_000)
@@ -229,6 +245,15 @@ class Settings:
     def max_content_length(self) -> int:
         """Largest request body in bytes."""
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def longest_request_s(self) -> int:
+        """The longest a synchronous request may legitimately run: every engine call a full batch needs, each up
+        to ENGINE_TIMEOUT_S, for the first attempt and each runaway retry. The front server waits that long."""
+        pages = self.max_batch_files * self.max_pdf_pages
+        per_call = min(self.engine_batch_pages, self.max_pages_in_flight)
+        calls = -(-pages // per_call) * (1 + self.runaway_retries)
+        return math.ceil(calls * self.engine_timeout_s) + 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -318,11 +343,20 @@ def update_docs(path: str = "docs/CONFIGURATION.md") -> None:
         handle.write(f"{head}{DOCS_TABLE_START}{settings_table()}{DOCS_TABLE_END}{tail}")
 
 
-if __name__ == "__main__":
-    # `python config.py` prints the table; `python config.py --update-docs` writes it into the doc.
-    import sys
-
-    if sys.argv[1:] == ["--update-docs"]:
+def main(argv: list[str]) -> int:
+    """`--check`: validate the environment's settings (one line, exit 1, when bad); `--update-docs`; else the table."""
+    if argv == ["--check"]:
+        try:
+            Settings.from_env()
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    elif argv == ["--update-docs"]:
         update_docs()
     else:
         print(settings_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -18,6 +18,7 @@ from config import Settings
 from ocr_api.admission import Admission
 from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page, select_pages
 from ocr_api.engines import (
+    Cancelled,
     EngineLoadError,
     EngineOutput,
     EngineRequest,
@@ -27,10 +28,11 @@ from ocr_api.engines import (
     PromptTooLong,
     build_engine,
 )
-from ocr_api.engines.base import RESOLUTION_MODES
+from ocr_api.engines.base import RESOLUTION_MODES, StopCheck
 from ocr_api.errors import (
     ApiError,
     BadRequest,
+    ClientGone,
     EngineNotReady,
     GatewayTimeout,
     InferenceFailed,
@@ -244,8 +246,12 @@ class OcrService:
         self.engine = engine
         self.state = "created"  # created -> loading -> ready | failed; closed at shutdown
         self._store = UploadStore(settings.upload_folder, keep=settings.keep_uploads)
-        self._limits = ImageLimits(settings.max_image_pixels, settings.min_image_side, settings.max_aspect_ratio)
-        self._pdf_limits = PdfLimits(settings.pdf_dpi, settings.max_pdf_pages, settings.max_image_pixels)
+        self._limits = ImageLimits(
+            settings.max_image_pixels, settings.min_image_side, settings.max_aspect_ratio, settings.prepare_timeout_s
+        )
+        self._pdf_limits = PdfLimits(
+            settings.pdf_dpi, settings.max_pdf_pages, settings.max_image_pixels, timeout_s=settings.prepare_timeout_s
+        )
         self.admission = Admission(settings.max_pages_in_flight)
         # A request never has more pages at the engine than the admission bound lets one process have.
         self._batch_pages = min(settings.engine_batch_pages, settings.max_pages_in_flight)
@@ -330,8 +336,15 @@ class OcrService:
             )
         return mode
 
-    def recognize(self, files: Sequence[UploadedFile], options: OcrOptions) -> list[FileResult | FileError]:
-        """OCR every page of every file, batched; a file that cannot be used becomes a FileError."""
+    def recognize(
+        self, files: Sequence[UploadedFile], options: OcrOptions, client_gone: StopCheck | None = None
+    ) -> list[FileResult | FileError]:
+        """OCR every page of every file, batched; a file that cannot be used becomes a FileError.
+
+        Once ``client_gone()`` answers True the work stops: pages not yet sent are dropped, those at the engine
+        aborted, the admission slots freed, and ClientGone is raised.
+        """
+        stop = client_gone or (lambda: False)
         if self.is_draining():
             raise ShuttingDown()
         if not self.is_ready():
@@ -354,8 +367,8 @@ class OcrService:
                 results.append(result)
                 tasks.extend(file_tasks)
             with self.admission.admit(min(len(tasks), self._batch_pages)):
-                inference_ms = self._run_pages(tasks, options)
-                inference_ms += self._retry_runaways(tasks, options)
+                inference_ms = self._run_pages(tasks, options, stop)
+                inference_ms += self._retry_runaways(tasks, options, stop)
         results = [_refuse_if_no_page_ran(result) for result in results]
         for result in results:
             if isinstance(result, FileResult):
@@ -399,7 +412,7 @@ class OcrService:
         result = FileResult(image_path=str(path), source=source, pages=[page], is_document=False, **common)
         return result, [(page, lambda: prepared.image)]
 
-    def _retry_runaways(self, tasks: list[PageTask], options: OcrOptions) -> float:
+    def _retry_runaways(self, tasks: list[PageTask], options: OcrOptions, stop: StopCheck) -> float:
         """Run pages that ran away again, up to RUNAWAY_RETRIES times, each time with a stronger guard."""
         inference_ms = 0.0
         for attempt in range(1, self.settings.runaway_retries + 1):
@@ -409,7 +422,7 @@ class OcrService:
             logger.info("retrying %d runaway page(s), attempt %d", len(runaways), attempt + 1)
             for page, _ in runaways:
                 page.attempts += 1
-            inference_ms += self._run_pages(runaways, options, guard_strength=attempt)
+            inference_ms += self._run_pages(runaways, options, stop, guard_strength=attempt)
         return inference_ms
 
     def _ran_away(self, page: PageOutcome, options: OcrOptions) -> bool:
@@ -417,11 +430,13 @@ class OcrService:
         budget_is_default = options.max_tokens == self.settings.max_tokens
         return page.status == "repetitive" or (page.status == "truncated" and budget_is_default)
 
-    def _run_pages(self, tasks: list[PageTask], options: OcrOptions, guard_strength: int = 0) -> float:
+    def _run_pages(self, tasks: list[PageTask], options: OcrOptions, stop: StopCheck, guard_strength: int = 0) -> float:
         """Render and run pages ENGINE_BATCH_PAGES at a time, so a long PDF never has all its pixels in memory."""
         inference_ms = 0.0
         batch_size = self._batch_pages
         for start in range(0, len(tasks), batch_size):
+            if stop():
+                raise ClientGone()
             pages: list[PageOutcome] = []
             images: list[Image.Image] = []
             for page, render in tasks[start : start + batch_size]:
@@ -432,7 +447,7 @@ class OcrService:
                     continue
                 page.width, page.height = images[-1].size
                 pages.append(page)
-            outputs, batch_ms = self._run_engine(images, options, guard_strength)
+            outputs, batch_ms = self._run_engine(images, options, stop, guard_strength)
             # Pages and images stay in separate lists: a loop over (page, image) pairs would leave its last
             # image in a loop variable, alive while the next batch renders.
             for page, output in zip(pages, outputs, strict=True):
@@ -444,7 +459,7 @@ class OcrService:
         return round(inference_ms, 1)
 
     def _run_engine(
-        self, images: list[Image.Image], options: OcrOptions, guard_strength: int = 0
+        self, images: list[Image.Image], options: OcrOptions, stop: StopCheck, guard_strength: int = 0
     ) -> tuple[list[EngineOutput], float]:
         if not images:
             return [], 0.0
@@ -469,7 +484,10 @@ class OcrService:
         ]
         started = time.perf_counter()
         try:
-            outputs = self.engine.generate(requests)
+            outputs = self.engine.generate(requests, stop)
+        except Cancelled:
+            logger.info("client hung up: %d page(s) aborted at the %s engine", len(requests), self.engine.name)
+            raise ClientGone() from None
         except PromptTooLong as exc:
             raise UnprocessableFile(str(exc), code="prompt_too_long_for_context") from None
         except EngineUnavailable as exc:

@@ -2,10 +2,12 @@
 # Production: one vLLM OpenAI server owns the GPU, bound to loopback, and gunicorn's workers reach it over HTTP
 # with the remote engine, so no worker (nor the master) imports torch or touches CUDA, and every worker's
 # requests are batched together inside the one engine. With OCR_ENGINE_URL set, that server is used instead
-# and none is started. If the engine dies it is restarted (workers answer 503 meanwhile) up to
-# ENGINE_MAX_RESTARTS times, then everything stops with status 1 for a supervisor. SIGTERM drains (new
-# requests get 503 shutting_down for DRAIN_SECONDS while running ones go on), stops gunicorn gracefully, then
-# the engine. See docs/DEPLOYMENT.md.
+# and none is started. Clients reach nginx on HOST:PORT, which buffers each request whole before a worker sees
+# it (slow clients cost nginx a connection, not a worker a thread); gunicorn listens on a socket in a private
+# run directory. If the engine dies it is restarted (workers answer 503 meanwhile) up to ENGINE_MAX_RESTARTS
+# times, then everything stops with status 1 for a supervisor; so does nginx or gunicorn exiting. SIGTERM
+# drains (new requests get 503 shutting_down for DRAIN_SECONDS while running ones go on), stops nginx and
+# gunicorn gracefully, then the engine. See docs/DEPLOYMENT.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck source=scripts/bootstrap.sh
@@ -13,9 +15,14 @@ cd "$(dirname "$0")"
 
 log_dir="${LOG_DIR:-logs}"
 mkdir -p uploads "$log_dir"
+log_dir=$(cd "$log_dir" && pwd)
 engine_pid=""
 gunicorn_pid=""
+front_pid=""
 stopping=0
+# gunicorn's socket, nginx's configuration, pid and buffers: private to this run, removed when it ends.
+run_dir=$(mktemp -d "${TMPDIR:-/tmp}/deepseek-ocr.XXXXXX")
+trap 'rm -rf "$run_dir"' EXIT
 # While this file exists the workers refuse new OCR requests with 503 and /ready answers 503.
 export DRAIN_FILE="${DRAIN_FILE:-$log_dir/draining}"
 rm -f "$DRAIN_FILE"
@@ -26,22 +33,60 @@ if [ "$(id -u)" = 0 ]; then
   say "warning: running as root; the documented deployment runs as an unprivileged user (docs/DEPLOYMENT.md)"
 fi
 
+check_settings() {
+  # Every setting is validated before anything starts or binds a port: one line and status 1 when one is bad.
+  "$VENV/bin/python" -m config --check || exit 1
+}
+
 start_gunicorn() {
-  # THREADS > 1 makes gunicorn use its gthread worker; --worker-connections equal to THREADS stops a worker
-  # from accepting connections it has no thread for while another worker idles. THREADS=1 is a sync worker.
+  # THREADS > 1 makes gunicorn use its gthread worker. Its --worker-connections holds the threads' requests
+  # plus the idle keep-alive connections nginx keeps to it (nginx reuses them rather than reconnect per
+  # request); --keep-alive outlasts nginx's 60 s so gunicorn never closes one nginx is about to reuse.
+  # THREADS=1 is a sync worker. Only nginx connects, through the socket in the run directory.
+  local threads="${THREADS:-16}"
   "$VENV/bin/gunicorn" \
     --workers "${WORKERS:-4}" \
-    --threads "${THREADS:-16}" \
-    --worker-connections "${THREADS:-16}" \
-    --bind "${HOST:-0.0.0.0}:${PORT:-5000}" \
+    --threads "$threads" \
+    --worker-connections "$((2 * threads))" \
+    --keep-alive 75 \
+    --bind "unix:$run_dir/gunicorn.sock" \
     --timeout "${GUNICORN_TIMEOUT:-300}" \
     --graceful-timeout "${GUNICORN_GRACEFUL_TIMEOUT:-30}" \
+    --logger-class ocr_api.logs.GunicornLogger \
     --access-logfile "$log_dir/access.log" \
-    --access-logformat '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(M)sms worker=%(p)s' \
+    --access-logformat '%(t)s "%(r)s" %(s)s %(b)s %(M)sms worker=%(p)s' \
     --error-logfile "$log_dir/error.log" \
     --capture-output \
     "app:create_app()" &
   gunicorn_pid=$!
+}
+
+start_front() {
+  # nginx in the foreground (daemon off), its error log through the service's redaction into front-error.log.
+  "$VENV/bin/python" -m ocr_api.front_server --listen "${HOST:-0.0.0.0}:${PORT:-5000}" \
+    --upstream "unix:$run_dir/gunicorn.sock" --run-dir "$run_dir" --log-dir "$log_dir" >"$run_dir/nginx.conf" ||
+    exit 1
+  if ! "$NGINX" -t -q -p "$run_dir" -c "$run_dir/nginx.conf" -e stderr; then
+    say "error: nginx refused its configuration ($run_dir/nginx.conf); is ${HOST:-0.0.0.0}:${PORT:-5000} free?"
+    exit 1
+  fi
+  "$NGINX" -p "$run_dir" -c "$run_dir/nginx.conf" -e stderr -g 'daemon off;' \
+    2> >("$VENV/bin/python" -m ocr_api.logs redact >>"$log_dir/front-error.log") &
+  front_pid=$!
+  say "front server (nginx, pid $front_pid) on ${HOST:-0.0.0.0}:${PORT:-5000}; gunicorn on unix:$run_dir/gunicorn.sock"
+}
+
+stop_front() {
+  [ -n "$front_pid" ] || return 0
+  # QUIT: nginx stops accepting, lets the requests it is proxying finish, then exits.
+  kill -QUIT "$front_pid" 2>/dev/null || true
+  wait "$front_pid" 2>/dev/null || true
+  front_pid=""
+}
+
+start_service() {
+  start_gunicorn
+  start_front
 }
 
 port_is_free() {
@@ -92,36 +137,53 @@ stop_engine() {
   engine_pid=""
 }
 
-stop_gunicorn() {
-  [ -n "$gunicorn_pid" ] || return 0
+stop_service() {
   # Drain first: for DRAIN_SECONDS new requests get 503 shutting_down (and load balancers see /ready 503) while
-  # the port stays open; then gunicorn closes it and lets in-flight requests finish within
-  # GUNICORN_GRACEFUL_TIMEOUT.
-  touch "$DRAIN_FILE"
-  say "draining for ${DRAIN_SECONDS:-5} s, then stopping gunicorn"
-  sleep "${DRAIN_SECONDS:-5}"
-  kill -TERM "$gunicorn_pid" 2>/dev/null || true
-  wait "$gunicorn_pid" 2>/dev/null || true
-  gunicorn_pid=""
+  # the port stays open; then nginx closes it and finishes what it proxies, then gunicorn stops, letting
+  # anything still running finish within GUNICORN_GRACEFUL_TIMEOUT.
+  if [ -n "$gunicorn_pid" ] && [ -n "$front_pid" ]; then
+    touch "$DRAIN_FILE"
+    say "draining for ${DRAIN_SECONDS:-5} s, then stopping nginx and gunicorn"
+    sleep "${DRAIN_SECONDS:-5}"
+  fi
+  stop_front
+  if [ -n "$gunicorn_pid" ]; then
+    kill -TERM "$gunicorn_pid" 2>/dev/null || true
+    wait "$gunicorn_pid" 2>/dev/null || true
+    gunicorn_pid=""
+  fi
   rm -f "$DRAIN_FILE"
 }
+
+ensure_nginx
+# nginx is a proxy in front: the service counts its X-Forwarded-For entry as the client (rate limits).
+export TRUSTED_PROXIES=$((${TRUSTED_PROXIES:-0} + 1))
 
 if [ -n "${OCR_ENGINE_URL:-}" ]; then
   # An engine run elsewhere: this machine needs only the service itself.
   use_environment remote
   export OCR_ENGINE=remote
+  check_settings
   say "using the engine at $OCR_ENGINE_URL"
-  start_gunicorn
-  trap 'stop_gunicorn; exit 0' TERM INT
-  wait "$gunicorn_pid"
-  exit $?
+  trap 'stopping=1' TERM INT
+  start_service
+  exited=""
+  wait -n -p exited "$gunicorn_pid" "$front_pid" || true
+  if [ "$stopping" = 1 ]; then
+    stop_service
+    exit 0
+  fi
+  [ "$exited" = "$gunicorn_pid" ] && gunicorn_pid="" && say "error: gunicorn exited; stopping"
+  [ "$exited" = "$front_pid" ] && front_pid="" && say "error: nginx exited; stopping"
+  stop_service
+  exit 1
 fi
 
 use_environment vllm
 engine_port="${VLLM_PORT:-8000}"
 export OCR_ENGINE=remote OCR_ENGINE_URL="http://127.0.0.1:$engine_port"
-# The same flags as the in-process engine, VLLM_EXTRA_ARGS included; settings are validated here, before
-# anything starts.
+check_settings
+# The same flags as the in-process engine, VLLM_EXTRA_ARGS included; refuses a checkpoint vLLM cannot load.
 flags_text=$("$VENV/bin/python" -m ocr_api.engines.vllm_flags)
 mapfile -t engine_flags <<<"$flags_text"
 if ! port_is_free "$engine_port"; then
@@ -136,22 +198,23 @@ if ! wait_for_engine; then
   [ "$stopping" = 1 ] && exit 0
   exit 1
 fi
-say "vLLM server healthy; starting gunicorn on ${HOST:-0.0.0.0}:${PORT:-5000}"
-start_gunicorn
+say "vLLM server healthy; starting gunicorn and nginx"
+start_service
 
 restarts=0
 while true; do
   exited=""
-  wait -n -p exited "$engine_pid" "$gunicorn_pid" || true
+  wait -n -p exited "$engine_pid" "$gunicorn_pid" "$front_pid" || true
   if [ "$stopping" = 1 ]; then
-    say "stopping: gunicorn first (in-flight requests finish), then the engine"
-    stop_gunicorn
+    say "stopping: nginx and gunicorn first (in-flight requests finish), then the engine"
+    stop_service
     stop_engine
     exit 0
   fi
-  if [ "$exited" = "$gunicorn_pid" ]; then
-    say "error: gunicorn exited; stopping the engine"
-    gunicorn_pid=""
+  if [ "$exited" = "$gunicorn_pid" ] || [ "$exited" = "$front_pid" ]; then
+    [ "$exited" = "$gunicorn_pid" ] && gunicorn_pid="" && say "error: gunicorn exited; stopping"
+    [ "$exited" = "$front_pid" ] && front_pid="" && say "error: nginx exited; stopping"
+    stop_service
     stop_engine
     exit 1
   fi
@@ -159,7 +222,7 @@ while true; do
     stop_engine  # its engine-core processes may outlive it
     if [ "$restarts" -ge "${ENGINE_MAX_RESTARTS:-5}" ]; then
       say "error: the vLLM server exited and was restarted $restarts times already; stopping"
-      stop_gunicorn
+      stop_service
       exit 1
     fi
     restarts=$((restarts + 1))

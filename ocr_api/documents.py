@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pymupdf
 from PIL import Image
 
 from ocr_api.errors import BadRequest, UnprocessableFile
 from ocr_api.pdf_streams import MAX_PAGE_OBJECTS, PageTooLarge, check_page
+from ocr_api.preparation import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class PdfLimits:
     max_pages: int
     max_page_pixels: int
     max_page_decoded_bytes: int = MAX_PAGE_DECODED_BYTES
+    timeout_s: float = field(default=float("inf"))  # each page's preparation budget (PREPARE_TIMEOUT_S)
 
 
 def is_pdf(data: bytes) -> bool:
@@ -96,8 +98,11 @@ def select_pages(spec: str | None, page_count: int, max_pages: int) -> list[int]
     return chosen
 
 
-def render_page(document: pymupdf.Document, index: int, limits: PdfLimits) -> Image.Image:
+def render_page(
+    document: pymupdf.Document, index: int, limits: PdfLimits, deadline: Deadline | None = None
+) -> Image.Image:
     """Render one page at ``limits.dpi`` as RGB on white; refuse it before rendering when it is too large."""
+    deadline = deadline or Deadline(limits.timeout_s)
     try:
         page = document.load_page(index)
         width = round(page.rect.width * limits.dpi / POINTS_PER_INCH)
@@ -109,7 +114,8 @@ def render_page(document: pymupdf.Document, index: int, limits: PdfLimits) -> Im
                 code="page_too_large",
             )
         # Before rendering: MuPDF would decode a bomb whole (images) or for as long as it lasts (drawing).
-        check_page(document, page.xref, limits.max_page_pixels, limits.max_page_decoded_bytes)
+        check_page(document, page.xref, limits.max_page_pixels, limits.max_page_decoded_bytes, deadline.check)
+        deadline.check()
         # alpha=False renders onto an opaque white background: transparent pages are flattened.
         pixmap = page.get_pixmap(dpi=limits.dpi, alpha=False)
     except PageTooLarge as exc:

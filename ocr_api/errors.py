@@ -113,6 +113,14 @@ class ShuttingDown(ServiceUnavailable):
     retry_after = 5
 
 
+class ClientGone(ApiError):
+    """The client hung up before its answer was ready; nobody reads this, but the log records the request so."""
+
+    status = 499  # nginx's "client closed request"
+    code = "client_closed_request"
+    message = "The client closed the connection; the request's work was stopped."
+
+
 class GatewayTimeout(ApiError):
     status = 504
     code = "engine_timeout"

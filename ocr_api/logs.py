@@ -1,28 +1,49 @@
-"""Logging: records to stderr with timestamps, and configured secrets replaced before anything is written."""
+"""Logging: records with timestamps, and secrets replaced before any log line is written, by any process.
+
+Two kinds of secret are redacted: the values configured (API keys, the engine's key, the Flask secret, a password
+in a URI), and whatever stands where a client puts credentials (``?api_key=``, ``Authorization: Bearer``,
+``X-API-Key``), since a refused key is still somebody's key. The same filter serves the application's records,
+gunicorn's access and error logs (``GunicornLogger``) and nginx's error log (``python -m ocr_api.logs redact``
+reads lines on stdin and writes them redacted).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
-from config import Settings
+from gunicorn.glogging import Logger as BaseGunicornLogger
+
+from config import ConfigError, Settings
 
 REDACTED = "[redacted]"
 
+# Where clients carry credentials. Each pattern keeps its group 1 (the name) and replaces what follows.
+CREDENTIAL_PATTERNS: tuple[re.Pattern[str], ...] = (
+    # Query strings and form bodies: ?api_key=..., &token=..., access_token, password, secret, key.
+    re.compile(
+        r"(?i)((?:^|[?&;\s\"'])(?:api[_-]?key|apikey|key|token|access[_-]?token|secret|password|passwd)=)[^&;\s\"']*"
+    ),
+    # Authorization headers in any form a log line may quote them: "Authorization: Bearer x", "Bearer x".
+    re.compile(r"(?i)(\b(?:bearer|basic)\s+)[^\s\"',;]+"),
+    # X-API-Key with a colon, an equals sign or only a space (a malformed header line is quoted as sent).
+    re.compile(r"(?i)(\bx-api-key[\"']?\s*[:=]?\s*[\"']?)[^\s\"',;]+"),
+)
+
 
 class RedactSecrets(logging.Filter):
-    """Replace every configured secret in a record's message and traceback with ``[redacted]``."""
+    """Replace configured secrets and credentials in a record's message and traceback with ``[redacted]``."""
 
-    def __init__(self, secrets: Iterable[str]):
+    def __init__(self, secrets: Iterable[str] = ()):
         super().__init__()
         # Longest first, so a key that contains another is replaced whole.
         self.secrets = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         message = record.getMessage()
         redacted = self.redact(message)
         if redacted != message:
@@ -36,6 +57,8 @@ class RedactSecrets(logging.Filter):
     def redact(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
+        for pattern in CREDENTIAL_PATTERNS:
+            text = pattern.sub(lambda match: match[1] + REDACTED, text)
         return text
 
 
@@ -52,8 +75,53 @@ def configure_logging(settings: Settings) -> None:
     if not root.handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     root.setLevel(settings.log_level)
-    redactor = RedactSecrets(secrets_of(settings))
-    for handler in root.handlers:
+    _replace_filter(root.handlers, RedactSecrets(secrets_of(settings)))
+
+
+class GunicornLogger(BaseGunicornLogger):
+    """gunicorn's logger with the redaction filter on its access and error logs (``--logger-class``).
+
+    gunicorn writes the request line (query string included) to the access log, and quotes malformed header
+    lines in its error log, before the application ever sees the request.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        try:
+            secrets = secrets_of(Settings.from_env())
+        except ConfigError:  # the start script validated the settings already; redact credentials regardless
+            secrets = []
+        redactor = RedactSecrets(secrets)
+        for log in (self.error_log, self.access_log):
+            _replace_filter(log.handlers, redactor)
+
+
+def _replace_filter(handlers: Iterable[logging.Handler], redactor: RedactSecrets) -> None:
+    for handler in handlers:
         for old in [f for f in handler.filters if isinstance(f, RedactSecrets)]:
             handler.removeFilter(old)
         handler.addFilter(redactor)
+
+
+def redact_stream(lines: Iterable[str], out: Any, redactor: RedactSecrets) -> None:
+    """Copy lines to ``out`` redacted, flushing each: another process's log (nginx's) passes through here."""
+    for line in lines:
+        out.write(redactor.redact(line))
+        out.flush()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m ocr_api.logs redact``: stdin to stdout, every line redacted."""
+    if argv != ["redact"]:
+        print("usage: python -m ocr_api.logs redact", file=sys.stderr)
+        return 2
+    try:
+        secrets = secrets_of(Settings.from_env())
+    except ConfigError:
+        secrets = []
+    redact_stream(sys.stdin, sys.stdout, RedactSecrets(secrets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

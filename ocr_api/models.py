@@ -1,8 +1,15 @@
-"""Per-model defaults, in one table: guard sizes, context length and the tokens the guard never bans."""
+"""Per-model defaults, in one table: guard sizes, context length and the tokens the guard never bans.
+
+Standard library only: ``scripts/bootstrap.sh`` asks ``python3 -m ocr_api.models engine`` which engine to install
+before any virtual environment exists.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +53,87 @@ DEFAULT_CHECKPOINTS: dict[str, str] = {
 }
 
 
+# The two layouts DeepSeek-OCR checkpoints come in. The authors' own (deepseek-ai/*, mirrored as unsloth/*) is what
+# vLLM runs; transformers runs only the converted DeepSeek-OCR-2 (deepseek-community/DeepSeek-OCR-2).
+TRANSFORMERS_ARCHITECTURES = ("DeepseekOcr2ForConditionalGeneration",)
+TRANSFORMERS_MODEL_TYPES = ("deepseek_ocr2",)
+VLLM_ARCHITECTURES = tuple(profile.vllm_architecture for profile in PROFILES.values())
+
+
+def checkpoint_layout(name: str) -> str | None:
+    """Return "transformers" or "original" for a checkpoint directory or hub id; None when it cannot be told.
+
+    A local directory's config.json decides (its architectures, else its model_type); a hub id is told by its owner.
+    """
+    config = _read_config(name)
+    if config is not None:
+        architectures = config.get("architectures") or []
+        if any(arch in TRANSFORMERS_ARCHITECTURES for arch in architectures):
+            return "transformers"
+        if any(arch in VLLM_ARCHITECTURES for arch in architectures):
+            return "original"
+        return "transformers" if config.get("model_type") in TRANSFORMERS_MODEL_TYPES else None
+    owner = name.split("/", 1)[0].lower() if name.count("/") == 1 and not os.path.exists(name) else ""
+    if owner == "deepseek-community":
+        return "transformers"
+    if owner in ("deepseek-ai", "unsloth"):
+        return "original"
+    return None
+
+
+def choose_engine(
+    requested: str, cuda_present: bool, vllm_installed: bool, engine_url: str = "", model_name: str = ""
+) -> str:
+    """Resolve ``auto``: remote with a URL; else the engine the checkpoint's layout needs; else vLLM on CUDA.
+
+    A transformers-layout checkpoint runs on transformers even on a GPU machine; an original-layout one on vLLM
+    where CUDA is (elsewhere transformers is chosen and refuses it with a message naming the checkpoint it needs).
+    """
+    if requested != "auto":
+        return requested
+    if engine_url:
+        return "remote"
+    gpu_vllm = "vllm" if cuda_present and vllm_installed else "transformers"
+    layout = checkpoint_layout(model_name) if model_name else None
+    if layout == "transformers":
+        return "transformers"
+    return gpu_vllm
+
+
+def layout_mismatch(engine: str, model_name: str) -> str | None:
+    """Return why ``engine`` cannot load ``model_name`` (its layout is the other engine's), naming what it needs."""
+    layout = checkpoint_layout(model_name)
+    if engine == "transformers" and layout == "original":
+        return (
+            f"{model_name} is in the model authors' original layout, which vLLM runs; the transformers engine needs "
+            f"DeepSeek-OCR-2 in transformers layout ({DEFAULT_CHECKPOINTS['transformers']}). Download that one and set "
+            "DEEPSEEK_MODEL_NAME to it, or run this checkpoint with OCR_ENGINE=vllm on a CUDA machine."
+        )
+    if engine == "vllm" and layout == "transformers":
+        return (
+            f"{model_name} is DeepSeek-OCR-2 in transformers layout, which vLLM cannot load; the vllm engine needs the "
+            f"model authors' original layout ({DEFAULT_CHECKPOINTS['vllm']} or deepseek-ai/DeepSeek-OCR). Download one "
+            "of those and set DEEPSEEK_MODEL_NAME to it, or run this checkpoint with OCR_ENGINE=transformers."
+        )
+    return None
+
+
+def cuda_present() -> bool:
+    """Return True where an NVIDIA driver is installed (asking torch would initialise CUDA in this process)."""
+    return shutil.which("nvidia-smi") is not None
+
+
+def _read_config(name: str) -> dict | None:
+    config_path = Path(name) / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def profile_for_model_type(model_type: str) -> ModelProfile:
     """Return the profile for a checkpoint's ``model_type`` (config.json)."""
     if model_type in ("deepseek_ocr2", "deepseek_ocr_2"):
@@ -68,12 +156,8 @@ def profile_for_checkpoint(name: str) -> ModelProfile:
 
     A local directory's config.json decides; otherwise the name does (``…OCR-2`` is v2, anything else v1).
     """
-    config_path = Path(name) / "config.json"
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, ValueError):
-            config = {}
+    config = _read_config(name)
+    if config is not None:
         by_architecture = profile_for_architectures(config.get("architectures") or [])
         if by_architecture is not None:
             return by_architecture
@@ -84,3 +168,27 @@ def profile_for_checkpoint(name: str) -> ModelProfile:
     lowered = name.lower().rstrip("/")
     is_v2 = any(marker in lowered for marker in ("ocr-2", "ocr2", "ocr_2"))
     return PROFILES["deepseek-ocr-2" if is_v2 else "deepseek-ocr"]
+
+
+def main(argv: list[str]) -> int:
+    """``python3 -m ocr_api.models engine``: print the engine OCR_ENGINE resolves to, for the start scripts.
+
+    The scripts install what that engine needs, so "vLLM installed" is taken to be true on a CUDA machine.
+    """
+    if argv != ["engine"]:
+        print("usage: python3 -m ocr_api.models engine", file=sys.stderr)
+        return 2
+    env = os.environ
+    engine = choose_engine(
+        env.get("OCR_ENGINE", "").strip() or "auto",
+        cuda_present=cuda_present(),
+        vllm_installed=True,
+        engine_url=env.get("OCR_ENGINE_URL", "").strip(),
+        model_name=env.get("DEEPSEEK_MODEL_NAME", "").strip(),
+    )
+    print(engine)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

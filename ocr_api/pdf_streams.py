@@ -64,11 +64,21 @@ class DecodeBudget:
         return piece
 
 
-def check_page(document: pymupdf.Document, page_xref: int, max_image_pixels: int, max_decoded_bytes: int) -> None:
-    """Raise PageTooLarge when an image the page reaches, or what its other streams decode to, passes the limits."""
+def check_page(
+    document: pymupdf.Document,
+    page_xref: int,
+    max_image_pixels: int,
+    max_decoded_bytes: int,
+    check_time: Callable[[], None] = lambda: None,
+) -> None:
+    """Raise PageTooLarge when an image the page reaches, or what its other streams decode to, passes the limits.
+
+    ``check_time`` is called before each stream, to stop a walk that outlasts the page's preparation budget.
+    """
     budget = DecodeBudget(max_decoded_bytes)
     try:
         for xref in reachable_streams(document, page_xref):
+            check_time()
             if _key(document, xref, "Subtype") == "/Image":
                 width, height = _int_key(document, xref, "Width"), _int_key(document, xref, "Height")
                 if width * height > max_image_pixels:

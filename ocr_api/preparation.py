@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import struct
+import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -31,15 +34,37 @@ SIGNATURES: tuple[tuple[str, bytes, int], ...] = (
 SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif"}
 WHITE = (255, 255, 255)
+# Only the first frame of an animated or multi-page image is read; the rest are counted for the response, up to
+# this many. Counting them all is a CPU bomb: Pillow walks every TIFF directory (146,248 of them in a 16 MB file
+# took 150 s) and every GIF frame.
+MAX_FRAMES_COUNTED = 1000
+
+
+class Deadline:
+    """A time budget for preparing one file or page, checked between its steps (a decoder cannot be interrupted)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.seconds = seconds
+        self._clock = clock
+        self._end = clock() + seconds
+
+    def check(self) -> None:
+        """Raise 422 ``preparation_timeout`` once the budget is spent."""
+        if self._clock() > self._end:
+            raise UnprocessableFile(
+                f"Preparing the file took longer than {self.seconds:g} s (PREPARE_TIMEOUT_S); it was abandoned.",
+                code="preparation_timeout",
+            )
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Bounds an image must meet before and after its header is read."""
+    """Bounds an image must meet before and after its header is read, and the time its preparation may take."""
 
     max_pixels: int
     min_side: int
     max_aspect_ratio: float
+    timeout_s: float = field(default=float("inf"))
 
 
 @dataclass
@@ -75,8 +100,9 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, limits: ImageLimits) -> PreparedImage:
+def decode_image(data: bytes, limits: ImageLimits, deadline: Deadline | None = None) -> PreparedImage:
     """Decode ``data`` into an upright RGB image, refusing bombs and unusable sizes before decoding pixels."""
+    deadline = deadline or Deadline(limits.timeout_s)
     if not data:
         raise BadRequest("The file is empty (0 bytes).", code="empty_file")
     image_format = sniff_format(data)
@@ -91,12 +117,13 @@ def decode_image(data: bytes, limits: ImageLimits) -> PreparedImage:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=[image_format]) as opened:
                 _check_declared_size(opened.size, limits)
-                frames = getattr(opened, "n_frames", 1)
-                opened.seek(0)  # animated images: the first frame only
-                opened.load()
+                frames = count_frames(opened, data, deadline)
+                opened.load()  # the first frame only
+                deadline.check()
                 source_mode = opened.mode
                 upright = ImageOps.exif_transpose(opened)
                 rgb = to_rgb(upright)
+                deadline.check()
     except Image.DecompressionBombError:
         raise _too_large(None, limits) from None
     except UnprocessableFile:
@@ -108,6 +135,60 @@ def decode_image(data: bytes, limits: ImageLimits) -> PreparedImage:
             code="corrupt_image",
         ) from None
     return PreparedImage(image=rgb, source_format=image_format, source_mode=source_mode, frames=frames)
+
+
+def count_frames(opened: Image.Image, data: bytes, deadline: Deadline) -> int:
+    """Return how many frames the image has, counting at most MAX_FRAMES_COUNTED, without decoding any of them.
+
+    WEBP and PNG declare their count (libwebp's demuxer, APNG's acTL chunk); GIF and TIFF are walked here, block by
+    block and directory by directory, which reads no pixels and stops at the cap.
+    """
+    if opened.format == "GIF":
+        return _count_gif_frames(data, deadline)
+    if opened.format == "TIFF":
+        return _count_tiff_directories(data, deadline)
+    return min(int(getattr(opened, "n_frames", 1)), MAX_FRAMES_COUNTED)
+
+
+def _count_gif_frames(data: bytes, deadline: Deadline) -> int:
+    # GIF89a: header (6), screen descriptor (7) and its colour table, then extensions (0x21), images (0x2C) and
+    # the trailer (0x3B); extension and image data come as sub-blocks, each led by its length.
+    flags = data[10] if len(data) > 10 else 0
+    position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    frames = 0
+    while position < len(data) and frames < MAX_FRAMES_COUNTED:
+        introducer = data[position]
+        if introducer == 0x2C:
+            frames += 1
+            local = data[position + 9] if position + 9 < len(data) else 0
+            position += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1  # descriptor, table, code size
+        elif introducer == 0x21:
+            position += 2
+        else:  # the trailer, or junk after the last frame
+            break
+        while position < len(data) and data[position]:  # sub-blocks until the empty one
+            position += data[position] + 1
+        position += 1
+        if frames % 100 == 0:
+            deadline.check()
+    return max(frames, 1)
+
+
+def _count_tiff_directories(data: bytes, deadline: Deadline) -> int:
+    # A TIFF is a chain of image file directories: a 2-byte entry count, 12 bytes an entry, the next one's offset.
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack_from(f"{order}I", data, 4)
+    seen: set[int] = set()
+    while offset and offset not in seen and offset + 2 <= len(data) and len(seen) < MAX_FRAMES_COUNTED:
+        seen.add(offset)
+        (entries,) = struct.unpack_from(f"{order}H", data, offset)
+        next_at = offset + 2 + 12 * entries
+        if next_at + 4 > len(data):
+            break
+        (offset,) = struct.unpack_from(f"{order}I", data, next_at)
+        if len(seen) % 100 == 0:
+            deadline.check()
+    return max(len(seen), 1)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import IO
 
 from flask import Blueprint, Request, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
 
+from ocr_api.disconnect import client_gone_probe
 from ocr_api.errors import BadRequest, EngineNotReady, ShuttingDown, UnsupportedMediaType
 from ocr_service import FileError, OcrOptions, OcrService, UploadedFile
 
@@ -32,6 +36,22 @@ class UploadRequest(Request):
     ) -> IO[bytes]:
         return io.BytesIO()
 
+    @cached_property
+    def stream(self) -> IO[bytes]:  # type: ignore[override]
+        """The body, ended at its Content-Length; a body of exactly MAX_UPLOAD_MB is accepted under every server.
+
+        Werkzeug reads a server-terminated body (gunicorn's) through a stream capped at the maximum that refuses
+        any read once the cap is reached, so there a body of exactly the limit got 413 and the development server
+        accepted it. With a Content-Length the server ends the body there itself; only chunked bodies keep
+        werkzeug's cap.
+        """
+        length = self.content_length
+        if length is None:
+            return super().stream
+        if self.max_content_length is not None and length > self.max_content_length:
+            raise RequestEntityTooLarge()
+        return LimitedStream(self.environ["wsgi.input"], length)
+
 
 def _service() -> OcrService:
     return current_app.extensions["ocr_service"]
@@ -43,7 +63,7 @@ def health():
     return jsonify(
         status="healthy",
         service=SERVICE_NAME,
-        timestamp=datetime.now(UTC).isoformat(),
+        timestamp=datetime.now(timezone.utc).isoformat(),
         **_service().describe(),
     )
 
@@ -67,7 +87,7 @@ def ocr():
         raise BadRequest(_missing_file_message("file"), code="missing_file")
     if len(uploads) > 1:
         raise BadRequest("/ocr takes one file; send several to /ocr/batch as 'files'.", code="too_many_files")
-    result = _service().recognize(uploads, _options())[0]
+    result = _service().recognize(uploads, _options(), client_gone_probe(request.environ))[0]
     if isinstance(result, FileError):
         raise result.error
     return jsonify(result.to_dict())
@@ -83,7 +103,7 @@ def ocr_batch():
     limit = service.settings.max_batch_files
     if len(uploads) > limit:
         raise BadRequest(f"A batch holds at most {limit} files; got {len(uploads)}.", code="too_many_files")
-    results = service.recognize(uploads, _options())
+    results = service.recognize(uploads, _options(), client_gone_probe(request.environ))
     failed = sum(isinstance(result, FileError) for result in results)
     return jsonify(
         results=[result.to_dict() for result in results],
@@ -97,6 +117,9 @@ OPTION_FIELDS = ("prompt", "task", "phrase", "max_tokens", "pages", "password", 
 
 
 def _options() -> OcrOptions:
+    repeated = [name for name in OPTION_FIELDS if len(request.form.getlist(name)) > 1]
+    if repeated:  # which of two values was meant cannot be told; taking the first would hide the mistake
+        raise BadRequest(f"The field '{repeated[0]}' was sent more than once; send it once.", code="duplicate_field")
     return _service().build_options(**{name: request.form.get(name) for name in OPTION_FIELDS})
 
 

@@ -47,27 +47,38 @@ ensure_vllm_cpu_venv() {
   touch "$stamp"
 }
 
-# resolve_engine : the engine OCR_ENGINE names, with auto resolved as config.py's choose_engine does (remote
-# when OCR_ENGINE_URL is set, vllm on a CUDA machine, else transformers). Needed before Python can run.
-resolve_engine() {
-  local engine="${OCR_ENGINE:-auto}"
-  if [ "$engine" = auto ]; then
-    if [ -n "${OCR_ENGINE_URL:-}" ]; then
-      engine=remote
-    elif command -v nvidia-smi >/dev/null 2>&1; then
-      engine=vllm
-    else
-      engine=transformers
-    fi
+# ensure_nginx : set NGINX to an nginx binary (start_production.sh's front server), installing Debian's package
+# when it is missing and this runs as root with apt-get; otherwise say what to install. NGINX may name one.
+ensure_nginx() {
+  NGINX="${NGINX:-$(command -v nginx || true)}"
+  [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
+  if [ -n "$NGINX" ]; then
+    return 0
   fi
-  echo "$engine"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing nginx (Debian's package) for the front server" >&2
+    # RUNLEVEL=1: the package's own service is not started; start_production.sh runs nginx itself.
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -q --no-install-recommends nginx; } \
+      >/dev/null || return 1
+    NGINX=/usr/sbin/nginx
+    return 0
+  fi
+  echo "error: start_production.sh needs nginx in front of gunicorn: install it (apt-get install nginx) or set NGINX" >&2
+  return 1
+}
+
+# resolve_engine : the engine OCR_ENGINE names, with auto resolved by the same code as the service's
+# (ocr_api/models.py, standard library only: remote when OCR_ENGINE_URL is set, transformers for a checkpoint in
+# transformers layout, vllm on a CUDA machine, else transformers). Needed before any virtual environment exists.
+resolve_engine() {
+  "${PYTHON:-python3}" -m ocr_api.models engine
 }
 
 # use_environment ENGINE : install what ENGINE needs and set VENV to the virtual environment that holds it.
 #   transformers  .venv with requirements-transformers.txt (torch, transformers)
 #   vllm          a CUDA machine: .venv with requirements-vllm.txt; elsewhere vLLM's CPU build in .venv-vllm
 #   remote        .venv with requirements.txt alone: the service itself never imports torch
-# shellcheck disable=SC2034 # VENV is read by the scripts that source this file
+# shellcheck disable=SC2034 # VENV and NGINX are read by the scripts that source this file
 use_environment() {
   case "$1" in
     transformers) VENV=.venv; ensure_venv requirements-transformers.txt ;;

@@ -32,7 +32,7 @@ class FakeEngine:
     def is_ready(self) -> bool:
         return self.ready
 
-    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+    def generate(self, requests: Sequence[EngineRequest], should_stop=None) -> list[EngineOutput]:
         with self._lock:
             self.batches.append(list(requests))
         if self.fail_with is not None:

@@ -194,12 +194,12 @@ class ForgetfulEngine(FakeEngine):
         self.alive_at_call: list[int] = []
         self.sizes: list[int] = []
 
-    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+    def generate(self, requests: Sequence[EngineRequest], should_stop=None) -> list[EngineOutput]:
         gc.collect()
         self.alive_at_call.append(sum(ref() is not None for ref in self.seen))
         self.seen.extend(weakref.ref(request.image) for request in requests)
         self.sizes.append(len(requests))
-        outputs = super().generate(requests)
+        outputs = super().generate(requests, should_stop)
         self.batches.clear()
         return outputs
 
@@ -222,8 +222,8 @@ class ScriptedEngine(FakeEngine):
         super().__init__()
         self.scripts = list(scripts)
 
-    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
-        outputs = super().generate(requests)
+    def generate(self, requests: Sequence[EngineRequest], should_stop=None) -> list[EngineOutput]:
+        outputs = super().generate(requests, should_stop)
         script = self.scripts.pop(0)
         pairs = zip(outputs, script, strict=True)  # the test scripted exactly this call's pages
         return [replace(output, text=text, finish_reason=finish) for output, (text, finish) in pairs]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 
 from config import Settings
 from ocr_api.engines.base import (
+    Cancelled,
     EngineFailure,
     EngineLoadError,
     EngineOutput,
@@ -16,8 +16,10 @@ from ocr_api.engines.base import (
     OcrEngine,
     PromptTooLong,
 )
+from ocr_api.models import choose_engine, cuda_present
 
 __all__ = [
+    "Cancelled",
     "EngineFailure",
     "EngineLoadError",
     "EngineOutput",
@@ -31,19 +33,14 @@ __all__ = [
 ]
 
 
-def choose_engine(requested: str, cuda_present: bool, vllm_installed: bool, engine_url: str = "") -> str:
-    """Resolve ``auto``: remote when a URL is set, vLLM where CUDA and vLLM are both present, else transformers."""
-    if requested != "auto":
-        return requested
-    if engine_url:
-        return "remote"
-    return "vllm" if cuda_present and vllm_installed else "transformers"
-
-
 def build_engine(settings: Settings) -> OcrEngine:
     """Return the (not yet loaded) engine the settings ask for."""
     name = choose_engine(
-        settings.engine, _cuda_present(), importlib.util.find_spec("vllm") is not None, settings.engine_url
+        settings.engine,
+        cuda_present(),
+        importlib.util.find_spec("vllm") is not None,
+        settings.engine_url,
+        settings.model_name,
     )
     if name == "remote":
         from ocr_api.engines.remote_engine import RemoteEngine
@@ -69,8 +66,3 @@ def build_engine(settings: Settings) -> OcrEngine:
         settings.max_model_len,
         timeout_s=settings.engine_timeout_s,
     )
-
-
-def _cuda_present() -> bool:
-    # Asking torch would initialise CUDA in this process (fatal before a fork); the driver tool is enough.
-    return shutil.which("nvidia-smi") is not None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import concurrent.futures
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +32,15 @@ class EngineUnavailable(EngineFailure):
 
 class EngineTimeout(EngineFailure):
     """The engine did not answer within the configured time; the request was aborted."""
+
+
+class Cancelled(EngineFailure):
+    """The caller stopped waiting (its client hung up); the engine's work for it was aborted."""
+
+
+# Asked while an engine call runs: True once nobody waits for the answer any more (the client hung up).
+StopCheck = Callable[[], bool]
+POLL_S = 0.2  # how often a waiting call asks its StopCheck
 
 
 @dataclass(frozen=True)
@@ -84,8 +95,48 @@ class OcrEngine(Protocol):
     def is_ready(self) -> bool:
         """Return True when the engine can serve requests now."""
 
-    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
-        """Run every request as one batch and return their outputs in order."""
+    def generate(self, requests: Sequence[EngineRequest], should_stop: StopCheck | None = None) -> list[EngineOutput]:
+        """Run every request as one batch and return their outputs in order.
+
+        Raise Cancelled, with every request aborted at the engine, once ``should_stop()`` answers True.
+        """
 
     def close(self) -> None:
         """Release what the engine holds."""
+
+
+def wait_for_all(
+    futures: Sequence[concurrent.futures.Future], timeout_s: float | None, should_stop: StopCheck | None
+) -> list:
+    """Return every future's result in order; cancel them all on ``should_stop()`` (Cancelled) or past the timeout.
+
+    A failed call is reported only once every call has ended, so no call is left running unseen.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pending = set(futures)
+    while pending:
+        _, pending = concurrent.futures.wait(pending, timeout=POLL_S)
+        if not pending:
+            break
+        if should_stop is not None and should_stop():
+            _cancel(futures)
+            raise Cancelled("the caller stopped waiting; its engine requests were aborted")
+        if deadline is not None and time.monotonic() > deadline:
+            _cancel(futures)
+            raise EngineTimeout(f"the engine did not answer within {timeout_s:g} s")
+    results, failure = [], None
+    for future in futures:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - re-raised below, once every call has ended
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return results
+
+
+def _cancel(futures: Sequence[concurrent.futures.Future]) -> None:
+    # A future of asyncio.run_coroutine_threadsafe cancels its task on the loop: vLLM's AsyncLLM aborts the
+    # request, an HTTP client closes its connection (and vLLM's server aborts there).
+    for future in futures:
+        future.cancel()

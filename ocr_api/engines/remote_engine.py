@@ -2,19 +2,21 @@
 
 The workers import neither torch nor vLLM; one vLLM server owns the GPU and batches every worker's requests
 (continuous batching). Each image is one chat completion; the images of a batch request are sent at once.
+The calls run on one event loop thread with aiohttp, so a call can be cancelled: its connection is closed, and
+vLLM's server aborts a request whose client disconnected. That is how a timeout, or a client of ours hanging up,
+stops the work at the engine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
-import requests
-from requests.adapters import HTTPAdapter
+import aiohttp
 
 from ocr_api.engines.base import (
     EngineFailure,
@@ -24,7 +26,9 @@ from ocr_api.engines.base import (
     EngineTimeout,
     EngineUnavailable,
     PromptTooLong,
+    StopCheck,
     context_budget,
+    wait_for_all,
 )
 from ocr_api.guard import GuardSettings
 from ocr_api.models import ModelProfile, profile_for_checkpoint
@@ -34,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_TIMEOUT_S = 2.0
+METADATA_TIMEOUT_S = 30.0
 HEALTH_CACHE_S = 1.0  # readiness is asked on every request; one probe a second is plenty
 # Phrases vLLM uses when prompt and image tokens do not fit the context.
 CONTEXT_ERRORS = ("maximum model length", "maximum context length", "context length")
@@ -58,16 +63,14 @@ class RemoteEngine:
         self.profile: ModelProfile = profile_for_checkpoint(model_name)
         self.whitelist_token_ids: frozenset[int] = frozenset()
         self._requested_model = model_name
-        self._timeout = (CONNECT_TIMEOUT_S, timeout_s)
+        self._timeout_s = timeout_s
+        self._connections = connections
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._context_length = self.profile.context_length
-        self._session = requests.Session()
-        # One pooled connection per request in flight, so concurrent requests never wait for a socket.
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=connections, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        if api_key:
-            self._session.headers["Authorization"] = f"Bearer {api_key}"
-        self._pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="engine-call")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="engine-calls", daemon=True)
+        self._thread.start()
+        self._session: aiohttp.ClientSession | None = None
         self._lock = threading.Lock()
         self._metadata_loaded = False
         self._healthy = False
@@ -96,27 +99,35 @@ class RemoteEngine:
             self._healthy, self._checked_at = healthy, time.monotonic()
             return healthy and self._metadata_loaded
 
-    def generate(self, requests_: Sequence[EngineRequest]) -> list[EngineOutput]:
+    def generate(self, requests_: Sequence[EngineRequest], should_stop: StopCheck | None = None) -> list[EngineOutput]:
         """Send every request at once (the server batches them) and return the outputs in order."""
         if not self._metadata_loaded:
             self._load_metadata()
-        futures = [self._pool.submit(self._complete, request) for request in requests_]
-        outputs: list[EngineOutput] = []
-        failure: Exception | None = None
-        for future in futures:  # wait for all, so no call is left running unseen, then report the first failure
-            try:
-                outputs.append(future.result())
-            except Exception as exc:  # noqa: BLE001 - re-raised below, once every call has ended
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-        return outputs
+        # Images are encoded here, in the caller's thread, not on the loop thread all calls share.
+        futures = [self._submit(self._complete(request, png_data_url(request.image))) for request in requests_]
+        # Each call has its own timeout; this one only backs it up.
+        return wait_for_all(futures, self._timeout_s + CONNECT_TIMEOUT_S, should_stop)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._session.close()
+        if self._session is not None:
+            self._run(self._session.close(), timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
 
-    def _complete(self, request: EngineRequest) -> EngineOutput:
+    def _submit(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def _run(self, coroutine: Coroutine[Any, Any, Any], timeout: float) -> Any:
+        return self._submit(coroutine).result(timeout=timeout)
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created on the loop thread, where aiohttp wants it; one pooled connection per request in flight.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._connections)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+        return self._session
+
+    async def _complete(self, request: EngineRequest, image_url: str) -> EngineOutput:
         guard = GuardSettings(request.ngram_size, request.window_size, self.whitelist_token_ids)
         body: dict[str, Any] = {
             "model": self.model_id,
@@ -124,7 +135,7 @@ class RemoteEngine:
                 {
                     "role": "user",
                     "content": [
-                        {"type": "image_url", "image_url": {"url": png_data_url(request.image)}},
+                        {"type": "image_url", "image_url": {"url": image_url}},
                         # The prompt keeps its own <image>: vLLM then places the image there, not in front.
                         {"type": "text", "text": request.prompt},
                     ],
@@ -137,10 +148,9 @@ class RemoteEngine:
         xargs = guard.vllm_extra_args()
         if xargs is not None:
             body["vllm_xargs"] = xargs
-        response = self._call("POST", "/v1/chat/completions", json=body)
-        if response.status_code != 200:
-            self._raise_for(response)
-        payload = response.json()
+        status, payload = await self._call("POST", "/v1/chat/completions", self._timeout_s, json=body)
+        if status != 200:
+            await self._raise_for(status, payload)
         choice = payload["choices"][0]
         usage = payload.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens", 0))
@@ -156,44 +166,54 @@ class RemoteEngine:
             guard=guard,
         )
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    async def _call(self, method: str, path: str, timeout_s: float, **kwargs: Any) -> tuple[int, Any]:
+        """Return the status and the JSON (or text) body; cancelling this coroutine closes the connection."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=CONNECT_TIMEOUT_S)
         try:
-            return self._session.request(method, f"{self.base_url}{path}", timeout=self._timeout, **kwargs)
-        except requests.Timeout as exc:
-            # Closing the connection makes vLLM abort the request, so nothing keeps running for nobody.
-            if isinstance(exc, requests.ConnectTimeout):
-                self._mark_unhealthy()
-                raise EngineUnavailable(f"connecting to {self.base_url} timed out") from None
-            raise EngineTimeout(f"the engine did not answer within {self._timeout[1]:g} s") from None
-        except requests.ConnectionError as exc:
+            async with self._client().request(method, f"{self.base_url}{path}", timeout=timeout, **kwargs) as response:
+                text = await response.text()
+                try:
+                    return response.status, await response.json(content_type=None)
+                except ValueError:
+                    return response.status, text
+        except aiohttp.ConnectionTimeoutError:
+            self._mark_unhealthy()
+            raise EngineUnavailable(f"connecting to {self.base_url} timed out") from None
+        except asyncio.TimeoutError:
+            # Leaving the block closed the connection, which makes vLLM abort the request.
+            raise EngineTimeout(f"the engine did not answer within {timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
             self._mark_unhealthy()
             raise EngineUnavailable(f"cannot reach the engine at {self.base_url}: {type(exc).__name__}") from None
 
-    def _raise_for(self, response: requests.Response) -> None:
-        message = _error_message(response)
-        if response.status_code == 400 and any(phrase in message.lower() for phrase in CONTEXT_ERRORS):
+    async def _raise_for(self, status: int, payload: Any) -> None:
+        message = _error_message(payload)
+        if status == 400 and any(phrase in message.lower() for phrase in CONTEXT_ERRORS):
             raise PromptTooLong(message)
-        if response.status_code in (502, 503, 504) or not self._probe_health():
+        if status in (502, 503, 504) or not await self._healthy_now():
             self._mark_unhealthy()
-            raise EngineUnavailable(f"the engine answered {response.status_code}: {message}")
-        raise EngineFailure(f"the engine answered {response.status_code}: {message}")
+            raise EngineUnavailable(f"the engine answered {status}: {message}")
+        raise EngineFailure(f"the engine answered {status}: {message}")
+
+    async def _healthy_now(self) -> bool:
+        try:
+            status, _ = await self._call("GET", "/health", HEALTH_TIMEOUT_S)
+        except EngineFailure:
+            return False
+        return status == 200
 
     def _probe_health(self) -> bool:
-        try:
-            response = self._session.get(f"{self.base_url}/health", timeout=(HEALTH_TIMEOUT_S, HEALTH_TIMEOUT_S))
-        except requests.RequestException:
-            return False
-        return response.status_code == 200
+        return self._run(self._healthy_now(), timeout=HEALTH_TIMEOUT_S + CONNECT_TIMEOUT_S)
 
     def _mark_unhealthy(self) -> None:
         with self._lock:
             self._healthy, self._checked_at = False, time.monotonic()
 
     def _load_metadata(self) -> None:
-        response = self._call("GET", "/v1/models")
-        if response.status_code != 200:
-            raise EngineUnavailable(f"GET /v1/models answered {response.status_code}")
-        served = response.json().get("data") or []
+        status, payload = self._run(self._call("GET", "/v1/models", METADATA_TIMEOUT_S), timeout=METADATA_TIMEOUT_S + 1)
+        if status != 200 or not isinstance(payload, dict):
+            raise EngineUnavailable(f"GET /v1/models answered {status}")
+        served = payload.get("data") or []
         if not served:
             raise EngineLoadError(f"the engine at {self.base_url} serves no model")
         chosen = _choose_model(served, self._requested_model, self.base_url)
@@ -212,12 +232,13 @@ class RemoteEngine:
         )
 
     def _single_token_id(self, token: str) -> int | None:
-        response = self._call(
-            "POST", "/tokenize", json={"model": self.model_id, "prompt": token, "add_special_tokens": False}
+        body = {"model": self.model_id, "prompt": token, "add_special_tokens": False}
+        status, payload = self._run(
+            self._call("POST", "/tokenize", METADATA_TIMEOUT_S, json=body), timeout=METADATA_TIMEOUT_S + 1
         )
-        if response.status_code != 200:
+        if status != 200 or not isinstance(payload, dict):
             return None
-        tokens = response.json().get("tokens") or []
+        tokens = payload.get("tokens") or []
         return int(tokens[0]) if len(tokens) == 1 else None
 
 
@@ -231,11 +252,9 @@ def _choose_model(served: list[dict[str, Any]], requested: str, base_url: str) -
     raise EngineLoadError(f"the engine at {base_url} serves {names}, not DEEPSEEK_MODEL_NAME={requested}")
 
 
-def _error_message(response: requests.Response) -> str:
-    try:
-        payload = response.json()
-    except ValueError:
-        return response.text[:300]
+def _error_message(payload: Any) -> str:
+    if isinstance(payload, str):
+        return payload[:300]
     error = payload.get("error", payload) if isinstance(payload, dict) else payload
     if isinstance(error, dict):
         return str(error.get("message", error))[:300]

@@ -10,16 +10,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from ocr_api.engines.base import (
+    POLL_S,
     RESOLUTION_MODES,
+    Cancelled,
     EngineLoadError,
     EngineOutput,
     EngineRequest,
     EngineTimeout,
     PromptTooLong,
+    StopCheck,
 )
 from ocr_api.guard import GuardSettings, banned_next_tokens
 from ocr_api.interpretation import END_OF_SENTENCE
-from ocr_api.models import DEFAULT_CHECKPOINTS, ModelProfile, profile_for_model_type
+from ocr_api.models import DEFAULT_CHECKPOINTS, ModelProfile, layout_mismatch, profile_for_model_type
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +62,17 @@ class TransformersEngine:
             DeepseekOcr2ForConditionalGeneration,
         )
 
+        mismatch = layout_mismatch(self.name, self.model_id)
+        if mismatch:
+            raise EngineLoadError(mismatch)
         try:
             config = AutoConfig.from_pretrained(self.model_id)
         except (OSError, ValueError) as exc:
             raise EngineLoadError(_not_found_message(self.model_id, exc)) from None
         if config.model_type != "deepseek_ocr2":
             raise EngineLoadError(
-                f"{self.model_id} is a {config.model_type!r} checkpoint; the transformers engine runs DeepSeek-OCR-2 "
-                "in transformers layout (deepseek-community/DeepSeek-OCR-2). For deepseek-ai checkpoints use "
-                "OCR_ENGINE=vllm."
+                f"{self.model_id} is a {config.model_type!r} checkpoint; the transformers engine needs DeepSeek-OCR-2 "
+                f"in transformers layout ({DEFAULT_CHECKPOINTS['transformers']})."
             )
         self.device = _resolve_device(self._device_setting, torch)
         dtype = _resolve_dtype(self._dtype_setting, self.device, torch)
@@ -91,27 +96,33 @@ class TransformersEngine:
     def is_ready(self) -> bool:
         return self._model is not None
 
-    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+    def generate(self, requests: Sequence[EngineRequest], should_stop: StopCheck | None = None) -> list[EngineOutput]:
         """Generate for all requests in one ``generate()`` call, greedy, with the n-gram guard per row."""
         if not requests:
             return []
         if len({r.mode for r in requests}) > 1:  # one processor call takes one mode: split, keep the order
             by_mode = {
-                mode: self.generate([r for r in requests if r.mode == mode]) for mode in {r.mode for r in requests}
+                mode: self.generate([r for r in requests if r.mode == mode], should_stop)
+                for mode in {r.mode for r in requests}
             }
             return [by_mode[r.mode].pop(0) for r in requests]
         guards = [GuardSettings(r.ngram_size, r.window_size, self.whitelist_token_ids) for r in requests]
         started = time.monotonic()
-        # Waiting for the model (another request holds it) counts against the timeout too.
-        if not self._lock.acquire(timeout=-1 if self._timeout_s is None else self._timeout_s):
-            raise EngineTimeout(f"the engine stayed busy with other requests for {self._timeout_s:g} s")
+        stop = should_stop or (lambda: False)
+        # Waiting for the model (another request holds it) counts against the timeout too, and ends when the
+        # caller stops waiting.
+        while not self._lock.acquire(timeout=POLL_S):
+            if stop():
+                raise Cancelled("the caller stopped waiting before the model was free")
+            if self._timeout_s is not None and time.monotonic() - started >= self._timeout_s:
+                raise EngineTimeout(f"the engine stayed busy with other requests for {self._timeout_s:g} s")
         try:
-            return self._generate_locked(requests, guards, started)
+            return self._generate_locked(requests, guards, started, stop)
         finally:
             self._lock.release()
 
     def _generate_locked(
-        self, requests: Sequence[EngineRequest], guards: list[GuardSettings], started: float
+        self, requests: Sequence[EngineRequest], guards: list[GuardSettings], started: float, stop: StopCheck
     ) -> list[EngineOutput]:
         import torch
 
@@ -149,7 +160,10 @@ class TransformersEngine:
                 logits_processor=[_ngram_guard_processor(guards, prompt_length)],
                 # transformers' own MaxTimeCriteria: generation stops after this many seconds; then it is 504.
                 max_time=remaining,
+                stopping_criteria=[_caller_gone_criterion(stop)],
             )
+            if stop():
+                raise Cancelled("the caller stopped waiting; generation was stopped")
             if self._timeout_s is not None and time.monotonic() - started >= self._timeout_s:
                 raise EngineTimeout(f"the engine did not finish within {self._timeout_s:g} s; generation was stopped")
             generated = sequences[:, prompt_length:].tolist()
@@ -178,6 +192,25 @@ class TransformersEngine:
             guard=guard,
             token_ids=tuple(kept),
         )
+
+
+def _caller_gone_criterion(stop: StopCheck) -> Any:
+    """Return a stopping criterion that ends generation for every row once the caller stops waiting."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class CallerGone(StoppingCriteria):
+        def __init__(self) -> None:
+            self._asked_at = 0.0
+
+        def __call__(self, input_ids, scores, **kwargs):
+            gone = False
+            if time.monotonic() - self._asked_at >= POLL_S:  # a socket peek per token would be wasteful
+                self._asked_at = time.monotonic()
+                gone = stop()
+            return torch.full((input_ids.shape[0],), gone, dtype=torch.bool, device=input_ids.device)
+
+    return CallerGone()
 
 
 def _ngram_guard_processor(guards: Sequence[GuardSettings], prompt_length: int) -> Any:

@@ -22,10 +22,12 @@ from ocr_api.engines.base import (
     EngineTimeout,
     EngineUnavailable,
     PromptTooLong,
+    StopCheck,
     context_budget,
+    wait_for_all,
 )
 from ocr_api.guard import GuardSettings
-from ocr_api.models import PROFILES, ModelProfile, profile_for_architectures
+from ocr_api.models import PROFILES, ModelProfile, layout_mismatch, profile_for_architectures
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ class VllmEngine:
 
     def load(self) -> None:
         """Parse the flags with vLLM's parser, start AsyncLLM on a loop thread and read model facts from it."""
+        mismatch = layout_mismatch(self.name, self.model_id)
+        if mismatch:
+            raise EngineLoadError(mismatch)
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -89,13 +94,15 @@ class VllmEngine:
     def is_ready(self) -> bool:
         return self._engine is not None and not self._engine.errored
 
-    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
-        """Submit every request to the engine at once and wait for all of them."""
+    def generate(self, requests: Sequence[EngineRequest], should_stop: StopCheck | None = None) -> list[EngineOutput]:
+        """Submit every request to the engine at once and wait for all of them (cancelled: vLLM aborts them)."""
         if not requests:
             return []
         if not self.is_ready():
             raise EngineUnavailable("the vLLM engine is not running")
-        return self._run(self._generate_all(requests), timeout=self._timeout_s)
+        assert self._loop is not None
+        futures = [asyncio.run_coroutine_threadsafe(self._generate_one(r), self._loop) for r in requests]
+        return wait_for_all(futures, self._timeout_s, should_stop)
 
     def close(self) -> None:
         if self._engine is not None:
@@ -106,9 +113,6 @@ class VllmEngine:
     async def _start(self, async_llm: Any, engine_args: Any) -> Any:
         # Built inside the loop so that its output handler task lives on this loop.
         return async_llm.from_engine_args(engine_args)
-
-    async def _generate_all(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
-        return list(await asyncio.gather(*(self._generate_one(request) for request in requests)))
 
     async def _generate_one(self, request: EngineRequest) -> EngineOutput:
         from vllm import SamplingParams

@@ -11,7 +11,7 @@ import shlex
 import sys
 
 from config import ConfigError, Settings
-from ocr_api.models import DEFAULT_CHECKPOINTS
+from ocr_api.models import DEFAULT_CHECKPOINTS, layout_mismatch
 
 NGRAM_PROCESSOR = "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
 
@@ -41,11 +41,16 @@ def engine_flags(settings: Settings) -> list[str]:
 
 
 def main() -> int:
-    """Print the flags one per line; exit 1 with one clear line on bad settings."""
+    """Print the flags one per line; exit 1 with one clear line on bad settings or a checkpoint vLLM cannot load."""
     try:
-        flags = engine_flags(Settings.from_env())
+        settings = Settings.from_env()
+        flags = engine_flags(settings)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    mismatch = layout_mismatch("vllm", model_for(settings))
+    if mismatch:
+        print(f"error: {mismatch}", file=sys.stderr)
         return 1
     print("\n".join(flags))
     return 0
