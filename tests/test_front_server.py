@@ -1,0 +1,292 @@
+"""The production start over real HTTP: nginx in front of gunicorn, against the STAND-IN engine (no model).
+
+Slow and stalled clients, keep-alive, clients that hang up, the exact upload limit, JSON from the front server,
+keys in no log, a worker killed mid-request, bad settings before anything starts (issue 11's defects).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import REPO, make_pdf, png_bytes
+from tests.servers import (
+    environment,
+    gunicorn_workers,
+    metric,
+    stand_in_engine,
+    start,
+    stop,
+    wait_ready,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+KEY = "front-server-test-key-0123456789"
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+# Keys a client might send where they do not belong, or that are wrong: none may reach a log file.
+STRAY_KEYS = ("stray-query-key-aaaaaaaa", "stray-bearer-key-bbbbbbbb", "stray-header-key-cccccccc")
+MALFORMED_KEY = "malformed-line-key-dddddddd"
+
+
+@dataclass
+class Production:
+    url: str
+    engine_url: str
+    logs: Path
+    uploads: Path
+    process: subprocess.Popen
+    gunicorn_socket: str
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory) -> Iterator[Production]:
+    tmp_path = tmp_path_factory.mktemp("front")
+    with stand_in_engine(step_ms=50, tokens_per_page=40) as engine_url:  # 2 s a page
+        env = environment(
+            tmp_path,
+            OCR_ENGINE_URL=engine_url,
+            WORKERS="2",
+            THREADS="2",
+            API_KEYS=KEY,
+            MAX_UPLOAD_MB="1",
+            CLIENT_TIMEOUT_S="5",
+        )
+        log = tmp_path / "production.log"
+        process = start("start_production.sh", env, log)
+        url = f"http://127.0.0.1:{env['PORT']}"
+        try:
+            wait_ready(url, process, log, timeout_s=300)
+            line = next(line for line in log.read_text().splitlines() if "gunicorn on unix:" in line)
+            sock = line.rsplit("unix:", 1)[1].strip()
+            yield Production(url, engine_url, tmp_path / "logs", Path(env["UPLOAD_FOLDER"]), process, sock)
+        finally:
+            assert stop(process) == 0, log.read_text()[-3000:]
+
+
+def _ocr(url: str, data: bytes, name: str = "p.png", timeout: float = 60) -> requests.Response:
+    return requests.post(f"{url}/ocr", files={"file": (name, data)}, headers=HEADERS, timeout=timeout)
+
+
+def _dribble(port: int, body_claimed: int | None, stop_at: threading.Event) -> None:
+    """Send a request a byte every two seconds (headers, or a body shorter than its Content-Length)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        if body_claimed is None:
+            pending = b"POST /ocr HTTP/1.1\r\nHost: x\r\n"
+        else:
+            sock.sendall(f"POST /ocr HTTP/1.1\r\nHost: x\r\nContent-Length: {body_claimed}\r\n\r\n".encode())
+            pending = b"-" * 100
+        for byte in pending:
+            if stop_at.wait(2):
+                return
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                return  # the front server cut it off: fine
+
+
+def test_dribbling_clients_hold_no_worker(production):
+    port = int(production.url.rsplit(":", 1)[1])
+    stop_at = threading.Event()
+    # 24 connections dribbling headers and 8 whose body never comes: 8 times the 2 workers x 2 threads.
+    dribblers = [threading.Thread(target=_dribble, args=(port, None, stop_at)) for _ in range(24)]
+    dribblers += [threading.Thread(target=_dribble, args=(port, 100_000, stop_at)) for _ in range(8)]
+    for dribbler in dribblers:
+        dribbler.start()
+    try:
+        time.sleep(1)
+        latencies = []
+        for _ in range(8):
+            started = time.monotonic()
+            assert requests.get(f"{production.url}/health", timeout=5).status_code == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.5)
+        served = _ocr(production.url, png_bytes())
+    finally:
+        stop_at.set()
+        for dribbler in dribblers:
+            dribbler.join(10)
+    print(f"\n32 dribbling connections: /health slowest {max(latencies):.3f} s")
+    assert max(latencies) < 1.0, latencies
+    assert served.status_code == 200, served.text
+    # No dribbled request reached a worker: gunicorn logged only the complete ones.
+    assert "Host: x" not in (production.logs / "error.log").read_text()
+
+
+def test_keep_alive_from_client_to_front_and_no_gunicorn_warning(production):
+    host, port = production.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", "/health")
+    first = connection.getresponse()
+    first.read()
+    sock = connection.sock
+    connection.request("GET", "/ready")
+    second = connection.getresponse()
+    second.read()
+    assert (first.status, second.status) == (200, 200)
+    assert not first.will_close
+    assert connection.sock is sock  # the same TCP connection served both
+    connection.close()
+    assert "No keepalived connections" not in (production.logs / "error.log").read_text()
+
+
+def test_a_client_that_hangs_up_stops_its_pages_at_the_engine(production):
+    aborted_before = metric(production.engine_url, "stand_in:aborted_total")
+    done_before = metric(production.engine_url, "stand_in:pages_done_total")
+    with pytest.raises(requests.Timeout):
+        _ocr(production.url, make_pdf(12), name="long.pdf", timeout=0.8)
+    wait_until(lambda: metric(production.engine_url, "stand_in:aborted_total") >= aborted_before + 12, timeout_s=5)
+    # The slots are free again: a live client gets its page, and nothing of the 12 was decoded.
+    assert _ocr(production.url, png_bytes()).status_code == 200
+    assert metric(production.engine_url, "stand_in:pages_done_total") == done_before + 1
+    health = requests.get(f"{production.url}/health", timeout=5).json()
+    assert health["pages_in_flight"] == 0
+    assert '"POST /ocr HTTP/1.1" 499' in (production.logs / "access.log").read_text()
+
+
+def _padded_png(total_body: int) -> tuple[bytes, str]:
+    """A multipart body of exactly ``total_body`` bytes: a PNG padded after its end (decoders ignore it)."""
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    image = png_bytes()
+    padding = total_body - len(head) - len(tail) - len(image)
+    return head + image + b"\0" * padding + tail, f"multipart/form-data; boundary={boundary}"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str):
+        super().__init__("localhost", timeout=30)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self._path)
+
+
+def _post_raw(connection: http.client.HTTPConnection, body: bytes, content_type: str) -> tuple[int, str]:
+    try:
+        try:
+            connection.request("POST", "/ocr", body=body, headers={"Content-Type": content_type, **HEADERS})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a server may answer 413 from the headers alone and close before the body is sent; read that
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("size", [1024 * 1024, 1024 * 1024 + 1])
+def test_a_body_of_exactly_max_upload_mb_is_accepted_one_byte_more_is_413(production, size):
+    body, content_type = _padded_png(size)
+    host, port = production.url.removeprefix("http://").split(":")
+    expected = 200 if size == 1024 * 1024 else 413
+    # Through the front server, and straight to gunicorn: the same answer.
+    front = _post_raw(http.client.HTTPConnection(host, int(port), timeout=30), body, content_type)
+    direct = _post_raw(_UnixConnection(production.gunicorn_socket), body, content_type)
+    assert front[0] == expected, front
+    assert direct[0] == expected, direct
+    if expected == 413:
+        assert '"code": "payload_too_large"' in front[1] or '"code":"payload_too_large"' in front[1]
+
+
+def test_errors_the_front_server_answers_itself_are_json(production):
+    long_uri = requests.get(f"{production.url}/{'x' * 9000}", timeout=10)
+    big_header = requests.get(f"{production.url}/health", headers={"X-Big": "a" * 9000}, timeout=10)
+    with socket.create_connection(("127.0.0.1", int(production.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        garbage = sock.recv(4096).decode()
+    assert (long_uri.status_code, long_uri.json()["code"]) == (414, "uri_too_long")
+    assert (big_header.status_code, big_header.json()["code"]) == (431, "headers_too_large")
+    assert garbage.startswith("HTTP/1.1 400") and '"code": "bad_request"' in garbage
+
+
+def test_no_key_reaches_any_log_wherever_the_client_puts_it(production):
+    query_key, bearer_key, header_key = STRAY_KEYS
+    assert _ocr(production.url, png_bytes()).status_code == 200  # the configured key, in its header
+    requests.get(f"{production.url}/ocr?api_key={query_key}", timeout=10)
+    requests.post(f"{production.url}/ocr?key={query_key}&token={query_key}", timeout=10)
+    requests.post(f"{production.url}/ocr", headers={"Authorization": f"Bearer {bearer_key}"}, timeout=10)
+    requests.post(f"{production.url}/ocr", headers={"X-API-Key": header_key}, timeout=10)
+    malformed = f"POST /ocr?api_key={query_key} HTTP/1.1\r\nHost: x\r\nX-API-Key {MALFORMED_KEY}\r\n\r\n".encode()
+    for connect in (
+        lambda: socket.create_connection(("127.0.0.1", int(production.url.rsplit(":", 1)[1]))),
+        lambda: _unix_socket(production.gunicorn_socket),  # gunicorn quotes a malformed header line in its log
+    ):
+        with connect() as sock:
+            sock.sendall(malformed)
+            sock.recv(4096)
+    time.sleep(0.5)  # log lines are written as requests end
+    files = sorted(path for path in production.logs.iterdir() if path.is_file())
+    assert {path.name for path in files} >= {"access.log", "error.log", "front-access.log", "front-error.log"}
+    text = "\n".join(path.read_text(errors="replace") for path in files)
+    assert "/ocr" in text  # the requests were logged, without their keys
+    for secret in (KEY, *STRAY_KEYS, MALFORMED_KEY):
+        assert secret not in text, secret
+
+
+def _unix_socket(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    return sock
+
+
+def test_a_worker_killed_mid_request_leaves_no_upload(production):
+    group = production.process.pid
+    workers = gunicorn_workers(group)
+    results: list = []
+    sender = threading.Thread(target=lambda: results.append(_ocr(production.url, png_bytes(), timeout=30)))
+    sender.start()
+    wait_until(lambda: any(production.uploads.iterdir()), timeout_s=10, interval_s=0.05)
+    for worker in workers:  # whichever holds it
+        os.kill(worker, signal.SIGKILL)
+    sender.join(30)
+    # gunicorn starts new workers; each sweeps the uploads no live process holds.
+    wait_until(lambda: len(set(gunicorn_workers(group)) - set(workers)) == 2, timeout_s=30)
+    wait_until(lambda: requests.get(f"{production.url}/ready", timeout=5).status_code == 200, timeout_s=30)
+    assert list(production.uploads.iterdir()) == []
+    assert "left behind by a process that died" in (production.logs / "error.log").read_text()
+
+
+def test_bad_settings_stop_the_production_start_before_anything_listens(tmp_path):
+    env = environment(tmp_path, OCR_ENGINE_URL="http://127.0.0.1:9", API_KEYS="too-short")
+    run = subprocess.run(
+        [str(REPO / "start_production.sh")], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 1
+    assert "error: API_KEYS: every key needs 16 characters" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "logs" / "error.log").exists()  # gunicorn never started
+
+
+def test_dev_server_accepts_exactly_max_upload_mb_too(tmp_path):
+    with stand_in_engine(step_ms=5, tokens_per_page=4) as engine_url:
+        env = environment(tmp_path, OCR_ENGINE_URL=engine_url, API_KEYS=KEY, MAX_UPLOAD_MB="1")
+        log = tmp_path / "server.log"
+        process = start("start_server.sh", env, log)
+        url = f"http://127.0.0.1:{env['PORT']}"
+        try:
+            wait_ready(url, process, log, timeout_s=120)
+            answers = []
+            for size in (1024 * 1024, 1024 * 1024 + 1):
+                body, content_type = _padded_png(size)
+                answers.append(_post_raw(http.client.HTTPConnection("127.0.0.1", int(env["PORT"])), body, content_type))
+        finally:
+            stop(process)
+    assert [status for status, _ in answers] == [200, 413], answers
+
