@@ -19,6 +19,7 @@ log_dir=$(cd "$log_dir" && pwd)
 engine_pid=""
 gunicorn_pid=""
 front_pid=""
+redactor_pid=""
 stopping=0
 # gunicorn's socket, nginx's configuration, pid and buffers: private to this run, removed when it ends.
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/deepseek-ocr.XXXXXX")
@@ -39,16 +40,18 @@ check_settings() {
 }
 
 start_gunicorn() {
-  # THREADS > 1 makes gunicorn use its gthread worker. Its --worker-connections holds the threads' requests
-  # plus the idle keep-alive connections nginx keeps to it (nginx reuses them rather than reconnect per
-  # request); --keep-alive outlasts nginx's 60 s so gunicorn never closes one nginx is about to reuse.
-  # THREADS=1 is a sync worker. Only nginx connects, through the socket in the run directory.
+  # THREADS > 1 makes gunicorn use its gthread worker. A gthread worker accepts up to --worker-connections
+  # connections whatever its free threads, and a kept-alive connection stays with its worker: so each worker
+  # takes only as many connections as it has threads, one request each (nginx reconnects per request over the
+  # unix socket, a few microseconds), and a request waits in the socket's backlog for whichever worker has a
+  # free thread instead of behind a busy one. THREADS=1 is a sync worker. Only nginx connects, through the
+  # socket in the run directory.
   local threads="${THREADS:-16}"
   "$VENV/bin/gunicorn" \
     --workers "${WORKERS:-4}" \
     --threads "$threads" \
-    --worker-connections "$((2 * threads))" \
-    --keep-alive 75 \
+    --worker-connections "$threads" \
+    --keep-alive 0 \
     --bind "unix:$run_dir/gunicorn.sock" \
     --timeout "${GUNICORN_TIMEOUT:-300}" \
     --graceful-timeout "${GUNICORN_GRACEFUL_TIMEOUT:-30}" \
@@ -70,9 +73,12 @@ start_front() {
     say "error: nginx refused its configuration ($run_dir/nginx.conf); is ${HOST:-0.0.0.0}:${PORT:-5000} free?"
     exit 1
   fi
-  "$NGINX" -p "$run_dir" -c "$run_dir/nginx.conf" -e stderr -g 'daemon off;' \
-    2> >("$VENV/bin/python" -m ocr_api.logs redact >>"$log_dir/front-error.log") &
+  # The redactor is started first, on a descriptor of its own, so that stop_front can wait for it too.
+  exec {front_errors}> >("$VENV/bin/python" -m ocr_api.logs redact >>"$log_dir/front-error.log")
+  redactor_pid=$!
+  "$NGINX" -p "$run_dir" -c "$run_dir/nginx.conf" -e stderr -g 'daemon off;' 2>&"$front_errors" &
   front_pid=$!
+  exec {front_errors}>&-  # nginx holds the only writer now: the redactor ends when nginx does
   say "front server (nginx, pid $front_pid) on ${HOST:-0.0.0.0}:${PORT:-5000}; gunicorn on unix:$run_dir/gunicorn.sock"
 }
 
@@ -81,6 +87,7 @@ stop_front() {
   # QUIT: nginx stops accepting, lets the requests it is proxying finish, then exits.
   kill -QUIT "$front_pid" 2>/dev/null || true
   wait "$front_pid" 2>/dev/null || true
+  wait "$redactor_pid" 2>/dev/null || true
   front_pid=""
 }
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import io
 import re
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -199,6 +201,22 @@ def test_a_model_the_engine_does_not_serve_is_refused_at_start(settings, engine_
     engine = build_engine(settings.replace(engine="remote", engine_url=engine_url, model_name="other/model"))
     with pytest.raises(EngineLoadError, match="serves stand-in/deepseek-ocr-2, not DEEPSEEK_MODEL_NAME=other/model"):
         engine.load()
+    engine.close()
+
+
+def test_an_engine_dropped_without_close_closes_its_connections_and_thread(settings, engine_url):
+    from ocr_api.engines import build_engine
+
+    engine = build_engine(settings.replace(engine="remote", engine_url=engine_url, model_name=""))
+    engine.load()  # opens the session and its pooled connections
+    loop_thread = engine._thread
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del engine
+        gc.collect()
+    loop_thread.join(timeout=5)
+    assert not loop_thread.is_alive()
+    assert [str(warning.message) for warning in caught] == []
 
 
 def test_the_remote_service_never_imports_torch(engine_url):

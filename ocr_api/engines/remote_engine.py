@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -71,6 +72,9 @@ class RemoteEngine:
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-calls", daemon=True)
         self._thread.start()
         self._session: aiohttp.ClientSession | None = None
+        # An engine dropped without close() (a failed start, a test) still closes its session and loop thread.
+        self._sessions: list[aiohttp.ClientSession] = []
+        self._shut_down = weakref.finalize(self, _shut_down, self._loop, self._thread, self._sessions)
         self._lock = threading.Lock()
         self._metadata_loaded = False
         self._healthy = False
@@ -109,10 +113,7 @@ class RemoteEngine:
         return wait_for_all(futures, self._timeout_s + CONNECT_TIMEOUT_S, should_stop)
 
     def close(self) -> None:
-        if self._session is not None:
-            self._run(self._session.close(), timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
+        self._shut_down()  # once: a second call, or the collection of a closed engine, does nothing
 
     def _submit(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -125,6 +126,7 @@ class RemoteEngine:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._connections)
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+            self._sessions.append(self._session)
         return self._session
 
     async def _complete(self, request: EngineRequest, image_url: str) -> EngineOutput:
@@ -240,6 +242,23 @@ class RemoteEngine:
             return None
         tokens = payload.get("tokens") or []
         return int(tokens[0]) if len(tokens) == 1 else None
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, sessions: list[aiohttp.ClientSession]) -> None:
+    """Close the sessions, then stop the loop thread; safe from any thread, the loop's own included."""
+
+    async def close_then_stop() -> None:
+        for session in sessions:
+            await session.close()
+        loop.stop()
+
+    if not thread.is_alive():
+        return
+    asyncio.run_coroutine_threadsafe(close_then_stop(), loop)
+    if threading.current_thread() is not thread:  # a collection can run on the loop thread too: no waiting there
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()
 
 
 def _choose_model(served: list[dict[str, Any]], requested: str, base_url: str) -> dict[str, Any]:
