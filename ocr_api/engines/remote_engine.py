@@ -244,7 +244,9 @@ class RemoteEngine:
         return int(tokens[0]) if len(tokens) == 1 else None
 
 
-def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, sessions: list[aiohttp.ClientSession]) -> None:
+def _shut_down(
+    loop: asyncio.AbstractEventLoop, thread: threading.Thread, sessions: list[aiohttp.ClientSession]
+) -> None:
     """Close the sessions, then stop the loop thread; safe from any thread, the loop's own included."""
 
     async def close_then_stop() -> None:
