@@ -51,3 +51,14 @@ class FakeEngine:
 
     def close(self) -> None:
         self.ready = False
+
+
+class SteppingClock:
+    """A clock that moves ``step`` seconds each time it is read: a budget runs out after a known number of checks."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now

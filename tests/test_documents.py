@@ -17,8 +17,10 @@ from urllib3 import encode_multipart_formdata
 from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page, select_pages
 from ocr_api.engines import EngineOutput, EngineRequest
 from ocr_api.errors import ApiError
+from ocr_api.preparation import Deadline
 from tests.conftest import CORPUS, make_pdf, png_bytes
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, SteppingClock
+from tests.hostile import pdf_content_bomb
 
 LIMITS = PdfLimits(dpi=144, max_pages=100, max_page_pixels=40_000_000)
 
@@ -111,6 +113,15 @@ def test_a_huge_page_is_refused_before_rendering():
         render_page(document, 0, LIMITS)
     assert (caught.value.status, caught.value.code) == (422, "page_too_large")
     assert time.perf_counter() - started < 1
+
+
+def test_a_page_past_its_preparation_budget_is_422_preparation_timeout():
+    document = open_pdf(pdf_content_bomb(8 << 20))
+    with pytest.raises(ApiError) as caught:
+        # Each reading of this clock is 20 s later: the walk through the page's streams finds 30 s spent.
+        render_page(document, 0, LIMITS, Deadline(30, clock=SteppingClock(20)))
+    assert (caught.value.status, caught.value.code) == (422, "preparation_timeout")
+    assert render_page(document, 0, LIMITS, Deadline(30, clock=SteppingClock(0))).mode == "RGB"
 
 
 # --- through the API, with the fake engine ---

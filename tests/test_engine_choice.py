@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ from config import ConfigError, Settings
 from ocr_api.engines import EngineLoadError, EngineTimeout, build_engine, choose_engine
 from ocr_api.engines.vllm_engine import VllmEngine
 from ocr_api.engines.vllm_flags import NGRAM_PROCESSOR, engine_flags
-from ocr_api.models import PROFILES, profile_for_checkpoint
+from ocr_api.models import PROFILES, checkpoint_layout, layout_mismatch, profile_for_checkpoint
 from tests.conftest import REPO
 from tests.tiny_vllm_model import write_tiny_vllm_model
 
@@ -122,3 +123,82 @@ def test_profile_of_a_local_checkpoint_comes_from_its_architecture(tmp_path, ver
 )
 def test_profile_of_a_named_checkpoint_comes_from_its_name(name, family):
     assert profile_for_checkpoint(name) is PROFILES[family]
+
+
+def _checkpoint(tmp_path, name: str, **config) -> str:
+    """A checkpoint directory holding only its config.json: enough to tell its layout."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_the_checkpoint_layout_is_read_from_config_json_or_the_hub_owner(tmp_path):
+    converted = _checkpoint(tmp_path, "converted", architectures=["DeepseekOcr2ForConditionalGeneration"])
+    original = _checkpoint(tmp_path, "original", architectures=["DeepseekOCR2ForCausalLM"])
+    by_type = _checkpoint(tmp_path, "by-type", model_type="deepseek_ocr2")
+    unknown = _checkpoint(tmp_path, "unknown", architectures=["LlamaForCausalLM"])
+    assert [checkpoint_layout(path) for path in (converted, original, by_type, unknown)] == [
+        "transformers",
+        "original",
+        "transformers",
+        None,
+    ]
+    assert checkpoint_layout("deepseek-community/DeepSeek-OCR-2") == "transformers"
+    assert checkpoint_layout("deepseek-ai/DeepSeek-OCR") == "original"
+    assert checkpoint_layout("unsloth/DeepSeek-OCR-2") == "original"
+    assert checkpoint_layout("someone/some-model") is None
+
+
+def test_auto_follows_the_checkpoint_layout_even_on_a_gpu_machine(tmp_path):
+    converted = _checkpoint(tmp_path, "converted", architectures=["DeepseekOcr2ForConditionalGeneration"])
+    original = _checkpoint(tmp_path, "original", architectures=["DeepseekOCRForCausalLM"])
+    assert choose_engine("auto", cuda_present=True, vllm_installed=True, model_name=converted) == "transformers"
+    assert choose_engine("auto", cuda_present=True, vllm_installed=True, model_name=original) == "vllm"
+    assert choose_engine("auto", cuda_present=True, vllm_installed=True) == "vllm"
+    # No CUDA: transformers, which then refuses an original-layout checkpoint by name (below).
+    assert choose_engine("auto", cuda_present=False, vllm_installed=True, model_name=original) == "transformers"
+    assert choose_engine("auto", cuda_present=True, vllm_installed=False) == "transformers"
+
+
+def test_the_start_scripts_ask_the_same_question_without_a_virtual_environment(tmp_path):
+    converted = _checkpoint(tmp_path, "converted", architectures=["DeepseekOcr2ForConditionalGeneration"])
+    env = {"PATH": "/nonexistent", "DEEPSEEK_MODEL_NAME": converted}
+    run = subprocess.run(
+        ["/usr/bin/python3", "-m", "ocr_api.models", "engine"],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert (run.returncode, run.stdout.strip()) == (0, "transformers")
+
+
+def test_each_engine_refuses_the_other_layout_naming_the_checkpoint_it_needs(tmp_path):
+    converted = _checkpoint(tmp_path, "converted", architectures=["DeepseekOcr2ForConditionalGeneration"])
+    original = _checkpoint(tmp_path, "original", architectures=["DeepseekOCR2ForCausalLM"])
+    assert layout_mismatch("transformers", converted) is None
+    assert layout_mismatch("vllm", original) is None
+    assert "deepseek-community/DeepSeek-OCR-2" in layout_mismatch("transformers", original)
+    assert "deepseek-ai/DeepSeek-OCR-2" in layout_mismatch("vllm", converted)
+    with pytest.raises(EngineLoadError, match="transformers layout \\(deepseek-community/DeepSeek-OCR-2\\)"):
+        build_engine(Settings(engine="transformers", model_name=original)).load()
+    with pytest.raises(EngineLoadError, match="which vLLM cannot load"):
+        build_engine(Settings(engine="vllm", model_name=converted)).load()
+
+
+def test_the_vllm_flags_refuse_a_transformers_layout_checkpoint(tmp_path):
+    converted = _checkpoint(tmp_path, "converted", architectures=["DeepseekOcr2ForConditionalGeneration"])
+    env = {"PATH": "/usr/bin:/bin", "DEEPSEEK_MODEL_NAME": converted}
+    run = subprocess.run(
+        [sys.executable, "-m", "ocr_api.engines.vllm_flags"],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert run.stderr.startswith(f"error: {converted} is DeepSeek-OCR-2 in transformers layout")

@@ -12,8 +12,10 @@ import pytest
 from PIL import Image, ImageOps
 
 from ocr_api.errors import ApiError
-from ocr_api.preparation import ImageLimits, decode_image, sniff_format, to_rgb
+from ocr_api.preparation import MAX_FRAMES_COUNTED, Deadline, ImageLimits, decode_image, sniff_format, to_rgb
 from tests.conftest import CORPUS, CORPUS_FILES, CORPUS_IMAGES, png_bytes
+from tests.fakes import SteppingClock
+from tests.hostile import animated, many_directory_tiff
 
 LIMITS = ImageLimits(max_pixels=40_000_000, min_side=8, max_aspect_ratio=64)
 
@@ -225,3 +227,49 @@ def test_every_mode_ends_as_8_bit_rgb(mode):
 def test_flat_high_bit_depth_image_becomes_white():
     image = Image.new("I;16", (16, 16), 500)
     assert to_rgb(image).getextrema() == ((255, 255), (255, 255), (255, 255))
+
+
+FRAME_BOMBS = {
+    "TIFF": lambda: many_directory_tiff(20_000),
+    "GIF": lambda: animated("GIF", 1500),
+    "WEBP": lambda: animated("WEBP", 1500),
+    "APNG": lambda: animated("PNG", 1500),
+}
+
+
+@pytest.mark.parametrize("kind", FRAME_BOMBS)
+def test_frames_are_counted_up_to_the_cap_and_only_the_first_is_decoded(kind):
+    prepared = decode_image(FRAME_BOMBS[kind](), LIMITS)
+    assert prepared.frames == MAX_FRAMES_COUNTED
+    # The first frame: black in the animations, the 0..255 ramp of the TIFF strip.
+    pixels = np.asarray(prepared.image)
+    assert pixels.shape == (16, 16, 3)
+    expected_first_pixel = 0
+    assert pixels[0, 0, 0] == expected_first_pixel
+    if kind == "TIFF":
+        assert pixels[15, 15, 0] == 255
+
+
+def test_frames_under_the_cap_are_counted_exactly():
+    assert decode_image(many_directory_tiff(37), LIMITS).frames == 37
+    assert decode_image(animated("GIF", 37), LIMITS).frames == 37
+
+
+@pytest.mark.parametrize("kind", FRAME_BOMBS)
+def test_preparation_past_its_budget_is_422_preparation_timeout(kind):
+    data = FRAME_BOMBS[kind]()
+    # 20 s a reading against a 30 s budget: the second check finds it spent (WEBP and APNG have two, after
+    # decoding the first frame and after converting it; GIF and TIFF one more every 100 frames counted).
+    with pytest.raises(ApiError) as raised:
+        decode_image(data, LIMITS, Deadline(30, clock=SteppingClock(20)))
+    assert (raised.value.status, raised.value.code) == (422, "preparation_timeout")
+    assert "PREPARE_TIMEOUT_S" in raised.value.message
+    # The same file within its budget is served.
+    assert decode_image(data, LIMITS, Deadline(30, clock=SteppingClock(0))).frames == MAX_FRAMES_COUNTED
+
+
+def test_the_budget_comes_from_the_limits_when_no_deadline_is_given():
+    limits = ImageLimits(max_pixels=40_000_000, min_side=8, max_aspect_ratio=64, timeout_s=0)
+    with pytest.raises(ApiError) as raised:
+        decode_image(many_directory_tiff(20_000), limits)
+    assert raised.value.code == "preparation_timeout"
