@@ -142,6 +142,16 @@ def test_invalid_fields_are_400(client, form, code):
     _assert_error(_post(client, files=_file(png_bytes()), **form), 400, code)
 
 
+@pytest.mark.parametrize("path", ["/ocr", "/ocr/batch"])
+def test_an_option_sent_twice_is_400_duplicate_field(client, fake_engine, path):
+    field = "file" if path == "/ocr" else "files"
+    body, content_type = encode_multipart_formdata([("task", "ocr"), ("task", "markdown"), (field, _file(png_bytes()))])
+    response = client.post(path, data=body, content_type=content_type)
+    _assert_error(response, 400, "duplicate_field")
+    assert "'task'" in response.get_json()["error"]
+    assert fake_engine.batches == []
+
+
 def test_missing_file_is_400_and_names_the_field(client):
     response = _post(client, files=_file(png_bytes()), field="image")
     _assert_error(response, 400, "missing_file")

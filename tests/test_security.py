@@ -6,6 +6,8 @@ import hmac
 import io
 import logging
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import pytest
 import requests
 
 from config import ConfigError, Settings
-from tests.conftest import png_bytes
+from ocr_api.logs import RedactSecrets
+from tests.conftest import REPO, png_bytes
 from tests.servers import environment, free_port, start, stop, wait_ready
 
 KEY_A = "key-a-0123456789abcdef"
@@ -78,6 +81,40 @@ def test_keys_never_reach_the_log_even_when_code_logs_them(make_client, caplog):
     assert KEY_A not in caplog.text
     assert "engine-secret-123456" not in caplog.text
     assert "[redacted]" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("line", "kept"),
+    [
+        ('"GET /ocr?api_key=sk-live-1 HTTP/1.1" 401', '"GET /ocr?api_key=[redacted] HTTP/1.1" 401'),
+        ("POST /ocr?page=2&token=abc;x=1", "POST /ocr?page=2&token=[redacted];x=1"),
+        ("client sent Authorization: Bearer sk-live-1", "client sent Authorization: Bearer [redacted]"),
+        ("Invalid header: 'authorization: basic dXNlcjpwdw=='", "Invalid header: 'authorization: basic [redacted]'"),
+        ("X-API-Key: sk-live-1, next", "X-API-Key: [redacted], next"),
+        ("x-api-key sk-live-1", "x-api-key [redacted]"),
+        ('{"x-api-key": "sk-live-1"}', '{"x-api-key": "[redacted]"}'),
+        ("GET /ocr?pages=1-3 HTTP/1.1", "GET /ocr?pages=1-3 HTTP/1.1"),  # nothing secret: left as it is
+    ],
+)
+def test_credentials_a_client_sends_are_redacted_whether_or_not_they_are_configured(line, kept):
+    assert RedactSecrets().redact(line) == kept
+
+
+def test_configured_secrets_are_redacted_longest_first_anywhere_in_a_line():
+    redactor = RedactSecrets(["abc", "abcdef", ""])
+    assert redactor.redact("saw abcdef then abc") == "saw [redacted] then [redacted]"
+
+
+def test_another_process_log_is_redacted_line_by_line_on_its_way_to_the_file():
+    command = [sys.executable, "-m", "ocr_api.logs", "redact"]
+    env = {"PATH": "/usr/bin:/bin", "API_KEYS": KEY_A}
+    lines = f'client sent "GET /ocr?key={KEY_B} HTTP/1.1"\nheader X-API-Key: {KEY_A}\nplain\n'
+    run = subprocess.run(command, input=lines, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.splitlines() == [
+        'client sent "GET /ocr?key=[redacted] HTTP/1.1"',
+        "header X-API-Key: [redacted]",
+        "plain",
+    ]
 
 
 def test_settings_repr_hides_every_secret():

@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image
 
-from ocr_api.engines import EngineLoadError, EngineRequest, EngineTimeout, PromptTooLong
+from ocr_api.engines import Cancelled, EngineLoadError, EngineRequest, EngineTimeout, PromptTooLong
 from ocr_api.engines.transformers_engine import TransformersEngine
 from ocr_api.guard import repeated_ngram
 
@@ -108,6 +108,33 @@ def test_a_generation_past_the_timeout_is_stopped_and_reported(tiny_model_dir):
     with engine._lock, pytest.raises(EngineTimeout, match="busy"):
         engine.generate([_request()])
     assert len(engine.generate([_request(max_tokens=2)])) == 1  # and the engine serves the next request
+
+
+def test_a_caller_that_stops_waiting_stops_the_generation(tiny_engine, monkeypatch):
+    lengths: list[int] = []
+    generate = tiny_engine._model.generate
+
+    def recording_generate(**kwargs):
+        sequences = generate(**kwargs)
+        lengths.append(sequences.shape[1] - kwargs["input_ids"].shape[1])
+        return sequences
+
+    monkeypatch.setattr(tiny_engine._model, "generate", recording_generate)
+    asked: list[float] = []
+
+    def gone() -> bool:  # the client hangs up after the second time it is asked (about 0.2 s in)
+        asked.append(time.monotonic())
+        return len(asked) > 2
+
+    with pytest.raises(Cancelled, match="generation was stopped"):
+        tiny_engine.generate([_request(max_tokens=8000, ngram_size=0)], should_stop=gone)
+    assert len(lengths) == 1
+    assert 0 < lengths[0] < 8000  # stopped where the caller left, not at the token limit
+    # Waiting for a model another request holds ends as soon as the caller is gone too.
+    asked.clear()
+    with tiny_engine._lock, pytest.raises(Cancelled, match="before the model was free"):
+        tiny_engine.generate([_request()], should_stop=gone)
+    assert len(tiny_engine.generate([_request(max_tokens=2)])) == 1  # the engine serves the next request
 
 
 def test_concurrent_callers_from_threads_are_all_served(tiny_engine):
