@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 from PIL import Image
 
-from tests.servers import environment, gunicorn_workers, memory_mib, metric, stand_in_engine, start, stop, wait_ready
+from tests.servers import environment, gunicorn_workers, memory_mib, metric, running, stand_in_engine
 
 
 @dataclass
@@ -127,10 +127,8 @@ def run(
             MAX_PAGES_IN_FLIGHT=str(pages_in_flight),
         )
         log = workdir / "production.log"
-        process = start("start_production.sh", env, log)
         url = f"http://127.0.0.1:{env['PORT']}"
-        try:
-            wait_ready(url, process, log, timeout_s=300)
+        with running("start_production.sh", env, log, timeout_s=300) as process:
             pids = gunicorn_workers(process.pid)
             drive(url, clients, rounds=1)  # warm up every thread of every worker (allocator arenas, connections)
             before = {pid: memory_mib(pid) for pid in pids}
@@ -139,8 +137,6 @@ def run(
             report.engine_pages = int(metric(engine_url, "stand_in:pages_done_total") - pages_before)
             after = {pid: memory_mib(pid) for pid in pids}
             report.worker_rss_mib = {str(pid): [before[pid], after[pid]] for pid in pids}
-        finally:
-            stop(process)
     report.uploads_left = len(list(Path(env["UPLOAD_FOLDER"]).iterdir()))
     return report
 

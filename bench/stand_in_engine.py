@@ -212,11 +212,18 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+class StandInServer(ThreadingHTTPServer):
+    """A thread a connection, as before; a listen backlog like vLLM's server (uvicorn: 2048), not the default 5,
+    which resets connections when dozens of clients connect at once."""
+
+    daemon_threads = True
+    request_queue_size = 2048
+
+
 def serve(port: int, step_ms: float, tokens_per_page: int, max_batch: int, host: str = "127.0.0.1") -> None:
     """Run the stand-in until killed."""
     Handler.engine = SimulatedEngine(step_ms / 1000, tokens_per_page, max_batch)
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = StandInServer((host, port), Handler)
     pages_per_s = max_batch / (tokens_per_page * step_ms / 1000)
     print(
         f"{BANNER}: step {step_ms:g} ms flat up to {max_batch} requests, {tokens_per_page} tokens a page, "

@@ -83,6 +83,20 @@ def stop(process: subprocess.Popen, timeout_s: float = 60) -> int:
 
 
 @contextlib.contextmanager
+def running(
+    script: str, env: dict[str, str], log: Path, timeout_s: float, stop_s: float = 60
+) -> Iterator[subprocess.Popen]:
+    """Start a script, wait until it is ready and yield its process; stop it afterwards unless the caller did."""
+    process = start(script, env, log)
+    try:
+        wait_ready(f"http://{env['HOST']}:{env['PORT']}", process, log, timeout_s)
+        yield process
+    finally:
+        if process.poll() is None:
+            stop(process, stop_s)
+
+
+@contextlib.contextmanager
 def stand_in_engine(step_ms: float = 50, tokens_per_page: int = 10, port: int | None = None) -> Iterator[str]:
     """Run bench/stand_in_engine.py (a STAND-IN for vLLM's server, no model) and yield its URL."""
     port = port or free_port()

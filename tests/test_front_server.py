@@ -26,10 +26,9 @@ from tests.servers import (
     environment,
     gunicorn_workers,
     metric,
+    running,
     stand_in_engine,
-    start,
     stop,
-    wait_ready,
     wait_until,
 )
 
@@ -66,14 +65,11 @@ def production(tmp_path_factory) -> Iterator[Production]:
             CLIENT_TIMEOUT_S="5",
         )
         log = tmp_path / "production.log"
-        process = start("start_production.sh", env, log)
-        url = f"http://127.0.0.1:{env['PORT']}"
-        try:
-            wait_ready(url, process, log, timeout_s=300)
+        with running("start_production.sh", env, log, timeout_s=300) as process:
+            url = f"http://127.0.0.1:{env['PORT']}"
             line = next(line for line in log.read_text().splitlines() if "gunicorn on unix:" in line)
             sock = line.rsplit("unix:", 1)[1].strip()
             yield Production(url, engine_url, tmp_path / "logs", Path(env["UPLOAD_FOLDER"]), process, sock)
-        finally:
             assert stop(process) == 0, log.read_text()[-3000:]
 
 
@@ -141,6 +137,27 @@ def test_keep_alive_from_client_to_front_and_no_gunicorn_warning(production):
     assert connection.sock is sock  # the same TCP connection served both
     connection.close()
     assert "No keepalived connections" not in (production.logs / "error.log").read_text()
+
+
+def test_as_many_requests_as_threads_are_spread_over_every_worker(production):
+    for _ in range(10):  # connections nginx would keep, were it to keep any, pinned to whichever worker took them
+        assert requests.get(f"{production.url}/health", timeout=5).status_code == 200
+    responses: list[requests.Response] = []
+
+    def send(number: int) -> None:
+        url = f"{production.url}/ocr?spread={number}"
+        responses.append(requests.post(url, files={"file": ("p.png", png_bytes())}, headers=HEADERS, timeout=60))
+
+    senders = [threading.Thread(target=send, args=(number,)) for number in range(4)]  # 2 workers x 2 threads
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    assert [response.status_code for response in responses] == [200] * 4
+    access = (production.logs / "access.log").read_text().splitlines()
+    workers = [line.rsplit("worker=", 1)[1] for line in access if "/ocr?spread=" in line]
+    # Each worker accepts only as many connections as it has threads: two each, none queued behind a busy one.
+    assert sorted(workers.count(worker) for worker in set(workers)) == [2, 2], access
 
 
 def test_a_client_that_hangs_up_stops_its_pages_at_the_engine(production):
@@ -279,14 +296,9 @@ def test_dev_server_accepts_exactly_max_upload_mb_too(tmp_path):
     with stand_in_engine(step_ms=5, tokens_per_page=4) as engine_url:
         env = environment(tmp_path, OCR_ENGINE_URL=engine_url, API_KEYS=KEY, MAX_UPLOAD_MB="1")
         log = tmp_path / "server.log"
-        process = start("start_server.sh", env, log)
-        url = f"http://127.0.0.1:{env['PORT']}"
-        try:
-            wait_ready(url, process, log, timeout_s=120)
+        with running("start_server.sh", env, log, timeout_s=120):
             answers = []
             for size in (1024 * 1024, 1024 * 1024 + 1):
                 body, content_type = _padded_png(size)
                 answers.append(_post_raw(http.client.HTTPConnection("127.0.0.1", int(env["PORT"])), body, content_type))
-        finally:
-            stop(process)
     assert [status for status, _ in answers] == [200, 413], answers

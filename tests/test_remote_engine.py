@@ -25,7 +25,7 @@ from app import create_app
 from config import Settings
 from ocr_service import OcrService
 from tests.conftest import REPO, png_bytes
-from tests.servers import environment, free_port, metric, stand_in_engine, start, stop, wait_ready, wait_until
+from tests.servers import environment, free_port, metric, running, stand_in_engine, stop, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -232,15 +232,12 @@ def test_the_remote_service_never_imports_torch(engine_url):
 def test_start_production_with_an_external_engine(engine_url, tmp_path):
     env = environment(tmp_path, OCR_ENGINE_URL=engine_url, WORKERS="2", THREADS="4")
     log = tmp_path / "production.log"
-    process = start("start_production.sh", env, log)
     url = f"http://127.0.0.1:{env['PORT']}"
-    try:
-        wait_ready(url, process, log, timeout_s=300)
+    with running("start_production.sh", env, log, timeout_s=300) as process:
         files = [("files", (f"p{i}.png", png_bytes((100 + i, 80)))) for i in range(3)]
         response = requests.post(f"{url}/ocr/batch", files=files, timeout=60)
         assert response.status_code == 200, response.text
         assert [r["engine"] for r in response.json()["results"]] == ["remote"] * 3
-    finally:
         assert stop(process) == 0, log.read_text()[-3000:]
     assert "using the engine at" in log.read_text()
     assert re.search(r'"POST /ocr/batch HTTP/1.1" 200 .* worker=<\d+>', (tmp_path / "logs" / "access.log").read_text())

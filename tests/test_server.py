@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import CORPUS, CORPUS_IMAGES, REPO
-from tests.servers import environment, start, stop, wait_ready
+from tests.servers import environment, running
 from tests.test_preparation import EXPECTED
 
 pytestmark = pytest.mark.slow
@@ -37,13 +37,8 @@ def server(tmp_path_factory, tiny_model_dir) -> Iterator[Server]:
         tmp_path, DEEPSEEK_MODEL_NAME=str(tiny_model_dir), MAX_TOKENS="8", MAX_BATCH_FILES="40", RUNAWAY_RETRIES="0"
     )
     log = tmp_path / "server.log"
-    process = start("start_server.sh", env, log)
-    url = f"http://127.0.0.1:{env['PORT']}"
-    try:
-        wait_ready(url, process, log, START_TIMEOUT_S)
-        yield Server(url, tmp_path / "uploads", process)
-    finally:
-        stop(process)
+    with running("start_server.sh", env, log, START_TIMEOUT_S) as process:
+        yield Server(f"http://127.0.0.1:{env['PORT']}", tmp_path / "uploads", process)
 
 
 def _uploads_left(server: Server) -> list[Path]:

@@ -21,7 +21,16 @@ import pytest
 import requests
 
 from tests.conftest import CORPUS, REPO, png_bytes
-from tests.servers import environment, free_port, processes_in_group, start, stop, wait_ready, wait_until
+from tests.servers import (
+    environment,
+    free_port,
+    processes_in_group,
+    running,
+    start,
+    stop,
+    wait_ready,
+    wait_until,
+)
 from tests.tiny_vllm_model import write_tiny_vllm_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -71,8 +80,10 @@ def _hopper() -> bytes:
     return (CORPUS / "images" / "hopper.png").read_bytes()
 
 
-def _ocr(url: str, data: bytes, name: str = "hopper.png", **form: str) -> requests.Response:
-    return requests.post(f"{url}/ocr", files={"file": (name, data)}, data=form, timeout=IMAGE_TIMEOUT_S)
+def _ocr(
+    url: str, data: bytes, name: str = "hopper.png", timeout: float = IMAGE_TIMEOUT_S, **form: str
+) -> requests.Response:
+    return requests.post(f"{url}/ocr", files={"file": (name, data)}, data=form, timeout=timeout)
 
 
 def _metrics(engine_url: str) -> dict[str, float]:
@@ -141,20 +152,17 @@ def production(tmp_path_factory, tiny_vllm_model_dir) -> Iterator[Production]:
         WORKERS="2",
         THREADS="1",
         VLLM_PORT=str(engine_port),
-        VLLM_EXTRA_ARGS=CPU_FLAGS,
+        # --enable-log-requests: vLLM then logs each abort, which test_a_client_that_hangs_up_... reads.
+        VLLM_EXTRA_ARGS=CPU_FLAGS + " --enable-log-requests",
         ENGINE_MAX_RESTARTS="1",
         GUNICORN_GRACEFUL_TIMEOUT="10",
         **CPU_ENV,
         **NO_RETRIES,
     )
     log = tmp_path / "production.log"
-    process = start("start_production.sh", env, log)
-    url = f"http://127.0.0.1:{env['PORT']}"
-    try:
-        wait_ready(url, process, log, START_TIMEOUT_S)
+    with running("start_production.sh", env, log, START_TIMEOUT_S, stop_s=120) as process:
+        url = f"http://127.0.0.1:{env['PORT']}"
         yield Production(url, f"http://127.0.0.1:{engine_port}", tmp_path / "logs", tmp_path / "uploads", process)
-    finally:
-        stop(process, timeout_s=120)
 
 
 def test_requests_from_two_workers_are_inside_the_engine_together(production):
@@ -190,6 +198,20 @@ def test_requests_from_two_workers_are_inside_the_engine_together(production):
     access = (production.logs / "access.log").read_text()
     pids = set(re.findall(r'"POST /ocr HTTP/1.1" 200 .* worker=<(\d+)>', access))
     assert len(pids) == 2, access
+    assert not any(production.uploads.iterdir())
+
+
+def test_a_client_that_hangs_up_is_aborted_inside_vllm(production):
+    vllm_log = production.logs / "vllm.log"
+    aborts_before = vllm_log.read_text().count("Aborted request")
+    # The image's vision encoding takes about 45 s here: the client gives up long before.
+    with pytest.raises(requests.Timeout):
+        _ocr(production.url, _hopper(), timeout=5)
+    # nginx closed its connection to the worker, the worker closed its call to vLLM, and vLLM aborted it.
+    wait_until(lambda: vllm_log.read_text().count("Aborted request") == aborts_before + 1, timeout_s=60)
+    wait_until(lambda: '"POST /ocr HTTP/1.1" 499' in (production.logs / "access.log").read_text(), timeout_s=120)
+    wait_until(lambda: _metrics(production.engine_url).get("vllm:num_requests_running", 0) == 0, timeout_s=120)
+    assert requests.get(f"{production.url}/health", timeout=10).json()["pages_in_flight"] == 0
     assert not any(production.uploads.iterdir())
 
 
