@@ -26,7 +26,7 @@ from PIL import Image
 from ocr_api.preparation import ImageLimits, decode_image
 from tests.conftest import REPO, make_pdf, png_bytes
 from tests.hostile import many_directory_tiff
-from tests.servers import environment, metric, running, stand_in_engine, stop, wait_ready
+from tests.servers import dribble, environment, gunicorn_socket_of, metric, running, stand_in_engine, stop, wait_ready
 
 WORKERS, THREADS = 2, 8  # the issue's production settings
 KEY = "bench-configured-key-0123456789"
@@ -56,20 +56,6 @@ def gunicorn_alone(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]
         yield process
     finally:
         stop(process)
-
-
-def dribble(port: int, body_claimed: int | None, stop_at: threading.Event) -> None:
-    """Send a request a byte every two seconds: its headers, or a body shorter than its Content-Length."""
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as sock:
-        if body_claimed is None:
-            pending = b"POST /ocr HTTP/1.1\r\nHost: x\r\n" + b"X-Padding: " + b"-" * 200
-        else:
-            sock.sendall(f"POST /ocr HTTP/1.1\r\nHost: x\r\nContent-Length: {body_claimed}\r\n\r\n".encode())
-            pending = b"-" * 200
-        for byte in pending:
-            if stop_at.wait(2):
-                return
-            sock.sendall(bytes([byte]))
 
 
 def slow_clients(url: str, connections: int) -> str:
@@ -200,10 +186,7 @@ def main() -> None:
             is_front = name.startswith("start_production")
             server = running("start_production.sh", env, log, 300) if is_front else gunicorn_alone(env, log)
             with server:
-                gunicorn_socket = None
-                if is_front:
-                    line = next(line for line in log.read_text().splitlines() if "gunicorn on unix:" in line)
-                    gunicorn_socket = line.rsplit("unix:", 1)[1].strip()
+                gunicorn_socket = gunicorn_socket_of(log) if is_front else None
                 print(f"\n{name}, {WORKERS} workers x {THREADS} threads")
                 for connections in (16, 64, 256):
                     print("  " + slow_clients(url, connections))

@@ -9,8 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -80,6 +82,38 @@ def stop(process: subprocess.Popen, timeout_s: float = 60) -> int:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         raise
+
+
+@dataclass
+class Production:
+    """A running ./start_production.sh: its URL, its engine's, where it logs and stores uploads, its process."""
+
+    url: str
+    engine_url: str
+    logs: Path
+    uploads: Path
+    process: subprocess.Popen
+    gunicorn_socket: str = ""  # the unix socket nginx proxies to, named in the script's log
+
+
+def gunicorn_socket_of(log: Path) -> str:
+    """Return the unix socket the production start's gunicorn listens on, as its log names it."""
+    line = next(line for line in log.read_text().splitlines() if "gunicorn on unix:" in line)
+    return line.rsplit("unix:", 1)[1].strip()
+
+
+def dribble(port: int, body_claimed: int | None, stop_at: threading.Event) -> None:
+    """Send a request a byte every two seconds: its headers, or a body shorter than its Content-Length."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as sock:
+        if body_claimed is None:
+            pending = b"POST /ocr HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"-" * 200
+        else:
+            sock.sendall(f"POST /ocr HTTP/1.1\r\nHost: x\r\nContent-Length: {body_claimed}\r\n\r\n".encode())
+            pending = b"-" * 200
+        for byte in pending:
+            if stop_at.wait(2):
+                return
+            sock.sendall(bytes([byte]))  # an OSError here: the front server cut it off, which is fine
 
 
 @contextlib.contextmanager

