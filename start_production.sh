@@ -82,13 +82,26 @@ start_front() {
   say "front server (nginx, pid $front_pid) on ${HOST:-0.0.0.0}:${PORT:-5000}; gunicorn on unix:$run_dir/gunicorn.sock"
 }
 
+wait_at_most() {
+  # Wait for child $1 to exit; SIGKILL it after $2 seconds, so that a stop never hangs.
+  local waited=0
+  while kill -0 "$1" 2>/dev/null && [ "$waited" -lt "$2" ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
 stop_front() {
   [ -n "$front_pid" ] || return 0
-  # QUIT: nginx stops accepting, lets the requests it is proxying finish, then exits.
+  # QUIT: nginx stops accepting, lets the requests it is proxying finish (gunicorn is still serving them), then
+  # exits; the redactor of its error log ends with it.
   kill -QUIT "$front_pid" 2>/dev/null || true
-  wait "$front_pid" 2>/dev/null || true
-  wait "$redactor_pid" 2>/dev/null || true
+  wait_at_most "$front_pid" "$((${GUNICORN_GRACEFUL_TIMEOUT:-30} + 5))"
+  [ -n "$redactor_pid" ] && wait_at_most "$redactor_pid" 5
   front_pid=""
+  say "nginx stopped"
 }
 
 start_service() {
@@ -106,7 +119,8 @@ start_engine() {
   setsid "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
     --host 127.0.0.1 --port "$engine_port" "${engine_flags[@]}" >>"$log_dir/vllm.log" 2>&1 &
   engine_pid=$!
-  echo "$engine_pid" >"$log_dir/vllm.pid"
+  # Written whole, then renamed: whoever reads the file never sees it empty.
+  echo "$engine_pid" >"$log_dir/vllm.pid.new" && mv -f "$log_dir/vllm.pid.new" "$log_dir/vllm.pid"
   say "vLLM server started (pid $engine_pid, http://127.0.0.1:$engine_port, log $log_dir/vllm.log)"
 }
 
@@ -141,6 +155,7 @@ stop_engine() {
   done
   kill -KILL -- "-$engine_pid" 2>/dev/null || true
   wait "$engine_pid" 2>/dev/null || true
+  say "vLLM server stopped (pid $engine_pid)"
   engine_pid=""
 }
 
@@ -158,6 +173,7 @@ stop_service() {
     kill -TERM "$gunicorn_pid" 2>/dev/null || true
     wait "$gunicorn_pid" 2>/dev/null || true
     gunicorn_pid=""
+    say "gunicorn stopped"
   fi
   rm -f "$DRAIN_FILE"
 }

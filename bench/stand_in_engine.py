@@ -4,6 +4,10 @@ It answers the endpoints the remote engine uses (``/health``, ``/v1/models``, ``
 ``/v1/chat/completions``, ``/metrics``) and models continuous batching: one decoding step every ``step_ms``
 whatever the batch size up to ``max_batch`` requests, each running request gaining one token per step, a page
 done after ``tokens_per_page`` tokens. Requests past the cap wait, as in vLLM. Its text is a fixed sentence.
+With ``--median-tokens`` the pages' lengths follow a long tail instead, as real documents do: lognormal around
+that median, and a share of them (``--runaway-share``) running to the request's ``max_tokens`` (a repetition
+loop, answered ``finish_reason: length``); drawn from a seeded generator, in arrival order
+(``POST /stand-in/reset`` with ``{"seed": ...}`` starts the sequence again).
 It measures how well a client feeds an engine, nothing about recognition or real GPU speed.
 
 For tests: ``POST /stand-in/mode`` with ``{"mode": ...}`` switches on a fault: ``context_error`` (400 as vLLM
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import select
 import socket
 import threading
@@ -30,6 +36,29 @@ from typing import Any
 BANNER = "STAND-IN ENGINE (not vLLM, no model): simulated batched decoding"
 WHITELIST = {"<td>": 128821, "</td>": 128822}
 PROMPT_TOKENS = 300
+LENGTH_SIGMA = 0.8  # the spread of the lognormal page lengths: a title page of 100 tokens beside a table of 3,000
+
+
+@dataclass
+class PageLengths:
+    """Page lengths with a long tail: lognormal around a median, a share running to the budget."""
+
+    median_tokens: int
+    runaway_share: float
+    seed: int = 0
+    _random: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reset(self.seed)
+
+    def reset(self, seed: int) -> None:
+        self._random = random.Random(seed)
+
+    def draw(self, max_tokens: int) -> int:
+        if self._random.random() < self.runaway_share:
+            return max_tokens
+        drawn = self._random.lognormvariate(math.log(self.median_tokens), LENGTH_SIGMA)
+        return max(1, min(max_tokens, round(drawn)))
 
 
 @dataclass
@@ -45,9 +74,10 @@ class Decoding:
 class SimulatedEngine:
     """Continuous batching with a fixed per-step cost: the latency shape of GPU decoding."""
 
-    def __init__(self, step_s: float, tokens_per_page: int, max_batch: int):
+    def __init__(self, step_s: float, tokens_per_page: int, max_batch: int, lengths: PageLengths | None = None):
         self.step_s = step_s
         self.tokens_per_page = tokens_per_page
+        self.lengths = lengths
         self.max_batch = max_batch
         self.waiting: list[Decoding] = []
         self.running: list[Decoding] = []
@@ -59,8 +89,9 @@ class SimulatedEngine:
 
     def decode(self, max_tokens: int, client_gone: Callable[[], bool]) -> Decoding:
         """Queue a page and block until it is decoded, or aborted because its client hung up."""
-        request = Decoding(tokens=min(self.tokens_per_page, max_tokens))
         with self._cond:
+            tokens = self.lengths.draw(max_tokens) if self.lengths else min(self.tokens_per_page, max_tokens)
+            request = Decoding(tokens=tokens)
             self.waiting.append(request)
             self._cond.notify()
         while not request.done.wait(0.05):
@@ -138,6 +169,9 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if self.path == "/tokenize":
             self._send(200, {"tokens": [WHITELIST[body["prompt"]]] if body.get("prompt") in WHITELIST else [1, 2]})
+        elif self.path == "/stand-in/reset" and self.engine.lengths is not None:
+            self.engine.lengths.reset(int(body.get("seed", 0)))
+            self._send(200, {"seed": int(body.get("seed", 0))})
         elif self.path == "/stand-in/mode":
             Handler.mode = body.get("mode", "normal")
             Handler.slow_s = float(body.get("seconds", 3.0))
@@ -163,10 +197,14 @@ class Handler(BaseHTTPRequestHandler):
         if Handler.mode in ("server_error", "unhealthy"):
             self._send(500 if Handler.mode == "server_error" else 503, {"error": {"message": "stand-in fault"}})
             return
-        decoding = self.engine.decode(int(body.get("max_tokens") or self.engine.tokens_per_page), self._client_gone)
+        max_tokens = int(body.get("max_tokens") or self.engine.tokens_per_page)
+        decoding = self.engine.decode(max_tokens, self._client_gone)
         if decoding.aborted:
             return
-        finish = "length" if decoding.tokens < self.engine.tokens_per_page else "stop"
+        if self.engine.lengths is not None:
+            finish = "length" if decoding.tokens >= max_tokens else "stop"
+        else:
+            finish = "length" if decoding.tokens < self.engine.tokens_per_page else "stop"
         self._send(
             200,
             {
@@ -220,16 +258,24 @@ class StandInServer(ThreadingHTTPServer):
     request_queue_size = 2048
 
 
-def serve(port: int, step_ms: float, tokens_per_page: int, max_batch: int, host: str = "127.0.0.1") -> None:
+def serve(
+    port: int,
+    step_ms: float,
+    tokens_per_page: int,
+    max_batch: int,
+    *,
+    host: str = "127.0.0.1",
+    lengths: PageLengths | None = None,
+) -> None:
     """Run the stand-in until killed."""
-    Handler.engine = SimulatedEngine(step_ms / 1000, tokens_per_page, max_batch)
+    Handler.engine = SimulatedEngine(step_ms / 1000, tokens_per_page, max_batch, lengths)
     server = StandInServer((host, port), Handler)
-    pages_per_s = max_batch / (tokens_per_page * step_ms / 1000)
-    print(
-        f"{BANNER}: step {step_ms:g} ms flat up to {max_batch} requests, {tokens_per_page} tokens a page, "
-        f"at most {pages_per_s:.1f} pages/s; http://{host}:{port}",
-        flush=True,
-    )
+    if lengths is None:
+        pages_per_s = max_batch / (tokens_per_page * step_ms / 1000)
+        shape = f"{tokens_per_page} tokens a page, at most {pages_per_s:.1f} pages/s"
+    else:
+        shape = f"page lengths lognormal around {lengths.median_tokens} tokens, {lengths.runaway_share:.0%} runaways"
+    print(f"{BANNER}: step {step_ms:g} ms flat up to {max_batch} requests, {shape}; http://{host}:{port}", flush=True)
     server.serve_forever()
 
 
@@ -239,8 +285,12 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, default=20.0, help="time of one decoding step")
     parser.add_argument("--tokens-per-page", type=int, default=100)
     parser.add_argument("--max-batch", type=int, default=256, help="requests decoded together at most")
+    parser.add_argument("--median-tokens", type=int, default=0, help="long-tailed page lengths around this median")
+    parser.add_argument("--runaway-share", type=float, default=0.0, help="with --median-tokens: share at max_tokens")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    serve(args.port, args.step_ms, args.tokens_per_page, args.max_batch)
+    lengths = PageLengths(args.median_tokens, args.runaway_share, args.seed) if args.median_tokens else None
+    serve(args.port, args.step_ms, args.tokens_per_page, args.max_batch, lengths=lengths)
 
 
 if __name__ == "__main__":

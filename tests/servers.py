@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +81,7 @@ def stop(process: subprocess.Popen, timeout_s: float = 60) -> int:
         return process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)  # reaped, so the failure is reported once, not again as a ResourceWarning
         raise
 
 
@@ -131,11 +132,14 @@ def running(
 
 
 @contextlib.contextmanager
-def stand_in_engine(step_ms: float = 50, tokens_per_page: int = 10, port: int | None = None) -> Iterator[str]:
+def stand_in_engine(
+    step_ms: float = 50, tokens_per_page: int = 10, port: int | None = None, extra: Sequence[str] = ()
+) -> Iterator[str]:
     """Run bench/stand_in_engine.py (a STAND-IN for vLLM's server, no model) and yield its URL."""
     port = port or free_port()
     command = [sys.executable, "-m", "bench.stand_in_engine", "--port", str(port), "--step-ms", str(step_ms)]
-    process = subprocess.Popen([*command, "--tokens-per-page", str(tokens_per_page)], cwd=REPO, stdout=subprocess.PIPE)
+    command += ["--tokens-per-page", str(tokens_per_page), *extra]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
         assert process.stdout is not None

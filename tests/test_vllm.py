@@ -234,8 +234,9 @@ def test_killing_the_engine_gives_503_the_service_recovers_and_the_script_stops_
 
     # The script restarts the engine (ENGINE_MAX_RESTARTS=1) and the workers find it again by themselves.
     wait_until(lambda: "restarting it (1 of 1)" in _script_log(production), timeout_s=30)
-    restarted_pid = int((production.logs / "vllm.pid").read_text())
-    assert restarted_pid != engine_pid
+    pid_file = production.logs / "vllm.pid"
+    wait_until(lambda: pid_file.read_text().strip() not in ("", str(engine_pid)), timeout_s=30)
+    restarted_pid = int(pid_file.read_text())
     wait_until(lambda: requests.get(f"{production.url}/ready", timeout=5).status_code == 200, timeout_s=300)
     ready_after = time.monotonic() - killed_at
     # Each worker re-checks the engine's health at most once a second, so the worker that did not answer

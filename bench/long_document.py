@@ -1,0 +1,98 @@
+"""One long PDF against an engine whose pages differ in length: does the service keep the engine fed?
+
+The STAND-IN engine (bench/stand_in_engine.py, no model) decodes one step every 20 ms for up to 256 requests at
+once; page lengths are lognormal around a median of 600 tokens, 5% of the pages run away to the budget and are
+answered ``finish_reason: length`` (the service retries those with a stronger guard). In the same run:
+
+- **ideal**: every page sent to the stand-in at once, a runaway sent again the moment it comes back: the shortest
+  time this stand-in can take for the document;
+- **service**: the PDF through ``./start_server.sh`` with the remote engine (one process, as users start it).
+
+Both start the stand-in's length sequence from the same seed, so they draw the same page lengths.
+
+    .venv/bin/python -m bench.long_document                 # 200 pages, budget 2048 tokens (about 6 minutes)
+    .venv/bin/python -m bench.long_document --pages 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import make_pdf
+from tests.servers import environment, running, stand_in_engine
+
+STEP_MS = 20
+MEDIAN_TOKENS = 600
+RUNAWAY_SHARE = 0.05
+SEED = 11
+
+
+def ideal_seconds(engine_url: str, pages: int, budget: int) -> float:
+    """Every page in flight from the start, each runaway retried at once: the stand-in's own best."""
+    requests.post(f"{engine_url}/stand-in/reset", json={"seed": SEED}, timeout=5).raise_for_status()
+    body = {"model": "stand-in", "messages": [{"role": "user", "content": "page"}], "max_tokens": budget}
+
+    def page() -> None:
+        with requests.Session() as session:
+            answer = session.post(f"{engine_url}/v1/chat/completions", json=body, timeout=3600).json()
+            if answer["choices"][0]["finish_reason"] == "length":  # the service retries a runaway once
+                session.post(f"{engine_url}/v1/chat/completions", json=body, timeout=3600)
+
+    threads = [threading.Thread(target=page) for _ in range(pages)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.monotonic() - started
+
+
+def service_seconds(engine_url: str, pages: int, budget: int, work: Path) -> tuple[float, dict]:
+    """The same document through ./start_server.sh with the remote engine."""
+    requests.post(f"{engine_url}/stand-in/reset", json={"seed": SEED}, timeout=5).raise_for_status()
+    env = environment(
+        work, OCR_ENGINE_URL=engine_url, MAX_PDF_PAGES=str(pages), MAX_TOKENS=str(budget), ENGINE_TIMEOUT_S="3600"
+    )
+    pdf = make_pdf(pages)
+    with running("start_server.sh", env, work / "server.log", timeout_s=300):
+        started = time.monotonic()
+        answer = requests.post(
+            f"http://127.0.0.1:{env['PORT']}/ocr", files={"file": ("long.pdf", pdf)}, timeout=7200
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    answer.raise_for_status()
+    return elapsed, answer.json()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=200)
+    parser.add_argument("--budget", type=int, default=2048, help="MAX_TOKENS: a runaway's length")
+    args = parser.parse_args()
+    extra = ["--median-tokens", str(MEDIAN_TOKENS), "--runaway-share", str(RUNAWAY_SHARE), "--seed", str(SEED)]
+    with (
+        stand_in_engine(step_ms=STEP_MS, tokens_per_page=MEDIAN_TOKENS, extra=extra) as engine_url,
+        tempfile.TemporaryDirectory() as work,
+    ):
+        ideal = ideal_seconds(engine_url, args.pages, args.budget)
+        served, body = service_seconds(engine_url, args.pages, args.budget, Path(work))
+    statuses: dict[str, int] = {}
+    for page in body.get("pages", []):
+        statuses[page.get("status", "?")] = statuses.get(page.get("status", "?"), 0) + 1
+    print(
+        f"STAND-IN engine ({STEP_MS} ms a step, up to 256 at once, lengths lognormal around {MEDIAN_TOKENS} tokens, "
+        f"{RUNAWAY_SHARE:.0%} runaways at {args.budget}); {args.pages}-page PDF; 2 CPU cores"
+    )
+    print(f"ideal (every page in flight at once): {ideal:.1f} s")
+    print(f"service (./start_server.sh, remote engine): {served:.1f} s; pages by status: {statuses}")
+    print(f"service / ideal: {ideal / served:.2f} of the ideal")
+
+
+if __name__ == "__main__":
+    main()
