@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     from ocr_api.access import install_access_control
     from ocr_api.errors import register_error_handlers
     from ocr_api.logs import configure_logging
-    from ocr_api.routes import UploadRequest, bp
+    from ocr_api.routes import UploadRequest, ocr_routes, probes
     from ocr_service import get_service
 
     if settings is None:
@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     app.json.sort_keys = False
     app.extensions["ocr_service"] = service
     register_error_handlers(app)
-    app.register_blueprint(bp)
+    app.register_blueprint(probes)
+    app.register_blueprint(ocr_routes)
     install_access_control(app, settings)
     return app
 

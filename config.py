@@ -86,8 +86,8 @@ class Settings:
     api_keys: str = setting(
         "API_KEYS",
         "",
-        "Comma-separated API keys (16 characters or more each). When set, /ocr and /ocr/batch need one, sent as "
-        "`Authorization: Bearer <key>` or `X-API-Key: <key>`; /health and /ready stay open. Empty: no keys.",
+        "Comma-separated API keys (16 characters or more each). When set, every route but /health and /ready needs "
+        "one, sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Empty: no keys.",
         secret=True,
     )
     cors_origins: str = setting(

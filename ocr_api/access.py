@@ -14,8 +14,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from config import Settings
 from ocr_api.errors import Unauthorized
 
-# The endpoints that cost engine time. /health and /ready stay open: probes and load balancers carry no keys.
-PROTECTED_ENDPOINTS = frozenset({"ocr.ocr", "ocr.ocr_batch"})
+# Keys and rate limits apply to every request except those of the probes blueprint (/health, /ready: probes and
+# load balancers carry no keys). A route added anywhere else is protected without being named, and so is a path
+# that matches no route (401 before 404, which tells a stranger nothing about the routes).
+OPEN_BLUEPRINTS = frozenset({"probes"})
 API_KEY_HEADERS = ("Authorization: Bearer", "X-API-Key")
 
 
@@ -43,7 +45,7 @@ def install_access_control(app: Flask, settings: Settings) -> None:
             identity,
             app=app,
             default_limits=[settings.rate_limit],
-            default_limits_exempt_when=lambda: request.endpoint not in PROTECTED_ENDPOINTS,
+            default_limits_exempt_when=lambda: request.blueprint in OPEN_BLUEPRINTS,
             storage_uri=settings.rate_limit_storage_uri,
             headers_enabled=True,
             key_prefix="deepseek-ocr",
@@ -55,7 +57,7 @@ def install_access_control(app: Flask, settings: Settings) -> None:
 
 def require_api_key(keys: list[bytes]) -> None:
     """Refuse a protected request without a valid key; every key is compared, each in constant time."""
-    if request.endpoint not in PROTECTED_ENDPOINTS or request.method == "OPTIONS":
+    if request.blueprint in OPEN_BLUEPRINTS or request.method == "OPTIONS":
         return
     presented = presented_key()
     if presented is None:

@@ -17,7 +17,11 @@ from ocr_service import FileError, OcrOptions, OcrService, UploadedFile
 
 SERVICE_NAME = "DeepSeek-OCR API"
 
-bp = Blueprint("ocr", __name__)
+# Two blueprints, so that access control attaches by construction (ocr_api/access.py): ``probes`` (liveness,
+# readiness) is open, since probes and load balancers carry no keys; every other route, these and any added
+# later, needs a key and counts against the rate limit.
+probes = Blueprint("probes", __name__)
+ocr_routes = Blueprint("ocr", __name__)
 
 
 class UploadRequest(Request):
@@ -57,7 +61,7 @@ def _service() -> OcrService:
     return current_app.extensions["ocr_service"]
 
 
-@bp.get("/health")
+@probes.get("/health")
 def health():
     """Liveness: answers while the process runs, whatever the engine's state."""
     return jsonify(
@@ -68,7 +72,7 @@ def health():
     )
 
 
-@bp.get("/ready")
+@probes.get("/ready")
 def ready():
     """Readiness: 200 once the engine can serve, 503 before and while it is broken."""
     service = _service()
@@ -79,7 +83,7 @@ def ready():
     return jsonify(status="ready", **service.describe())
 
 
-@bp.post("/ocr")
+@ocr_routes.post("/ocr")
 def ocr():
     """OCR one file sent as the multipart field ``file``."""
     uploads = _uploads("file")
@@ -93,7 +97,7 @@ def ocr():
     return jsonify(result.to_dict())
 
 
-@bp.post("/ocr/batch")
+@ocr_routes.post("/ocr/batch")
 def ocr_batch():
     """OCR every file sent as repeated ``files`` fields, in upload order, as one engine batch."""
     service = _service()

@@ -43,6 +43,27 @@ def test_with_keys_set_ocr_needs_one_and_health_and_ready_stay_open(make_client)
     assert client.get("/ready").status_code == 200
 
 
+def test_with_keys_every_route_but_the_probes_needs_one_a_route_added_later_included(make_client):
+    client = make_client(api_keys=KEY_A)
+    app = client.application
+    app.add_url_rule("/added-later", "added_later", lambda: "engine time", methods=["GET", "POST"])
+    open_routes, guarded = [], []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            response = client.open(rule.rule, method=method)
+            (open_routes if rule.endpoint.startswith("probes.") else guarded).append(
+                (method, rule.rule, response.status_code)
+            )
+    assert open_routes == [("GET", "/health", 200), ("GET", "/ready", 200)]
+    assert ("GET", "/added-later", 401) in guarded
+    assert {(method, path) for method, path, _ in guarded} >= {("POST", "/ocr"), ("POST", "/ocr/batch")}
+    assert all(status == 401 for _, _, status in guarded), guarded
+    assert client.get("/no-such-path").status_code == 401  # nothing about the routes to a client without a key
+    assert client.get("/no-such-path", headers={"X-API-Key": KEY_A}).status_code == 404
+
+
 def test_without_keys_nothing_asks_for_one(client):
     assert _ocr(client).status_code == 200
 
