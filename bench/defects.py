@@ -3,7 +3,7 @@
 Each figure has a baseline run in the same invocation where one can be: the service under gunicorn alone, as
 ``start_production.sh`` ran it before the front server (``--worker-connections`` = ``--threads``, gunicorn's own
 logger), against ``start_production.sh`` as it is now (nginx in front). Both serve the STAND-IN engine
-(bench/stand_in_engine.py, no model, 2 s a page). The TIFF is counted by Pillow (the old code) and by ours.
+(ocr_dev/stand_in_engine.py, no model, 2 s a page). The TIFF is counted by Pillow (the old code) and by ours.
 
     .venv/bin/python -m bench.defects            # about 3 minutes; prints what docs/RELIABILITY.md quotes
 """
@@ -24,9 +24,18 @@ import requests
 from PIL import Image
 
 from ocr_api.preparation import ImageLimits, decode_image
-from tests.conftest import REPO, make_pdf, png_bytes
-from tests.hostile import many_directory_tiff
-from tests.servers import dribble, environment, gunicorn_socket_of, metric, running, stand_in_engine, stop, wait_ready
+from ocr_dev.inputs import make_pdf, many_directory_tiff, png_bytes
+from ocr_dev.servers import (
+    REPO,
+    dribble,
+    environment,
+    gunicorn_socket_of,
+    metric,
+    running,
+    stand_in_engine,
+    stop,
+    wait_ready,
+)
 
 WORKERS, THREADS = 2, 8  # the issue's production settings
 KEY = "bench-configured-key-0123456789"

@@ -1,6 +1,6 @@
 """How well the service feeds an engine: pages/s end to end against what the engine itself can deliver.
 
-A STAND-IN engine (bench/stand_in_engine.py: batched-decoding latency, no model) takes vLLM's place. At each
+A STAND-IN engine (ocr_dev/stand_in_engine.py: batched-decoding latency, no model) takes vLLM's place. At each
 concurrency the script measures, with the same closed-loop clients (each sends its next page when the last
 one is answered, ROUNDS pages each):
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import requests
 from PIL import Image, ImageDraw
 
-from tests.servers import environment, free_port, start, stop, wait_ready, wait_until
+from ocr_dev.servers import environment, free_port, start, stop, wait_ready, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -139,7 +139,7 @@ def main() -> None:
     png = page_png()
 
     port = free_port()
-    stand_in = [sys.executable, "-m", "bench.stand_in_engine", "--port", str(port), "--step-ms", str(args.step_ms)]
+    stand_in = [sys.executable, "-m", "ocr_dev.stand_in_engine", "--port", str(port), "--step-ms", str(args.step_ms)]
     stand_in += ["--tokens-per-page", str(args.tokens_per_page), "--max-batch", str(args.max_batch)]
     engine = subprocess.Popen(
         stand_in,

@@ -1,6 +1,6 @@
 """One long PDF against an engine whose pages differ in length: does the service keep the engine fed?
 
-The STAND-IN engine (bench/stand_in_engine.py, no model) decodes one step every 20 ms for up to 256 requests at
+The STAND-IN engine (ocr_dev/stand_in_engine.py, no model) decodes one step every 20 ms for up to 256 requests at
 once; page lengths are lognormal around a median of 600 tokens, 5% of the pages run away to the budget and are
 answered ``finish_reason: length`` (the service retries those with a stronger guard). In the same run:
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import make_pdf
-from tests.servers import environment, running, stand_in_engine
+from ocr_dev.inputs import make_pdf
+from ocr_dev.servers import environment, running, stand_in_engine
 
 STEP_MS = 20
 MEDIAN_TOKENS = 600

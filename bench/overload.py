@@ -1,6 +1,6 @@
 """Overload: drive the service past its admission bound and count what happened to every request.
 
-Starts the STAND-IN engine (bench/stand_in_engine.py: no model, 1 s a page) and ``start_production.sh``
+Starts the STAND-IN engine (ocr_dev/stand_in_engine.py: no model, 1 s a page) and ``start_production.sh``
 against it (gunicorn, the remote engine), then runs ``clients`` threads that each send ``rounds`` one-page
 requests back to back. Admission capacity is WORKERS x MAX_PAGES_IN_FLIGHT pages; the default load is twice
 that. Reports requests tried, accepted, refused (503 overloaded, with how fast), lost (no answer, a 500, any
@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 from PIL import Image
 
-from tests.servers import environment, gunicorn_workers, memory_mib, metric, running, stand_in_engine
+from ocr_dev.servers import environment, gunicorn_workers, memory_mib, metric, running, stand_in_engine
 
 
 @dataclass

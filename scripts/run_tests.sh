@@ -14,7 +14,7 @@ ensure_vllm_cpu_venv
 .venv/bin/shellcheck start_server.sh start_production.sh scripts/*.sh .ci/run
 # pyproject.toml claims Python 3.10: vermin fails on anything newer (datetime.UTC, say) in our own code.
 .venv/bin/vermin --target=3.10- --violations --no-tips --eval-annotations --backport dataclasses -q \
-  app.py config.py ocr_service.py ocr_api bench tests
+  app.py config.py ocr_service.py ocr_api ocr_dev bench tests
 ensure_nginx  # the front server that tests of start_production.sh run
 
 status=0

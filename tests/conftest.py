@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import csv
-import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pymupdf
 import pytest
 from flask.testing import FlaskClient
-from PIL import Image
 
 from app import create_app
 from config import Settings
+from ocr_dev.tiny_model import write_tiny_model
 from ocr_service import OcrService
 from tests.fakes import FakeEngine
-from tests.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("OCR_CORPUS_DIR", REPO.parent / "shared" / "corpus"))
@@ -56,31 +53,6 @@ def load_corpus() -> list[CorpusFile]:
 
 CORPUS_FILES = load_corpus()
 CORPUS_IMAGES = [entry for entry in CORPUS_FILES if entry.path.parent.name == "images"]
-
-
-def png_bytes(size: tuple[int, int] = (64, 48), color: str = "white", mode: str = "RGB", fmt: str = "PNG") -> bytes:
-    """Return an encoded synthetic image."""
-    buffer = io.BytesIO()
-    Image.new(mode, size, color).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-A4 = (595, 842)  # points
-
-
-def make_pdf(pages: int = 3, size: tuple[float, float] = A4, password: str | None = None, **page_sizes) -> bytes:
-    """A PDF with ``pages`` pages saying "Page N"; ``page_sizes`` maps 1-based page numbers to other sizes."""
-    document = pymupdf.open()
-    for number in range(1, pages + 1):
-        width, height = page_sizes.get(f"p{number}", size)
-        page = document.new_page(width=width, height=height)
-        page.insert_text((72, 72), f"Page {number}", fontsize=24)
-    options = {}
-    if password:
-        options = {"encryption": pymupdf.PDF_ENCRYPT_AES_256, "user_pw": password, "owner_pw": password + "-owner"}
-    data = document.tobytes(**options)
-    document.close()
-    return data
 
 
 @pytest.fixture

@@ -6,16 +6,13 @@ Each case is the raw request (path, content type, body) and the answer the servi
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
-from tests.conftest import make_pdf, png_bytes
+from ocr_dev.inputs import make_pdf, png_bytes
 
 BOUNDARY = "hostile-boundary-7d1f"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -265,39 +262,3 @@ def cases(corpus_dir: Path | None = None) -> list[Case]:
             client_filename=long_name,
         ),
     ]
-
-
-def many_directory_tiff(directories: int) -> bytes:
-    """A little-endian TIFF: one 16x16 grey strip and ``directories`` image directories chained, all showing it.
-
-    Pillow counts such frames by seeking through every directory (20,000 cost 4 s of CPU; 146,248 about 150 s).
-    """
-    strip = bytes(range(256))
-    entries = [  # tag, type (3 SHORT, 4 LONG), value
-        (256, 3, 16),  # ImageWidth
-        (257, 3, 16),  # ImageLength
-        (258, 3, 8),  # BitsPerSample
-        (259, 3, 1),  # Compression: none
-        (262, 3, 1),  # PhotometricInterpretation: black is zero
-        (273, 4, 8),  # StripOffsets: right after the header
-        (278, 3, 16),  # RowsPerStrip
-        (279, 4, len(strip)),  # StripByteCounts
-    ]
-    directory_size = 2 + 12 * len(entries) + 4
-    first = 8 + len(strip)
-    out = bytearray(b"II*\0" + struct.pack("<I", first) + strip)
-    for number in range(directories):
-        following = first + (number + 1) * directory_size if number + 1 < directories else 0
-        out += struct.pack("<H", len(entries))
-        for tag, kind, value in entries:
-            out += struct.pack("<HHII", tag, kind, 1, value)
-        out += struct.pack("<I", following)
-    return bytes(out)
-
-
-def animated(fmt: str, frames: int) -> bytes:
-    """A 16x16 animation in ``fmt`` (GIF, WEBP, PNG for APNG) of ``frames`` frames, alternating black and white."""
-    first, *rest = [Image.new("L", (16, 16), 255 * (number % 2)).convert("RGB") for number in range(frames)]
-    buffer = io.BytesIO()
-    first.save(buffer, format=fmt, save_all=True, append_images=rest, duration=10, loop=0)
-    return buffer.getvalue()

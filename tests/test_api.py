@@ -9,7 +9,8 @@ import pytest
 from urllib3 import encode_multipart_formdata
 
 from ocr_api.engines import PromptTooLong
-from tests.conftest import CORPUS, make_pdf, png_bytes
+from ocr_dev.inputs import make_pdf, png_bytes
+from tests.conftest import CORPUS
 from tests.fakes import FakeEngine
 
 

@@ -18,7 +18,8 @@ from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page, select_p
 from ocr_api.engines import EngineOutput, EngineRequest
 from ocr_api.errors import ApiError
 from ocr_api.preparation import Deadline
-from tests.conftest import CORPUS, make_pdf, png_bytes
+from ocr_dev.inputs import make_pdf, png_bytes
+from tests.conftest import CORPUS
 from tests.fakes import FakeEngine, SteppingClock
 from tests.hostile import pdf_content_bomb
 

@@ -15,8 +15,8 @@ from ocr_api.engines import EngineLoadError, EngineTimeout, build_engine, choose
 from ocr_api.engines.vllm_engine import VllmEngine
 from ocr_api.engines.vllm_flags import NGRAM_PROCESSOR, engine_flags
 from ocr_api.models import PROFILES, checkpoint_layout, layout_mismatch, profile_for_checkpoint
+from ocr_dev.tiny_vllm_model import write_tiny_vllm_model
 from tests.conftest import REPO
-from tests.tiny_vllm_model import write_tiny_vllm_model
 
 
 def test_engine_url_makes_auto_choose_the_remote_engine():

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, make_pdf, png_bytes
-from tests.servers import (
+from ocr_dev.inputs import make_pdf, png_bytes
+from ocr_dev.servers import (
     Production,
     dribble,
     environment,
@@ -33,6 +33,7 @@ from tests.servers import (
     stop,
     wait_until,
 )
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 

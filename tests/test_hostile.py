@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 from app import create_app
 from config import Settings
 from ocr_api.routes import OPTION_FIELDS
+from ocr_dev.inputs import png_bytes
+from ocr_dev.servers import environment, gunicorn_workers, memory_mib, stand_in_engine, start, stop, wait_ready
 from ocr_service import OcrService
-from tests.conftest import CORPUS, CORPUS_FILES, png_bytes
+from tests.conftest import CORPUS, CORPUS_FILES
 from tests.fakes import FakeEngine
 from tests.hostile import MULTIPART, Case, Part, multipart, pdf_text
 from tests.hostile import cases as hostile_cases
-from tests.servers import environment, gunicorn_workers, memory_mib, stand_in_engine, start, stop, wait_ready
 from tests.test_preparation import EXPECTED
 
 HOSTILE = hostile_cases(CORPUS if CORPUS_FILES else None)

@@ -13,9 +13,9 @@ from PIL import Image, ImageOps
 
 from ocr_api.errors import ApiError
 from ocr_api.preparation import MAX_FRAMES_COUNTED, Deadline, ImageLimits, decode_image, sniff_format, to_rgb
-from tests.conftest import CORPUS, CORPUS_FILES, CORPUS_IMAGES, png_bytes
+from ocr_dev.inputs import animated, many_directory_tiff, png_bytes
+from tests.conftest import CORPUS, CORPUS_FILES, CORPUS_IMAGES
 from tests.fakes import SteppingClock
-from tests.hostile import animated, many_directory_tiff
 
 LIMITS = ImageLimits(max_pixels=40_000_000, min_side=8, max_aspect_ratio=64)
 

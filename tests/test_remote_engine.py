@@ -1,6 +1,6 @@
 """The remote engine against the stand-in OpenAI server: what travels, batching, and every failure's status.
 
-The stand-in (bench/stand_in_engine.py) speaks the same endpoints as vLLM's server; the vLLM-backed tests
+The stand-in (ocr_dev/stand_in_engine.py) speaks the same endpoints as vLLM's server; the vLLM-backed tests
 (tests/test_vllm.py) check the same engine against the real one.
 """
 
@@ -23,9 +23,10 @@ from PIL import Image
 
 from app import create_app
 from config import Settings
+from ocr_dev.inputs import png_bytes
+from ocr_dev.servers import environment, free_port, metric, running, stand_in_engine, stop, wait_until
 from ocr_service import OcrService
-from tests.conftest import REPO, png_bytes
-from tests.servers import environment, free_port, metric, running, stand_in_engine, stop, wait_until
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,9 @@ import requests
 
 from config import ConfigError, Settings
 from ocr_api.logs import RedactSecrets
-from tests.conftest import REPO, png_bytes
-from tests.servers import environment, free_port, start, stop, wait_ready
+from ocr_dev.inputs import png_bytes
+from ocr_dev.servers import environment, free_port, start, stop, wait_ready
+from tests.conftest import REPO
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-fedcba9876543210"
@@ -269,6 +270,6 @@ def _preload_limits_scripts(redis_url: str) -> None:
 
 
 def _stand_in_for_rate_limits():
-    from tests.servers import stand_in_engine
+    from ocr_dev.servers import stand_in_engine
 
     return stand_in_engine(step_ms=50, tokens_per_page=6)  # 0.3 s a page: the two requests overlap

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from ocr_dev.servers import environment, running
 from tests.conftest import CORPUS, CORPUS_IMAGES, REPO
-from tests.servers import environment, running
 from tests.test_preparation import EXPECTED
 
 pytestmark = pytest.mark.slow

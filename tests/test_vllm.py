@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import CORPUS, REPO, png_bytes
-from tests.servers import (
+from ocr_dev.inputs import png_bytes
+from ocr_dev.servers import (
     Production,
     environment,
     free_port,
@@ -31,7 +31,8 @@ from tests.servers import (
     wait_ready,
     wait_until,
 )
-from tests.tiny_vllm_model import write_tiny_vllm_model
+from ocr_dev.tiny_vllm_model import write_tiny_vllm_model
+from tests.conftest import CORPUS, REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 

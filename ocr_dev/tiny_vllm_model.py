@@ -2,7 +2,7 @@
 
 vLLM's DeepSeek-OCR classes build their full-size vision towers whatever the config says (v1: SAM-B + CLIP-L,
 v2: SAM-B + a Qwen2-0.5B encoder), so only the language model shrinks. With dummy weights the directory needs
-just ``config.json`` and tokenizer files. Run ``python -m tests.tiny_vllm_model DIR [--v2]`` to write one.
+just ``config.json`` and tokenizer files. Run ``python -m ocr_dev.tiny_vllm_model DIR [--v2]`` to write one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tests.tiny_model import build_tokenizer
+from ocr_dev.tiny_model import build_tokenizer
 
 TEXT_WIDTH = 128
 CONTEXT = 4096

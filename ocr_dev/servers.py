@@ -135,9 +135,9 @@ def running(
 def stand_in_engine(
     step_ms: float = 50, tokens_per_page: int = 10, port: int | None = None, extra: Sequence[str] = ()
 ) -> Iterator[str]:
-    """Run bench/stand_in_engine.py (a STAND-IN for vLLM's server, no model) and yield its URL."""
+    """Run ocr_dev/stand_in_engine.py (a STAND-IN for vLLM's server, no model) and yield its URL."""
     port = port or free_port()
-    command = [sys.executable, "-m", "bench.stand_in_engine", "--port", str(port), "--step-ms", str(step_ms)]
+    command = [sys.executable, "-m", "ocr_dev.stand_in_engine", "--port", str(port), "--step-ms", str(step_ms)]
     command += ["--tokens-per-page", str(tokens_per_page), *extra]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

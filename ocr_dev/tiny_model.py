@@ -2,7 +2,7 @@
 
 The architecture, processor and tokenizer layout are the real ones from transformers; only the widths and
 depths shrink. The vision tower keeps its fixed query tables, so image sizes stay 1024 (global) and 768
-(tiles). Run ``python -m tests.tiny_model DIR`` to write one to DIR.
+(tiles). Run ``python -m ocr_dev.tiny_model DIR`` to write one to DIR.
 """
 
 from __future__ import annotations

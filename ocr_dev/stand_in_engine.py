@@ -15,7 +15,7 @@ answers an over-long prompt), ``server_error`` (500), ``unhealthy`` (health and 
 (completions answer after ``seconds``, default 3); ``GET /stand-in/last`` returns the last completion request's
 body. As vLLM's server does, a request whose client hangs up is aborted (counted in ``stand_in:aborted_total``).
 
-    python -m bench.stand_in_engine --port 8100 --step-ms 20 --tokens-per-page 100 --max-batch 256
+    python -m ocr_dev.stand_in_engine --port 8100 --step-ms 20 --tokens-per-page 100 --max-batch 256
 """
 
 from __future__ import annotations

@@ -1,0 +1,70 @@
+"""Synthetic inputs: images, PDFs, and files built to cost a decoder as much as possible."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pymupdf
+from PIL import Image
+
+
+def png_bytes(size: tuple[int, int] = (64, 48), color: str = "white", mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    """Return an encoded synthetic image."""
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+A4 = (595, 842)  # points
+
+
+def make_pdf(pages: int = 3, size: tuple[float, float] = A4, password: str | None = None, **page_sizes) -> bytes:
+    """A PDF with ``pages`` pages saying "Page N"; ``page_sizes`` maps 1-based page numbers to other sizes."""
+    document = pymupdf.open()
+    for number in range(1, pages + 1):
+        width, height = page_sizes.get(f"p{number}", size)
+        page = document.new_page(width=width, height=height)
+        page.insert_text((72, 72), f"Page {number}", fontsize=24)
+    options = {}
+    if password:
+        options = {"encryption": pymupdf.PDF_ENCRYPT_AES_256, "user_pw": password, "owner_pw": password + "-owner"}
+    data = document.tobytes(**options)
+    document.close()
+    return data
+
+
+def many_directory_tiff(directories: int) -> bytes:
+    """A little-endian TIFF: one 16x16 grey strip and ``directories`` image directories chained, all showing it.
+
+    Pillow counts such frames by seeking through every directory (20,000 cost 4 s of CPU; 146,248 about 150 s).
+    """
+    strip = bytes(range(256))
+    entries = [  # tag, type (3 SHORT, 4 LONG), value
+        (256, 3, 16),  # ImageWidth
+        (257, 3, 16),  # ImageLength
+        (258, 3, 8),  # BitsPerSample
+        (259, 3, 1),  # Compression: none
+        (262, 3, 1),  # PhotometricInterpretation: black is zero
+        (273, 4, 8),  # StripOffsets: right after the header
+        (278, 3, 16),  # RowsPerStrip
+        (279, 4, len(strip)),  # StripByteCounts
+    ]
+    directory_size = 2 + 12 * len(entries) + 4
+    first = 8 + len(strip)
+    out = bytearray(b"II*\0" + struct.pack("<I", first) + strip)
+    for number in range(directories):
+        following = first + (number + 1) * directory_size if number + 1 < directories else 0
+        out += struct.pack("<H", len(entries))
+        for tag, kind, value in entries:
+            out += struct.pack("<HHII", tag, kind, 1, value)
+        out += struct.pack("<I", following)
+    return bytes(out)
+
+
+def animated(fmt: str, frames: int) -> bytes:
+    """A 16x16 animation in ``fmt`` (GIF, WEBP, PNG for APNG) of ``frames`` frames, alternating black and white."""
+    first, *rest = [Image.new("L", (16, 16), 255 * (number % 2)).convert("RGB") for number in range(frames)]
+    buffer = io.BytesIO()
+    first.save(buffer, format=fmt, save_all=True, append_images=rest, duration=10, loop=0)
+    return buffer.getvalue()

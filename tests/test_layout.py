@@ -1,0 +1,33 @@
+"""What may import what: the service never imports the development tools, and those never import the tests."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+SERVICE = [REPO / "app.py", REPO / "config.py", REPO / "ocr_service.py", *sorted((REPO / "ocr_api").rglob("*.py"))]
+TOOLS = [*sorted((REPO / "ocr_dev").glob("*.py")), *sorted((REPO / "bench").glob("*.py"))]
+
+
+def _imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", SERVICE, ids=lambda path: str(path.relative_to(REPO)))
+def test_the_service_imports_no_development_tool(path):
+    assert not _imported(path) & {"tests", "ocr_dev", "bench"}
+
+
+@pytest.mark.parametrize("path", TOOLS, ids=lambda path: str(path.relative_to(REPO)))
+def test_the_tools_and_benchmarks_import_no_test(path):
+    assert "tests" not in _imported(path)
