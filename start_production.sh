@@ -99,7 +99,14 @@ stop_front() {
   # exits; the redactor of its error log ends with it.
   kill -QUIT "$front_pid" 2>/dev/null || true
   wait_at_most "$front_pid" "$((${GUNICORN_GRACEFUL_TIMEOUT:-30} + 5))"
-  [ -n "$redactor_pid" ] && wait_at_most "$redactor_pid" 5
+  # The redactor is a process substitution: bash's `wait` on one it has already reaped blocks until some other
+  # child (the engine) exits, so it is only watched, never waited for. It ends at EOF once nginx is gone.
+  local waited=0
+  while [ -n "$redactor_pid" ] && kill -0 "$redactor_pid" 2>/dev/null && [ "$waited" -lt 5 ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  [ -z "$redactor_pid" ] || kill -KILL "$redactor_pid" 2>/dev/null || true
   front_pid=""
   say "nginx stopped"
 }
