@@ -82,15 +82,15 @@ start_front() {
   say "front server (nginx, pid $front_pid) on ${HOST:-0.0.0.0}:${PORT:-5000}; gunicorn on unix:$run_dir/gunicorn.sock"
 }
 
-wait_at_most() {
-  # Wait for child $1 to exit; SIGKILL it after $2 seconds, so that a stop never hangs.
+kill_after() {
+  # Give process $1 (or process group -N) $2 seconds to exit, then SIGKILL it, so that a stop never hangs.
+  # It does not reap: callers `wait` for their own jobs (see stop_front for why not for every process).
   local waited=0
-  while kill -0 "$1" 2>/dev/null && [ "$waited" -lt "$2" ]; do
+  while kill -0 -- "$1" 2>/dev/null && [ "$waited" -lt "$2" ]; do
     sleep 1
     waited=$((waited + 1))
   done
-  kill -KILL "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
+  kill -KILL -- "$1" 2>/dev/null || true
 }
 
 stop_front() {
@@ -98,15 +98,11 @@ stop_front() {
   # QUIT: nginx stops accepting, lets the requests it is proxying finish (gunicorn is still serving them), then
   # exits; the redactor of its error log ends with it.
   kill -QUIT "$front_pid" 2>/dev/null || true
-  wait_at_most "$front_pid" "$((${GUNICORN_GRACEFUL_TIMEOUT:-30} + 5))"
+  kill_after "$front_pid" "$((${GUNICORN_GRACEFUL_TIMEOUT:-30} + 5))"
+  wait "$front_pid" 2>/dev/null || true
   # The redactor is a process substitution: bash's `wait` on one it has already reaped blocks until some other
   # child (the engine) exits, so it is only watched, never waited for. It ends at EOF once nginx is gone.
-  local waited=0
-  while [ -n "$redactor_pid" ] && kill -0 "$redactor_pid" 2>/dev/null && [ "$waited" -lt 5 ]; do
-    sleep 1
-    waited=$((waited + 1))
-  done
-  [ -z "$redactor_pid" ] || kill -KILL "$redactor_pid" 2>/dev/null || true
+  [ -z "$redactor_pid" ] || kill_after "$redactor_pid" 5
   front_pid=""
   say "nginx stopped"
 }
@@ -155,12 +151,7 @@ wait_for_engine() {
 stop_engine() {
   [ -n "$engine_pid" ] || return 0
   kill -TERM -- "-$engine_pid" 2>/dev/null || true
-  local waited=0
-  while kill -0 -- "-$engine_pid" 2>/dev/null && [ "$waited" -lt 30 ]; do
-    sleep 1
-    waited=$((waited + 1))
-  done
-  kill -KILL -- "-$engine_pid" 2>/dev/null || true
+  kill_after "-$engine_pid" 30
   wait "$engine_pid" 2>/dev/null || true
   say "vLLM server stopped (pid $engine_pid)"
   engine_pid=""

@@ -71,8 +71,8 @@ class RemoteEngine:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-calls", daemon=True)
         self._thread.start()
-        self._session: aiohttp.ClientSession | None = None
-        # An engine dropped without close() (a failed start, a test) still closes its session and loop thread.
+        # Holds the one session once made (a list, so that the finalizer below sees it): an engine dropped without
+        # close() (a failed start, a test) still closes its session and loop thread.
         self._sessions: list[aiohttp.ClientSession] = []
         self._shut_down = weakref.finalize(self, _shut_down, self._loop, self._thread, self._sessions)
         self._lock = threading.Lock()
@@ -123,11 +123,10 @@ class RemoteEngine:
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on the loop thread, where aiohttp wants it; one pooled connection per request in flight.
-        if self._session is None:
+        if not self._sessions:
             connector = aiohttp.TCPConnector(limit=self._connections)
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
-            self._sessions.append(self._session)
-        return self._session
+            self._sessions.append(aiohttp.ClientSession(connector=connector, headers=self._headers))
+        return self._sessions[0]
 
     async def _complete(self, request: EngineRequest, image_url: str) -> EngineOutput:
         guard = GuardSettings(request.ngram_size, request.window_size, self.whitelist_token_ids)
