@@ -16,6 +16,7 @@ from PIL import Image
 ENGINE_CHOICES = ("auto", "transformers", "vllm", "remote")
 DEVICE_PREFIXES = ("auto", "cpu", "cuda", "mps")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+ENGINE_IMAGE_FORMATS = ("jpeg", "png")  # ocr_api.preparation.data_url encodes them
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_API_KEY_CHARS = 16
 
@@ -63,7 +64,7 @@ class Settings:
     engine_timeout_s: float = setting(
         "ENGINE_TIMEOUT_S",
         240.0,
-        "Seconds one engine call (up to ENGINE_BATCH_PAGES pages) may take before the request is aborted with 504.",
+        "Seconds one page may take at the engine, from being sent to its answer, before the request is aborted with 504.",
     )
     client_timeout_s: float = setting(
         "CLIENT_TIMEOUT_S",
@@ -119,7 +120,8 @@ class Settings:
         "MAX_PAGES_IN_FLIGHT",
         64,
         "Admission bound of each service process: pages at the engine and not yet answered. A request that "
-        "would go past it gets 503 `overloaded` with Retry-After at once. Also caps ENGINE_BATCH_PAGES.",
+        "cannot send its first page gets 503 `overloaded` with Retry-After at once; one that has started goes on "
+        "with the slots it holds. Also caps ENGINE_BATCH_PAGES.",
     )
     drain_file: str = setting(
         "DRAIN_FILE",
@@ -172,7 +174,15 @@ class Settings:
     engine_batch_pages: int = setting(
         "ENGINE_BATCH_PAGES",
         32,
-        "Pages rendered and sent to the engine at once; bounds a long PDF's memory (each page is a few MB).",
+        "Pages one request keeps at the engine at once (its window): the next is sent the moment one is answered. "
+        "Also the transformers engine's largest batch. Memory does not grow with it: a page at the engine is held "
+        "as the few hundred KB sent, and only a few pages are rendered ahead.",
+    )
+    engine_image_format: str = setting(
+        "ENGINE_IMAGE_FORMAT",
+        "jpeg",
+        "How the remote engine is sent each page: jpeg (quality 95, 4:4:4; about a tenth of PNG's bytes and CPU) "
+        "or png (lossless, compression level 1). See docs/PERFORMANCE.md.",
     )
     torch_device: str = setting("TORCH_DEVICE", "auto", "transformers engine: auto, cpu, cuda, cuda:N or mps.")
     torch_dtype: str = setting(
@@ -216,6 +226,7 @@ class Settings:
         _within("PDF_DPI", self.pdf_dpi, 36, 600)
         _within("MAX_PDF_PAGES", self.max_pdf_pages, 1, 100_000)
         _within("ENGINE_BATCH_PAGES", self.engine_batch_pages, 1, 4096)
+        _choice("ENGINE_IMAGE_FORMAT", self.engine_image_format, ENGINE_IMAGE_FORMATS)
         for key in self.api_key_list:
             if len(key) < MIN_API_KEY_CHARS:
                 raise ConfigError(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from ocr_api.errors import Overloaded
 
 
 class Admission:
-    """Counts pages in flight to the engine; vLLM's own queue has no bound, so this one refuses instead."""
+    """Counts pages at the engine and not yet answered; vLLM's own queue has no bound, so this one refuses instead.
+
+    A request takes a slot for each page it sends and hands the slot on to its next page, so a request that has
+    started always finishes; it refuses (503) only a request that cannot send its first page.
+    """
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -21,23 +23,22 @@ class Admission:
         """Refuse at once when the bound is reached, before a request spends time decoding its files."""
         with self._lock:
             if self.in_flight >= self.limit:
-                raise self._refusal(1)
+                raise self.refusal()
 
-    @contextmanager
-    def admit(self, pages: int) -> Iterator[None]:
-        """Hold ``pages`` slots while the block runs, or raise Overloaded (503) at once if they are not free."""
+    def try_take(self) -> bool:
+        """Take one slot if one is free."""
         with self._lock:
-            if pages and self.in_flight + pages > self.limit:
-                raise self._refusal(pages)
-            self.in_flight += pages
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.in_flight -= pages
+            if self.in_flight >= self.limit:
+                return False
+            self.in_flight += 1
+            return True
 
-    def _refusal(self, pages: int) -> Overloaded:
+    def release(self, slots: int) -> None:
+        with self._lock:
+            self.in_flight -= slots
+
+    def refusal(self) -> Overloaded:
         return Overloaded(
             f"The service is at capacity: {self.in_flight} of {self.limit} pages are at the OCR engine in this "
-            f"process and this request needs {pages} more. Try again after the time in Retry-After."
+            "process. Try again after the time in Retry-After."
         )

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 
 import pymupdf
 from PIL import Image
 
-from ocr_api.errors import BadRequest, UnprocessableFile
+from ocr_api.errors import UnprocessableFile
 from ocr_api.pdf_streams import MAX_PAGE_OBJECTS, PageTooLarge, check_page
-from ocr_api.preparation import Deadline
+from ocr_api.preparation import Deadline, FitSize, ImageLimits, RenderedPage, check_size
 
 logger = logging.getLogger(__name__)
 
 POINTS_PER_INCH = 72
-_RANGE = re.compile(r"^\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?$")
 
 # Real pages decode to kilobytes or a few megabytes (drawing instructions, fonts; a full CJK font is about 16 MB);
 # the bombs that ocr_api.pdf_streams measures decode to gigabytes.
@@ -32,6 +30,12 @@ class PdfLimits:
     max_page_pixels: int
     max_page_decoded_bytes: int = MAX_PAGE_DECODED_BYTES
     timeout_s: float = field(default=float("inf"))  # each page's preparation budget (PREPARE_TIMEOUT_S)
+    min_side: int = 1  # MIN_IMAGE_SIDE and MAX_ASPECT_RATIO hold for a page at its dpi as for an image
+    max_aspect_ratio: float = float("inf")
+
+    def page_size(self, page: pymupdf.Page) -> tuple[int, int]:
+        """Return the page's size in pixels at ``dpi``: what its boxes are given in."""
+        return round(page.rect.width * self.dpi / POINTS_PER_INCH), round(page.rect.height * self.dpi / POINTS_PER_INCH)
 
 
 def is_pdf(data: bytes) -> bool:
@@ -69,55 +73,36 @@ def _unreadable(exc: Exception) -> UnprocessableFile:
     return UnprocessableFile("The file looks like a PDF but could not be read, even repaired.", code="corrupt_pdf")
 
 
-def select_pages(spec: str | None, page_count: int, max_pages: int) -> list[int]:
-    """Return the 0-based page indices ``spec`` names (``1-3,7``; all pages when empty), in the order given."""
-    if not spec or not spec.strip():
-        chosen = list(range(page_count))
-    else:
-        chosen = []
-        for part in spec.split(","):
-            match = _RANGE.match(part)
-            if not match:
-                raise BadRequest(f"pages must look like 1-3,7; got {spec[:50]!r}.", code="invalid_pages")
-            first = int(match[1])
-            last = int(match[2] or first)
-            if not 1 <= first <= last <= page_count:
-                raise BadRequest(
-                    f"pages {part.strip()} is outside the document's 1-{page_count} (or a range runs backwards).",
-                    code="invalid_pages",
-                )
-            chosen.extend(range(first - 1, last))
-            if len(chosen) > max_pages:
-                break
-    if len(chosen) > max_pages:
-        raise UnprocessableFile(
-            f"The request selects {'more than ' if spec else ''}{len(chosen)} pages; at most {max_pages} are processed "
-            "per request. Send a page range with pages=, for example pages=1-50.",
-            code="too_many_pages",
-        )
-    return chosen
-
-
 def render_page(
-    document: pymupdf.Document, index: int, limits: PdfLimits, deadline: Deadline | None = None
-) -> Image.Image:
-    """Render one page at ``limits.dpi`` as RGB on white; refuse it before rendering when it is too large."""
+    document: pymupdf.Document,
+    index: int,
+    limits: PdfLimits,
+    fit: FitSize | None = None,
+    deadline: Deadline | None = None,
+) -> RenderedPage:
+    """Render one page as RGB on white, directly at the size ``fit`` asks of its size at ``limits.dpi``.
+
+    The page is refused before rendering when it is too large, too small or too narrow, as an image would be.
+    """
     deadline = deadline or Deadline(limits.timeout_s)
     try:
         page = document.load_page(index)
-        width = round(page.rect.width * limits.dpi / POINTS_PER_INCH)
-        height = round(page.rect.height * limits.dpi / POINTS_PER_INCH)
+        width, height = limits.page_size(page)
         if width * height > limits.max_page_pixels or width < 1 or height < 1:
             raise UnprocessableFile(
                 f"Page {index + 1} would render as {width}x{height} pixels at {limits.dpi} dpi; the limit is "
                 f"{limits.max_page_pixels} pixels.",
                 code="page_too_large",
             )
+        bounds = ImageLimits(limits.max_page_pixels, limits.min_side, limits.max_aspect_ratio)
+        check_size((width, height), bounds, f"Page {index + 1} at {limits.dpi} dpi")
         # Before rendering: MuPDF would decode a bomb whole (images) or for as long as it lasts (drawing).
         check_page(document, page.xref, limits.max_page_pixels, limits.max_page_decoded_bytes, deadline.check)
         deadline.check()
+        target_width, target_height = fit((width, height)) if fit else (width, height)
+        scale = pymupdf.Matrix(target_width / page.rect.width, target_height / page.rect.height)
         # alpha=False renders onto an opaque white background: transparent pages are flattened.
-        pixmap = page.get_pixmap(dpi=limits.dpi, alpha=False)
+        pixmap = page.get_pixmap(matrix=scale, alpha=False)
     except PageTooLarge as exc:
         raise UnprocessableFile(
             f"Page {index + 1} {exc}; a page may hold images of up to {limits.max_page_pixels} pixels, decode to "
@@ -129,4 +114,9 @@ def render_page(
     except Exception as exc:  # noqa: BLE001 - a page PyMuPDF cannot load or draw is that page's fault
         logger.info("could not render PDF page %d: %s: %s", index + 1, type(exc).__name__, exc)
         raise UnprocessableFile(f"Page {index + 1} could not be rendered.", code="corrupt_pdf") from None
-    return Image.frombytes("RGB", (pixmap.width, pixmap.height), pixmap.samples)
+    image = Image.frombytes("RGB", (pixmap.width, pixmap.height), pixmap.samples)
+    del pixmap
+    # MuPDF rounds the page's edges to whole pixels; the engine gets exactly the size asked for.
+    if image.size != (target_width, target_height):
+        image = image.resize((target_width, target_height), Image.Resampling.BICUBIC)
+    return RenderedPage(image, (width, height))

@@ -23,10 +23,15 @@ class ModelProfile:
     ngram_size: int
     window_size: int
     context_length: int
+    tile_size: int  # side of one local view (gundam's tiles)
+    base_size: int = 1024  # side of the global view
+    min_tiles: int = 2
+    max_tiles: int = 6
     whitelist_tokens: tuple[str, ...] = ("<td>", "</td>")
 
 
-# Guard sizes are the authors' image-script settings (v1 30/90, v2 20/90); context 8192 as they serve it.
+# Guard sizes are the authors' image-script settings (v1 30/90, v2 20/90); context 8192 as they serve it; the
+# image geometry is their processors' (gundam: a 1024 global view plus 2-6 tiles of 640 for v1, 768 for v2).
 # docs/CONFIGURATION.md shows this table; a test keeps the two in step.
 PROFILES: dict[str, ModelProfile] = {
     "deepseek-ocr": ModelProfile(
@@ -35,6 +40,7 @@ PROFILES: dict[str, ModelProfile] = {
         ngram_size=30,
         window_size=90,
         context_length=8192,
+        tile_size=640,
     ),
     "deepseek-ocr-2": ModelProfile(
         family="deepseek-ocr-2",
@@ -42,6 +48,7 @@ PROFILES: dict[str, ModelProfile] = {
         ngram_size=20,
         window_size=90,
         context_length=8192,
+        tile_size=768,
     ),
 }
 

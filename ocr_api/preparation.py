@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -67,14 +68,22 @@ class ImageLimits:
     timeout_s: float = field(default=float("inf"))
 
 
-@dataclass
+# Given a page's upright size, the size the engine should get (ocr_api.tiling.engine_size for the loaded model).
+FitSize = Callable[[tuple[int, int]], tuple[int, int]]
+# The encodings the remote engine can send pages in (ENGINE_IMAGE_FORMAT); docs/PERFORMANCE.md measures them.
+ENGINE_IMAGE_FORMATS = ("jpeg", "png")
+JPEG_QUALITY = 95  # with 4:4:4 chroma: thin strokes and coloured stamps keep their edges
+
+
+@dataclass(frozen=True)
 class PreparedImage:
-    """A decoded page ready for the engine, with what it was decoded from."""
+    """A decoded page at the size the engine gets, with what it was decoded from."""
 
     image: Image.Image
     source_format: str
     source_mode: str
     frames: int
+    source_size: tuple[int, int]  # the upright upload's own pixels: boxes are given in these
 
     @property
     def width(self) -> int:
@@ -85,11 +94,27 @@ class PreparedImage:
         return self.image.height
 
 
+@dataclass(frozen=True)
+class RenderedPage:
+    """A page ready for the engine, from an image or a PDF: its pixels at the engine's size, and its own size."""
+
+    image: Image.Image
+    size: tuple[int, int]  # the page's own pixels (an upload's, or a PDF page's at PDF_DPI): boxes are in these
+
+
 def png_data_url(image: Image.Image) -> str:
-    """Encode an image as a lossless PNG data URL; fast compression, as it only travels to a local peer."""
+    """Encode an image as a lossless PNG data URL (figure crops, annotated pages)."""
+    return data_url(image, "png")
+
+
+def data_url(image: Image.Image, image_format: str) -> str:
+    """Encode a page for the remote engine: JPEG at high quality, or PNG at fast compression (lossless)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    if image_format == "jpeg":
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+    else:
+        image.save(buffer, format="PNG", compress_level=1)
+    return f"data:image/{image_format};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -100,9 +125,37 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, limits: ImageLimits, deadline: Deadline | None = None) -> PreparedImage:
-    """Decode ``data`` into an upright RGB image, refusing bombs and unusable sizes before decoding pixels."""
-    deadline = deadline or Deadline(limits.timeout_s)
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image's header says, read without decoding its pixels."""
+
+    format: str
+    mode: str
+    frames: int
+    size: tuple[int, int]  # upright: after the EXIF orientation
+
+
+def inspect_image(data: bytes, limits: ImageLimits, deadline: Deadline | None = None) -> ImageInfo:
+    """Read and check an image's header (format, size, frames) without decoding a pixel: 415 or 422 if unusable."""
+    return _read_image(data, limits, deadline or Deadline(limits.timeout_s), None, decode=False)[0]
+
+
+def decode_image(
+    data: bytes, limits: ImageLimits, fit: Optional[FitSize] = None, deadline: Deadline | None = None
+) -> PreparedImage:
+    """Decode ``data`` into an upright RGB image of the size ``fit`` asks, refusing bombs and unusable sizes first.
+
+    A JPEG is decoded at a reduced scale where libjpeg can (draft mode, up to 8x fewer pixels), then every image
+    is resized once; transparency is flattened onto white after the resize.
+    """
+    info, rgb = _read_image(data, limits, deadline or Deadline(limits.timeout_s), fit, decode=True)
+    assert rgb is not None
+    return PreparedImage(rgb, info.format, info.mode, info.frames, info.size)
+
+
+def _read_image(
+    data: bytes, limits: ImageLimits, deadline: Deadline, fit: Optional[FitSize], decode: bool
+) -> tuple[ImageInfo, Image.Image | None]:
     if not data:
         raise BadRequest("The file is empty (0 bytes).", code="empty_file")
     image_format = sniff_format(data)
@@ -116,13 +169,22 @@ def decode_image(data: bytes, limits: ImageLimits, deadline: Deadline | None = N
             # Sizes between Pillow's warning and error thresholds are refused by our own, lower limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=[image_format]) as opened:
-                _check_declared_size(opened.size, limits)
-                frames = count_frames(opened, data, deadline)
+                check_size(opened.size, limits)
+                orientation = opened.getexif().get(ORIENTATION_TAG, 1)
+                turned = orientation in SIDEWAYS_ORIENTATIONS
+                upright_size = opened.size[::-1] if turned else opened.size
+                info = ImageInfo(image_format, opened.mode, count_frames(opened, data, deadline), upright_size)
+                if not decode:
+                    return info, None
+                target = fit(upright_size) if fit else upright_size
+                if opened.format == "JPEG" and target != upright_size:
+                    opened.draft(opened.mode, target[::-1] if turned else target)
                 opened.load()  # the first frame only
                 deadline.check()
-                source_mode = opened.mode
-                upright = ImageOps.exif_transpose(opened)
-                rgb = to_rgb(upright)
+                upright = ImageOps.exif_transpose(opened) if orientation != 1 else opened
+                resized = _resized(upright, target)
+                # A new image needs no copy; the opened one does, as it is closed on leaving this block.
+                rgb = resized if resized.mode == "RGB" and resized is not opened else to_rgb(resized)
                 deadline.check()
     except Image.DecompressionBombError:
         raise _too_large(None, limits) from None
@@ -134,7 +196,27 @@ def decode_image(data: bytes, limits: ImageLimits, deadline: Deadline | None = N
             f"The file looks like {image_format} but could not be decoded: it is corrupt or truncated.",
             code="corrupt_image",
         ) from None
-    return PreparedImage(image=rgb, source_format=image_format, source_mode=source_mode, frames=frames)
+    return info, rgb
+
+
+ORIENTATION_TAG = 0x0112
+SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize once (bicubic, as the model's processors do); 1-bit and palette images are expanded first."""
+    if image.size == size:
+        return image
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    elif image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "CMYK"):
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")
+    # reducing_gap: a cheap box reduction first, then bicubic over at most 3x: near-identical, several times faster.
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
 def count_frames(opened: Image.Image, data: bytes, deadline: Deadline) -> int:
@@ -216,26 +298,27 @@ def _stretch_to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
-def _check_declared_size(size: tuple[int, int], limits: ImageLimits) -> None:
+def check_size(size: tuple[int, int], limits: ImageLimits, what: str = "The image") -> None:
+    """Refuse a page size the model cannot use, whatever its source: an image's header or a PDF page at its dpi."""
     width, height = size
     if width <= 0 or height <= 0:
-        raise UnprocessableFile(f"The image declares an empty size ({width}x{height}).", code="corrupt_image")
+        raise UnprocessableFile(f"{what} declares an empty size ({width}x{height}).", code="corrupt_image")
     if width * height > limits.max_pixels:
-        raise _too_large(size, limits)
+        raise _too_large(size, limits, what)
     if min(width, height) < limits.min_side:
         raise UnprocessableFile(
-            f"The image is {width}x{height} pixels; both sides must be at least {limits.min_side} pixels.",
+            f"{what} is {width}x{height} pixels; both sides must be at least {limits.min_side} pixels.",
             code="image_too_small",
         )
     if max(width, height) / min(width, height) > limits.max_aspect_ratio:
         raise UnprocessableFile(
-            f"The image is {width}x{height} pixels; its aspect ratio is beyond {limits.max_aspect_ratio:g}:1.",
+            f"{what} is {width}x{height} pixels; its aspect ratio is beyond {limits.max_aspect_ratio:g}:1.",
             code="image_aspect_ratio",
         )
 
 
-def _too_large(size: tuple[int, int] | None, limits: ImageLimits) -> UnprocessableFile:
+def _too_large(size: tuple[int, int] | None, limits: ImageLimits, what: str = "The image") -> UnprocessableFile:
     declared = f"declares {size[0]}x{size[1]} pixels" if size else "declares a size beyond Pillow's bomb limit"
     return UnprocessableFile(
-        f"The image {declared}; the limit is {limits.max_pixels} pixels (width x height).", code="image_too_large"
+        f"{what} {declared}; the limit is {limits.max_pixels} pixels (width x height).", code="image_too_large"
     )

@@ -13,7 +13,9 @@ from werkzeug.wsgi import LimitedStream
 
 from ocr_api.disconnect import client_gone_probe
 from ocr_api.errors import BadRequest, EngineNotReady, ShuttingDown, UnsupportedMediaType
-from ocr_service import FileError, OcrOptions, OcrService, UploadedFile
+from ocr_api.options import OcrOptions
+from ocr_api.results import FileError
+from ocr_service import OcrService, UploadedFile
 
 SERVICE_NAME = "DeepSeek-OCR API"
 
@@ -117,14 +119,8 @@ def ocr_batch():
     )
 
 
-OPTION_FIELDS = ("prompt", "task", "phrase", "max_tokens", "pages", "password", "mode", "figures", "annotate")
-
-
 def _options() -> OcrOptions:
-    repeated = [name for name in OPTION_FIELDS if len(request.form.getlist(name)) > 1]
-    if repeated:  # which of two values was meant cannot be told; taking the first would hide the mistake
-        raise BadRequest(f"The field '{repeated[0]}' was sent more than once; send it once.", code="duplicate_field")
-    return _service().build_options(**{name: request.form.get(name) for name in OPTION_FIELDS})
+    return _service().options_from(request.form.to_dict(flat=False))
 
 
 def _uploads(field: str) -> list[UploadedFile]:

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
-from collections.abc import Sequence
 
 from ocr_api.engines import EngineLoadError, EngineOutput, EngineRequest
-from ocr_api.guard import GuardSettings
 from ocr_api.models import PROFILES
 
 
 class FakeEngine:
-    """Answers with the image size it was given, so tests can tell which output belongs to which file."""
+    """Answers at once with the image size it was given, so tests can tell which output belongs to which file.
+
+    ``requests`` records every page submitted, in order; ``answer`` makes one page's output (tests override it).
+    """
 
     name = "fake"
     model_id = "fake/deepseek-ocr-2"
     modes = ("gundam", "base")
+    context_length = 8192
+    whitelist_token_ids = frozenset({128821, 128822})
 
     def __init__(self, ready: bool = True, fail_with: Exception | None = None, load_error: str | None = None):
         self.profile = PROFILES["deepseek-ocr-2"]
         self.ready = ready
         self.fail_with = fail_with
         self.load_error = load_error
-        self.batches: list[list[EngineRequest]] = []
+        self.requests: list[EngineRequest] = []
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -32,22 +36,25 @@ class FakeEngine:
     def is_ready(self) -> bool:
         return self.ready
 
-    def generate(self, requests: Sequence[EngineRequest], should_stop=None) -> list[EngineOutput]:
+    def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
         with self._lock:
-            self.batches.append(list(requests))
+            self.requests.append(request)
+        future: concurrent.futures.Future[EngineOutput] = concurrent.futures.Future()
         if self.fail_with is not None:
-            raise self.fail_with
-        return [
-            EngineOutput(
-                text=f"<|ref|>text<|/ref|><|det|>[[0, 0, 999, 999]]<|/det|>\nimage {r.image.width}x{r.image.height}",
-                finish_reason="stop",
-                prompt_tokens=300,
-                completion_tokens=12,
-                max_tokens=r.max_tokens,
-                guard=GuardSettings(r.ngram_size, r.window_size, frozenset({128821, 128822})),
-            )
-            for r in requests
-        ]
+            future.set_exception(self.fail_with)
+        else:
+            future.set_result(self.answer(request))
+        return future
+
+    def answer(self, request: EngineRequest) -> EngineOutput:
+        return EngineOutput(
+            text=f"<|ref|>text<|/ref|><|det|>[[0, 0, 999, 999]]<|/det|>\nimage {request.image.width}x{request.image.height}",
+            finish_reason="stop",
+            prompt_tokens=300,
+            completion_tokens=12,
+            max_tokens=request.max_tokens,
+            guard=request.guard,
+        )
 
     def close(self) -> None:
         self.ready = False

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from urllib3 import encode_multipart_formdata
 
-from ocr_api.engines import PromptTooLong
+from ocr_api.engines import EngineOutput, EngineRequest, PromptTooLong
 from ocr_dev.inputs import make_pdf, png_bytes
 from tests.conftest import CORPUS
 from tests.fakes import FakeEngine
@@ -88,13 +90,13 @@ def test_ocr_returns_the_original_fields_and_the_new_ones(client, fake_engine):
     assert body["image"] == {"width": 64, "height": 48, "format": "PNG", "mode": "RGB", "frames": 1}
     assert set(body["timing"]) == {"preparation_ms", "inference_ms", "total_ms"}
     assert body["max_tokens"] == 64
-    assert [len(batch) for batch in fake_engine.batches] == [1]
+    assert len(fake_engine.requests) == 1
 
 
 def test_prompt_field_with_literal_backslash_n(client, fake_engine):
     body = _post(client, files=_file(png_bytes()), prompt=r"<image>\n<|grounding|>OCR this image.").get_json()
     assert body["prompt"] == "<image>\n<|grounding|>OCR this image."
-    assert fake_engine.batches[0][0].prompt == "<image>\n<|grounding|>OCR this image."
+    assert fake_engine.requests[0].prompt == "<image>\n<|grounding|>OCR this image."
 
 
 def test_task_field_selects_a_preset(client):
@@ -106,14 +108,15 @@ def test_task_field_selects_a_preset(client):
 def test_max_tokens_field_and_guard_settings_reach_the_engine(make_client, fake_engine):
     client = make_client(ngram_size=30, ngram_window=50)
     _post(client, files=_file(png_bytes()), max_tokens="7")
-    request = fake_engine.batches[0][0]
-    assert (request.max_tokens, request.ngram_size, request.window_size) == (7, 30, 50)
+    request = fake_engine.requests[0]
+    assert (request.max_tokens, request.guard.ngram_size, request.guard.window_size) == (7, 30, 50)
+    assert request.guard.whitelist_token_ids == fake_engine.whitelist_token_ids  # the engine's, in the request
 
 
 def test_mode_field_reaches_the_engine(client, fake_engine):
     assert _post(client, files=_file(png_bytes()), mode="base").status_code == 200
     assert _post(client, files=_file(png_bytes())).status_code == 200
-    assert [batch[0].mode for batch in fake_engine.batches] == ["base", "gundam"]
+    assert [request.mode for request in fake_engine.requests] == ["base", "gundam"]
 
 
 def test_image_reaches_the_engine_upright_and_rgb(client, fake_engine):
@@ -121,7 +124,7 @@ def test_image_reaches_the_engine_upright_and_rgb(client, fake_engine):
         pytest.skip("no corpus")
     data = (CORPUS / "images" / "pil123rgba.png").read_bytes()
     assert _post(client, files=_file(data)).status_code == 200
-    image = fake_engine.batches[0][0].image
+    image = fake_engine.requests[0].image
     assert (image.mode, image.size) == ("RGB", (162, 150))
 
 
@@ -150,7 +153,7 @@ def test_an_option_sent_twice_is_400_duplicate_field(client, fake_engine, path):
     response = client.post(path, data=body, content_type=content_type)
     _assert_error(response, 400, "duplicate_field")
     assert "'task'" in response.get_json()["error"]
-    assert fake_engine.batches == []
+    assert fake_engine.requests == []
 
 
 def test_missing_file_is_400_and_names_the_field(client):
@@ -250,7 +253,7 @@ def test_batch_keeps_upload_order_and_sends_one_engine_batch(client, fake_engine
     assert [r["filename"] for r in body["results"]] == ["p0.png", "p1.png", "p2.png"]
     assert [r["text"].rsplit(" ", 1)[1] for r in body["results"]] == ["40x30", "50x30", "60x30"]
     assert all(r["prompt"].endswith("Convert the document to markdown.") for r in body["results"])
-    assert [len(batch) for batch in fake_engine.batches] == [3]
+    assert len(fake_engine.requests) == 3
 
 
 def test_one_bad_file_is_an_error_entry_not_a_failed_batch(client, fake_engine):
@@ -264,13 +267,13 @@ def test_one_bad_file_is_an_error_entry_not_a_failed_batch(client, fake_engine):
     assert "text" in good
     assert bad == {"filename": "bad.gif", "status": 422, "code": "corrupt_image", "error": bad["error"]}
     assert (text["status"], text["code"]) == (415, "unsupported_media_type")
-    assert [len(batch) for batch in fake_engine.batches] == [1]
+    assert len(fake_engine.requests) == 1
 
 
 def test_batch_of_only_bad_files_never_calls_the_engine(client, fake_engine):
     body = _post(client, "/ocr/batch", files=[_file(b"nope", "a.txt")], field="files").get_json()
     assert body["failed"] == 1
-    assert fake_engine.batches == []
+    assert fake_engine.requests == []
 
 
 def test_batch_needs_the_files_field(client):
@@ -365,19 +368,57 @@ def test_one_input_that_breaks_the_engine_does_not_poison_the_next(make_client, 
 def test_past_the_admission_bound_a_request_is_refused_at_once(make_client, fake_engine):
     client = make_client(max_pages_in_flight=4)
     service = client.application.extensions["ocr_service"]
-    with service.admission.admit(4):  # four pages of other requests at the engine
-        response = _post(client, files=[_file(png_bytes(), "a.png")])
-        _assert_error(response, 503, "overloaded")
-        assert response.headers["Retry-After"] == "5"
-        assert "4 of 4 pages" in response.get_json()["error"]
-        assert client.get("/health").get_json()["pages_in_flight"] == 4
-    assert fake_engine.batches == []  # refused before anything reached the engine
+    for _ in range(4):  # four pages of other requests at the engine
+        assert service.admission.try_take()
+    response = _post(client, files=[_file(png_bytes(), "a.png")])
+    _assert_error(response, 503, "overloaded")
+    assert response.headers["Retry-After"] == "5"
+    assert "4 of 4 pages" in response.get_json()["error"]
+    assert client.get("/health").get_json()["pages_in_flight"] == 4
+    assert fake_engine.requests == []  # refused before anything reached the engine
+    service.admission.release(4)
     assert _post(client, files=[_file(png_bytes(), "a.png")]).status_code == 200
     assert service.admission.in_flight == 0
 
 
-def test_a_document_longer_than_the_bound_is_sent_in_chunks_of_the_bound(make_client, fake_engine):
-    client = make_client(max_pages_in_flight=4)
-    response = _post(client, files=[_file(make_pdf(10, size=(200, 200)), "ten.pdf")])
-    assert response.status_code == 200
-    assert [len(batch) for batch in fake_engine.batches] == [4, 4, 2]
+class HoldingEngine(FakeEngine):
+    """Answers nothing until the test says so; a request waits with its pages at the engine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[concurrent.futures.Future, EngineRequest]] = []
+        self.arrived = threading.Semaphore(0)
+
+    def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
+        future: concurrent.futures.Future[EngineOutput] = concurrent.futures.Future()
+        self.held.append((future, request))
+        self.arrived.release()
+        return future
+
+    def answer_all(self) -> None:
+        while self.held:
+            future, request = self.held.pop(0)
+            future.set_result(self.answer(request))
+
+
+def test_the_bound_counts_pages_at_the_engine_and_a_started_request_goes_on(make_client):
+    engine = HoldingEngine()
+    client = make_client(engine=engine, max_pages_in_flight=4, engine_batch_pages=4)
+    service = client.application.extensions["ocr_service"]
+    answers: list = []
+    document = threading.Thread(
+        target=lambda: answers.append(_post(client, files=[_file(make_pdf(10, size=(200, 200)), "ten.pdf")]))
+    )
+    document.start()
+    for _ in range(4):
+        assert engine.arrived.acquire(timeout=10)
+    assert service.admission.in_flight == 4  # its first four pages, and no more: the window is full
+    # Another request meanwhile is refused at once: the process's bound counts the pages at the engine.
+    _assert_error(_post(client, files=[_file(png_bytes(), "a.png")]), 503, "overloaded")
+    while document.is_alive() or engine.held:
+        engine.answer_all()
+        time.sleep(0.01)
+    document.join()
+    assert answers[0].status_code == 200
+    assert len(answers[0].get_json()["pages"]) == 10
+    assert service.admission.in_flight == 0

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import gc
 import io
+import threading
 import time
 import weakref
-from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 from PIL import Image
 from urllib3 import encode_multipart_formdata
 
-from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page, select_pages
+from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page
 from ocr_api.engines import EngineOutput, EngineRequest
 from ocr_api.errors import ApiError
+from ocr_api.options import PageSelection
 from ocr_api.preparation import Deadline
 from ocr_dev.inputs import make_pdf, png_bytes
 from tests.conftest import CORPUS
@@ -53,7 +55,7 @@ def test_pdfs_are_told_by_their_bytes():
     ],
 )
 def test_page_selection(spec, expected):
-    assert select_pages(spec, page_count=10, max_pages=100) == expected
+    assert PageSelection.parse(spec).indices(page_count=10, max_pages=100) == expected
 
 
 @pytest.mark.parametrize(
@@ -69,16 +71,23 @@ def test_page_selection(spec, expected):
 )
 def test_bad_page_selections_are_400(spec, code):
     with pytest.raises(ApiError) as caught:
-        select_pages(spec, page_count=10, max_pages=100)
+        PageSelection.parse(spec).indices(page_count=10, max_pages=100)
     assert (caught.value.status, caught.value.code) == (400, code)
+
+
+def test_a_malformed_selection_is_refused_before_any_document_is_seen():
+    with pytest.raises(ApiError) as caught:
+        PageSelection.parse("1-")
+    assert caught.value.code == "invalid_pages"
+    assert PageSelection.parse("7").ranges == ((7, 7),)  # in range or not: that waits for the document
 
 
 def test_the_page_cap_refuses_rather_than_cuts():
     with pytest.raises(ApiError) as caught:
-        select_pages(None, page_count=500, max_pages=100)
+        PageSelection().indices(page_count=500, max_pages=100)
     assert (caught.value.status, caught.value.code) == (422, "too_many_pages")
     assert "pages=" in caught.value.message
-    assert len(select_pages("401-500", page_count=500, max_pages=100)) == 100
+    assert len(PageSelection.parse("401-500").indices(page_count=500, max_pages=100)) == 100
 
 
 def test_encrypted_pdf_needs_its_password():
@@ -101,10 +110,10 @@ def test_a_damaged_pdf_is_repaired_and_garbage_is_refused():
 
 def test_pages_render_at_the_configured_dpi_on_white():
     document = open_pdf(make_pdf(1))
-    image = render_page(document, 0, LIMITS)
-    assert image.mode == "RGB"
-    assert image.size == ((595 * 2), (842 * 2))  # 144 dpi is twice the PDF's 72 points per inch
-    assert image.getpixel((5, 5)) == (255, 255, 255)
+    page = render_page(document, 0, LIMITS)
+    assert page.image.mode == "RGB"
+    assert page.size == page.image.size == ((595 * 2), (842 * 2))  # 144 dpi: twice the PDF's 72 points per inch
+    assert page.image.getpixel((5, 5)) == (255, 255, 255)
 
 
 def test_a_huge_page_is_refused_before_rendering():
@@ -120,9 +129,9 @@ def test_a_page_past_its_preparation_budget_is_422_preparation_timeout():
     document = open_pdf(pdf_content_bomb(8 << 20))
     with pytest.raises(ApiError) as caught:
         # Each reading of this clock is 20 s later: the walk through the page's streams finds 30 s spent.
-        render_page(document, 0, LIMITS, Deadline(30, clock=SteppingClock(20)))
+        render_page(document, 0, LIMITS, deadline=Deadline(30, clock=SteppingClock(20)))
     assert (caught.value.status, caught.value.code) == (422, "preparation_timeout")
-    assert render_page(document, 0, LIMITS, Deadline(30, clock=SteppingClock(0))).mode == "RGB"
+    assert render_page(document, 0, LIMITS, deadline=Deadline(30, clock=SteppingClock(0))).image.mode == "RGB"
 
 
 # --- through the API, with the fake engine ---
@@ -143,7 +152,7 @@ def test_the_50_page_corpus_pdf_gives_50_ordered_pages_in_pixels(client, fake_en
     assert first["blocks"][0]["boxes"] == [[0, 0, 1191, 1684]]
     assert "<|" not in first["markdown"]
     assert body["text"].count("<--- Page Split --->") == 49
-    assert [len(batch) for batch in fake_engine.batches] == [32, 18]  # ENGINE_BATCH_PAGES at a time
+    assert len(fake_engine.requests) == 50
     assert body["image_path"].endswith(".pdf")
 
 
@@ -179,7 +188,8 @@ def test_a_batch_mixes_images_and_pdfs_in_upload_order(client, fake_engine):
     assert image["blocks"][0]["boxes"] == [[0, 0, 64, 48]]
     assert len(document["pages"]) == 2
     assert text["code"] == "unsupported_media_type"
-    assert [len(batch) for batch in fake_engine.batches] == [3]  # one engine batch for all three pages
+    # One stream for the whole request, in upload order.
+    assert [r.image.size for r in fake_engine.requests] == [(64, 48), (1190, 1684), (1190, 1684)]
 
 
 def test_the_corpus_pdf_with_broken_fonts_is_served(client):
@@ -197,48 +207,77 @@ def test_too_many_pages_and_bad_selection_are_clear_errors(make_client):
     assert (response.status_code, response.get_json()["code"]) == (400, "invalid_pages")
 
 
-class ForgetfulEngine(FakeEngine):
-    """Keeps no image; records how many images handed to it earlier are still alive at each call."""
+class FullWindowEngine(FakeEngine):
+    """Answers a page only once ``window`` pages are at it (the oldest first), or when no page came for 0.3 s.
 
-    def __init__(self) -> None:
+    A service that waited for a group's slowest page would get its pages answered only by the 0.3 s fallback. It
+    keeps no image; ``alive_at_submit`` says how many images of pages already answered the service still held
+    each time a page arrived.
+    """
+
+    def __init__(self, window: int) -> None:
         super().__init__()
-        self.seen: list[weakref.ref] = []
-        self.alive_at_call: list[int] = []
-        self.sizes: list[int] = []
+        self.window = window
+        self.at_engine: list[tuple[concurrent.futures.Future, EngineOutput, weakref.ref]] = []
+        self.at_engine_when_sent: list[int] = []
+        self.answered: list[weakref.ref] = []
+        self.alive_at_submit: list[int] = []
+        self.last_sent = time.monotonic()
+        self._held = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._answer_the_tail, daemon=True).start()
 
-    def generate(self, requests: Sequence[EngineRequest], should_stop=None) -> list[EngineOutput]:
+    def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
         gc.collect()
-        self.alive_at_call.append(sum(ref() is not None for ref in self.seen))
-        self.seen.extend(weakref.ref(request.image) for request in requests)
-        self.sizes.append(len(requests))
-        outputs = super().generate(requests, should_stop)
-        self.batches.clear()
-        return outputs
+        future: concurrent.futures.Future[EngineOutput] = concurrent.futures.Future()
+        with self._held:
+            self.alive_at_submit.append(sum(ref() is not None for ref in self.answered))
+            self.at_engine_when_sent.append(len(self.at_engine))
+            self.at_engine.append((future, self.answer(request), weakref.ref(request.image)))
+            self.last_sent = time.monotonic()
+            if len(self.at_engine) == self.window:
+                self._answer_oldest()
+        return future
+
+    def _answer_oldest(self) -> None:
+        future, output, image = self.at_engine.pop(0)
+        self.answered.append(image)
+        future.set_result(output)
+
+    def _answer_the_tail(self) -> None:
+        while not self._stop.wait(0.05):
+            with self._held:
+                if self.at_engine and time.monotonic() - self.last_sent > 0.3:
+                    self._answer_oldest()
+
+    def close(self) -> None:
+        self._stop.set()
 
 
-def test_a_long_pdf_never_holds_more_than_one_batch_of_pages(make_client):
-    engine = ForgetfulEngine()
-    client = make_client(engine=engine, max_pdf_pages=200, engine_batch_pages=8)
-    response = _post(client, [("long.pdf", make_pdf(120))])
+def test_the_engine_always_has_a_full_window_and_no_answered_page_stays_in_memory(make_client):
+    engine = FullWindowEngine(window=4)
+    client = make_client(engine=engine, max_pdf_pages=200, engine_batch_pages=4)
+    response = _post(client, [("long.pdf", make_pdf(40))])
+    engine.close()
     assert response.status_code == 200
-    assert len(response.get_json()["pages"]) == 120
-    assert engine.sizes == [8] * 15
-    # When a batch arrives, no page image of an earlier batch is still in memory.
-    assert engine.alive_at_call == [0] * 15
+    assert len(response.get_json()["pages"]) == 40
+    # The next page is sent the moment one is answered: after the first four, always three others at the engine.
+    assert engine.at_engine_when_sent == [0, 1, 2] + [3] * 37
+    # The service drops a page's pixels once it is sent: no answered page's image is ever still alive.
+    assert engine.alive_at_submit == [0] * 40
+    assert client.application.extensions["ocr_service"].admission.in_flight == 0
 
 
 class ScriptedEngine(FakeEngine):
-    """Answers the n-th call's pages with the n-th script's (text, finish_reason) pairs, in order."""
+    """Answers the pages, in the order they are sent, with the scripts' (text, finish_reason) pairs in turn."""
 
     def __init__(self, *scripts: list[tuple[str, str]]) -> None:
         super().__init__()
-        self.scripts = list(scripts)
+        self.answers = [pair for script in scripts for pair in script]
 
-    def generate(self, requests: Sequence[EngineRequest], should_stop=None) -> list[EngineOutput]:
-        outputs = super().generate(requests, should_stop)
-        script = self.scripts.pop(0)
-        pairs = zip(outputs, script, strict=True)  # the test scripted exactly this call's pages
-        return [replace(output, text=text, finish_reason=finish) for output, (text, finish) in pairs]
+    def answer(self, request: EngineRequest) -> EngineOutput:
+        text, finish = self.answers.pop(0)
+        return replace(super().answer(request), text=text, finish_reason=finish)
 
 
 LOOP = "Total: 12.00\n" + "| 0 | 0 |\n" * 40
@@ -264,9 +303,16 @@ def test_runaway_pages_are_retried_with_a_stronger_guard(make_client):
     assert [page["attempts"] for page in body["pages"]] == [1, 2, 2]
     assert body["pages_retried"] == 2
     assert body["pages"][1]["text"] == "Page two, read properly."
-    first, retry = engine.batches
-    assert {(r.ngram_size, r.window_size) for r in first} == {(20, 90)}
-    assert {(r.ngram_size, r.window_size) for r in retry} == {(10, 180)}  # halved n-gram, doubled window
+    guards = [(r.guard.ngram_size, r.guard.window_size) for r in engine.requests]
+    assert guards == [(20, 90)] * 3 + [(10, 180)] * 2  # halved n-gram, doubled window
+
+
+def test_a_runaway_page_goes_again_at_once_ahead_of_the_pages_not_yet_sent(make_client):
+    engine = ScriptedEngine([(LOOP, "stop"), ("Page one, read properly.", "stop"), ("Two.", "stop"), ("3.", "stop")])
+    client = make_client(engine=engine, engine_batch_pages=1)  # one page at the engine at a time: order is plain
+    body = _post(client, [("doc.pdf", make_pdf(3))]).get_json()
+    assert [page["attempts"] for page in body["pages"]] == [2, 1, 1]
+    assert [r.guard.ngram_size for r in engine.requests] == [20, 10, 20, 20]  # page 1, page 1 again, 2, 3
 
 
 def test_a_page_that_still_runs_away_is_marked_not_dropped(make_client):
@@ -281,7 +327,7 @@ def test_a_budget_the_caller_lowered_is_not_retried(make_client):
     engine = ScriptedEngine([("cut off by request", "length")])
     body = _post(make_client(engine=engine), [("scan.png", png_bytes())], max_tokens="7").get_json()
     assert (body["truncated"], body["attempts"]) == (True, 1)
-    assert engine.scripts == []
+    assert engine.answers == []
 
 
 def test_an_image_reports_a_repetition_loop_too(make_client):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from app import create_app
 from config import Settings
-from ocr_api.routes import OPTION_FIELDS
+from ocr_api.options import FORM_FIELDS
 from ocr_dev.inputs import png_bytes
 from ocr_dev.servers import environment, gunicorn_workers, memory_mib, stand_in_engine, start, stop, wait_ready
 from ocr_service import OcrService
@@ -121,7 +121,7 @@ def mangled_files(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-FIELD_NAMES = st.sampled_from([*OPTION_FIELDS, "files", "file"]) | st.text(min_size=1, max_size=20)
+FIELD_NAMES = st.sampled_from([*FORM_FIELDS, "files", "file"]) | st.text(min_size=1, max_size=20)
 
 
 def assert_documented(response, uploads: Path) -> None:

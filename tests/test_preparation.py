@@ -261,11 +261,11 @@ def test_preparation_past_its_budget_is_422_preparation_timeout(kind):
     # 20 s a reading against a 30 s budget: the second check finds it spent (WEBP and APNG have two, after
     # decoding the first frame and after converting it; GIF and TIFF one more every 100 frames counted).
     with pytest.raises(ApiError) as raised:
-        decode_image(data, LIMITS, Deadline(30, clock=SteppingClock(20)))
+        decode_image(data, LIMITS, deadline=Deadline(30, clock=SteppingClock(20)))
     assert (raised.value.status, raised.value.code) == (422, "preparation_timeout")
     assert "PREPARE_TIMEOUT_S" in raised.value.message
     # The same file within its budget is served.
-    assert decode_image(data, LIMITS, Deadline(30, clock=SteppingClock(0))).frames == MAX_FRAMES_COUNTED
+    assert decode_image(data, LIMITS, deadline=Deadline(30, clock=SteppingClock(0))).frames == MAX_FRAMES_COUNTED
 
 
 def test_the_budget_comes_from_the_limits_when_no_deadline_is_given():

@@ -15,6 +15,7 @@ from ocr_api.engines.base import (
     EngineUnavailable,
     OcrEngine,
     PromptTooLong,
+    run_batch,
 )
 from ocr_api.models import choose_engine, cuda_present
 
@@ -29,6 +30,7 @@ __all__ = [
     "OcrEngine",
     "PromptTooLong",
     "build_engine",
+    "run_batch",
     "choose_engine",
 ]
 
@@ -51,6 +53,7 @@ def build_engine(settings: Settings) -> OcrEngine:
             timeout_s=settings.engine_timeout_s,
             connections=settings.engine_connections,
             api_key=settings.engine_api_key,
+            image_format=settings.engine_image_format,
         )
     if name == "vllm":
         from ocr_api.engines.vllm_engine import VllmEngine
@@ -65,4 +68,5 @@ def build_engine(settings: Settings) -> OcrEngine:
         settings.torch_dtype,
         settings.max_model_len,
         timeout_s=settings.engine_timeout_s,
+        max_batch=settings.engine_batch_pages,
     )

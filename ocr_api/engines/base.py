@@ -45,13 +45,12 @@ POLL_S = 0.2  # how often a waiting call asks its StopCheck
 
 @dataclass(frozen=True)
 class EngineRequest:
-    """One image and its prompt, with the decoding budget for it."""
+    """One page image and its prompt, with the decoding budget and the guard for this attempt."""
 
     image: Image.Image
     prompt: str
     max_tokens: int
-    ngram_size: int
-    window_size: int
+    guard: GuardSettings
     mode: str = "gundam"  # resolution mode (RESOLUTION_MODES); engines list what they honour in ``modes``
 
 
@@ -82,12 +81,18 @@ def context_budget(requested: int, context_length: int, prompt_tokens: int) -> i
 
 @runtime_checkable
 class OcrEngine(Protocol):
-    """An OCR engine: loads once, then turns batches of requests into outputs in the same order."""
+    """An OCR engine: loads once, then takes one page at a time and answers each with a future.
+
+    The service keeps a window of pages in flight and sends the next the moment one is answered; the engine batches
+    whatever is in flight together (vLLM continuously, transformers by gathering what is queued).
+    """
 
     name: str
     model_id: str
-    profile: ModelProfile  # decoding defaults of the loaded model; valid after load()
+    profile: ModelProfile  # decoding defaults and image geometry of the loaded model; valid after load()
     modes: tuple[str, ...]  # the resolution modes this engine can honour
+    context_length: int  # prompt plus output tokens the engine allows; valid after load()
+    whitelist_token_ids: frozenset[int]  # ids the guard never bans (the table cell tags); valid after load()
 
     def load(self) -> None:
         """Load weights and tokenizer; raise EngineLoadError with an actionable message on failure."""
@@ -95,14 +100,22 @@ class OcrEngine(Protocol):
     def is_ready(self) -> bool:
         """Return True when the engine can serve requests now."""
 
-    def generate(self, requests: Sequence[EngineRequest], should_stop: StopCheck | None = None) -> list[EngineOutput]:
-        """Run every request as one batch and return their outputs in order.
+    def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
+        """Start one page and return at once; the future holds its output or an EngineFailure.
 
-        Raise Cancelled, with every request aborted at the engine, once ``should_stop()`` answers True.
+        Cancelling the future aborts the page at the engine. Bounding the time a page may take is the engine's
+        (ENGINE_TIMEOUT_S: the future fails with EngineTimeout); the service keeps a backstop beyond it.
         """
 
     def close(self) -> None:
         """Release what the engine holds."""
+
+
+def run_batch(
+    engine: OcrEngine, requests: Sequence[EngineRequest], should_stop: StopCheck | None = None
+) -> list[EngineOutput]:
+    """Submit every request and return the outputs in order: for tests, benchmarks and one-off scripts."""
+    return wait_for_all([engine.submit(request) for request in requests], None, should_stop)
 
 
 def wait_for_all(

@@ -1,7 +1,7 @@
 """An OpenAI-compatible vLLM server as the engine: what every gunicorn worker uses in production.
 
 The workers import neither torch nor vLLM; one vLLM server owns the GPU and batches every worker's requests
-(continuous batching). Each image is one chat completion; the images of a batch request are sent at once.
+(continuous batching). Each page is one chat completion, sent the moment the service hands it over.
 The calls run on one event loop thread with aiohttp, so a call can be cancelled: its connection is closed, and
 vLLM's server aborts a request whose client disconnected. That is how a timeout, or a client of ours hanging up,
 stops the work at the engine.
@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Coroutine, Sequence
+import concurrent.futures
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -27,13 +28,11 @@ from ocr_api.engines.base import (
     EngineTimeout,
     EngineUnavailable,
     PromptTooLong,
-    StopCheck,
     context_budget,
-    wait_for_all,
 )
 from ocr_api.guard import GuardSettings
 from ocr_api.models import ModelProfile, profile_for_checkpoint
-from ocr_api.preparation import png_data_url
+from ocr_api.preparation import data_url
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +57,7 @@ class RemoteEngine:
         timeout_s: float = 240.0,
         connections: int = 64,
         api_key: str = "",
+        image_format: str = "jpeg",
     ):
         self.base_url = base_url.rstrip("/")
         self.model_id = model_name
@@ -67,7 +67,8 @@ class RemoteEngine:
         self._timeout_s = timeout_s
         self._connections = connections
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._context_length = self.profile.context_length
+        self._image_format = image_format
+        self.context_length = self.profile.context_length
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-calls", daemon=True)
         self._thread.start()
@@ -103,14 +104,14 @@ class RemoteEngine:
             self._healthy, self._checked_at = healthy, time.monotonic()
             return healthy and self._metadata_loaded
 
-    def generate(self, requests_: Sequence[EngineRequest], should_stop: StopCheck | None = None) -> list[EngineOutput]:
-        """Send every request at once (the server batches them) and return the outputs in order."""
+    def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
+        """Send one page as a chat completion; the call has its own ENGINE_TIMEOUT_S."""
         if not self._metadata_loaded:
             self._load_metadata()
-        # Images are encoded here, in the caller's thread, not on the loop thread all calls share.
-        futures = [self._submit(self._complete(request, png_data_url(request.image))) for request in requests_]
-        # Each call has its own timeout; this one only backs it up.
-        return wait_for_all(futures, self._timeout_s + CONNECT_TIMEOUT_S, should_stop)
+        # Encoded here, in the caller's thread, not on the loop thread all calls share. The call keeps only the
+        # encoded bytes: the page's pixels are not held while it waits for the server.
+        body = self._chat_body(request, data_url(request.image, self._image_format))
+        return self._submit(self._complete(body, request.max_tokens, request.guard))
 
     def close(self) -> None:
         self._shut_down()  # once: a second call, or the collection of a closed engine, does nothing
@@ -128,8 +129,7 @@ class RemoteEngine:
             self._sessions.append(aiohttp.ClientSession(connector=connector, headers=self._headers))
         return self._sessions[0]
 
-    async def _complete(self, request: EngineRequest, image_url: str) -> EngineOutput:
-        guard = GuardSettings(request.ngram_size, request.window_size, self.whitelist_token_ids)
+    def _chat_body(self, request: EngineRequest, image_url: str) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model_id,
             "messages": [
@@ -146,9 +146,12 @@ class RemoteEngine:
             "max_tokens": request.max_tokens,
             "skip_special_tokens": False,
         }
-        xargs = guard.vllm_extra_args()
+        xargs = request.guard.vllm_extra_args()
         if xargs is not None:
             body["vllm_xargs"] = xargs
+        return body
+
+    async def _complete(self, body: dict[str, Any], max_tokens: int, guard: GuardSettings) -> EngineOutput:
         status, payload = await self._call("POST", "/v1/chat/completions", self._timeout_s, json=body)
         if status != 200:
             await self._raise_for(status, payload)
@@ -163,7 +166,7 @@ class RemoteEngine:
             finish_reason=finish_reason,
             prompt_tokens=prompt_tokens,
             completion_tokens=int(usage.get("completion_tokens", 0)),
-            max_tokens=context_budget(request.max_tokens, self._context_length, prompt_tokens),
+            max_tokens=context_budget(max_tokens, self.context_length, prompt_tokens),
             guard=guard,
         )
 
@@ -220,7 +223,7 @@ class RemoteEngine:
         chosen = _choose_model(served, self._requested_model, self.base_url)
         self.model_id = chosen["id"]
         self.profile = profile_for_checkpoint(str(chosen.get("root") or chosen["id"]))
-        self._context_length = int(chosen.get("max_model_len") or self.profile.context_length)
+        self.context_length = int(chosen.get("max_model_len") or self.profile.context_length)
         token_ids = [self._single_token_id(token) for token in self.profile.whitelist_tokens]
         self.whitelist_token_ids = frozenset(token_id for token_id in token_ids if token_id is not None)
         self._metadata_loaded = True
@@ -229,7 +232,7 @@ class RemoteEngine:
             self.base_url,
             self.model_id,
             self.profile.family,
-            self._context_length,
+            self.context_length,
         )
 
     def _single_token_id(self, token: str) -> int | None:

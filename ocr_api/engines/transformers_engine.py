@@ -1,24 +1,30 @@
-"""DeepSeek-OCR-2 through transformers' native classes (no remote code), on CUDA when present, else CPU."""
+"""DeepSeek-OCR-2 through transformers' native classes (no remote code), on CUDA when present, else CPU.
+
+Pages are submitted one at a time from any thread; one worker thread owns the model and runs whatever is queued
+(up to ``max_batch`` pages of one resolution mode) as one ``generate()`` call, so concurrent requests share batches.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ocr_api.engines.base import (
     POLL_S,
     RESOLUTION_MODES,
-    Cancelled,
     EngineLoadError,
     EngineOutput,
     EngineRequest,
     EngineTimeout,
+    EngineUnavailable,
     PromptTooLong,
-    StopCheck,
 )
 from ocr_api.guard import GuardSettings, banned_next_tokens
 from ocr_api.interpretation import END_OF_SENTENCE
@@ -27,8 +33,16 @@ from ocr_api.models import DEFAULT_CHECKPOINTS, ModelProfile, layout_mismatch, p
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class _Queued:
+    """A page waiting for the model, and the future its caller holds."""
+
+    request: EngineRequest
+    future: concurrent.futures.Future
+
+
 class TransformersEngine:
-    """Runs DeepSeek-OCR-2 with ``generate()``; one batch at a time, so concurrent callers take turns."""
+    """Runs DeepSeek-OCR-2 with ``generate()`` on one worker thread, batching the pages queued at the time."""
 
     name = "transformers"
     modes = RESOLUTION_MODES  # the processor's patch count switches tiles on and off
@@ -40,18 +54,24 @@ class TransformersEngine:
         dtype: str = "auto",
         max_model_len: int = 8192,
         timeout_s: float | None = None,
+        max_batch: int = 8,
     ):
         self.model_id = model_name or DEFAULT_CHECKPOINTS["transformers"]
         self._device_setting = device
         self._dtype_setting = dtype
         self._max_model_len = max_model_len
         self._timeout_s = timeout_s
-        self._lock = threading.Lock()  # generate() on one model is not safe from several threads
+        self._max_batch = max_batch
         self._model: Any = None
         self._processor: Any = None
         self.profile: ModelProfile = profile_for_model_type("deepseek_ocr2")
         self.device = "cpu"
         self.whitelist_token_ids: frozenset[int] = frozenset()
+        self.context_length = max_model_len
+        self._queue: queue.Queue[_Queued | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        # Held while generate() runs: a test holds it to keep the model busy.
+        self._lock = threading.Lock()
 
     def load(self) -> None:
         """Load processor and model; raise EngineLoadError saying what was tried when that fails."""
@@ -90,41 +110,65 @@ class TransformersEngine:
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos_id
         self.whitelist_token_ids = _token_ids(tokenizer, self.profile.whitelist_tokens)
         positions = getattr(config.text_config, "max_position_embeddings", self._max_model_len)
-        self._context_length = min(self._max_model_len, positions)
+        self.context_length = min(self._max_model_len, positions)
+        self._worker = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
+        self._worker.start()
         logger.info("transformers engine loaded %s on %s (%s)", self.model_id, self.device, dtype)
 
     def is_ready(self) -> bool:
         return self._model is not None
 
-    def generate(self, requests: Sequence[EngineRequest], should_stop: StopCheck | None = None) -> list[EngineOutput]:
-        """Generate for all requests in one ``generate()`` call, greedy, with the n-gram guard per row."""
-        if not requests:
-            return []
-        if len({r.mode for r in requests}) > 1:  # one processor call takes one mode: split, keep the order
-            by_mode = {
-                mode: self.generate([r for r in requests if r.mode == mode], should_stop)
-                for mode in {r.mode for r in requests}
-            }
-            return [by_mode[r.mode].pop(0) for r in requests]
-        guards = [GuardSettings(r.ngram_size, r.window_size, self.whitelist_token_ids) for r in requests]
-        started = time.monotonic()
-        stop = should_stop or (lambda: False)
-        # Waiting for the model (another request holds it) counts against the timeout too, and ends when the
-        # caller stops waiting.
-        while not self._lock.acquire(timeout=POLL_S):
-            if stop():
-                raise Cancelled("the caller stopped waiting before the model was free")
-            if self._timeout_s is not None and time.monotonic() - started >= self._timeout_s:
-                raise EngineTimeout(f"the engine stayed busy with other requests for {self._timeout_s:g} s")
-        try:
-            return self._generate_locked(requests, guards, started, stop)
-        finally:
-            self._lock.release()
+    def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
+        """Queue one page for the worker; cancelling the future drops it, or stops its row mid-generation."""
+        if not self.is_ready():
+            raise EngineUnavailable("the transformers engine is not loaded")
+        future: concurrent.futures.Future[EngineOutput] = concurrent.futures.Future()
+        self._queue.put(_Queued(request, future))
+        return future
 
-    def _generate_locked(
-        self, requests: Sequence[EngineRequest], guards: list[GuardSettings], started: float, stop: StopCheck
-    ) -> list[EngineOutput]:
+    def _work(self) -> None:
+        """The worker: take what is queued, one mode at a time, and run it as one batch."""
+        held: list[_Queued] = []
+        while True:
+            first = held.pop(0) if held else self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    queued = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if queued is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                (batch if queued.request.mode == first.request.mode else held).append(queued)
+            self._run([item for item in batch if not item.future.cancelled()])
+
+    def _run(self, batch: list[_Queued]) -> None:
+        """Generate for a batch and settle each page's future (a future stays pending until then, so it can be
+        cancelled while its row runs)."""
+        if not batch:
+            return
+        try:
+            with self._lock:
+                outcomes = self._generate_locked(batch)
+        except Exception as exc:  # noqa: BLE001 - every page of the batch shares the failure
+            outcomes = [exc] * len(batch)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if not item.future.set_running_or_notify_cancel():
+                continue  # cancelled meanwhile: nobody waits for it
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+
+    def _generate_locked(self, batch: list[_Queued]) -> list[EngineOutput | Exception]:
         import torch
+
+        requests = [item.request for item in batch]
+        guards = [request.guard for request in requests]
+        started = time.monotonic()
 
         with torch.inference_mode():
             inputs = self._processor(
@@ -138,19 +182,24 @@ class TransformersEngine:
             )
             prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
             budgets = [
-                min(r.max_tokens, self._context_length - p) for r, p in zip(requests, prompt_tokens, strict=True)
+                min(r.max_tokens, self.context_length - p) for r, p in zip(requests, prompt_tokens, strict=True)
             ]
-            if min(budgets) < 1:
-                raise PromptTooLong(
-                    f"The prompt and image take {max(prompt_tokens)} tokens, leaving no room for output within "
-                    f"the context length of {self._context_length}."
-                )
+            if min(budgets) < 1:  # those pages fail; the others run on their own
+                too_long = [
+                    PromptTooLong(
+                        f"The prompt and image take {tokens} tokens, leaving no room for output within the context "
+                        f"length of {self.context_length}."
+                    )
+                    for tokens in prompt_tokens
+                ]
+                fitting = [item for item, budget in zip(batch, budgets, strict=True) if budget >= 1]
+                rest = iter(self._generate_locked(fitting) if fitting else [])
+                return [error if budget < 1 else next(rest) for error, budget in zip(too_long, budgets, strict=True)]
             inputs = inputs.to(self.device)
             inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
             if "pixel_values_local" in inputs:
                 inputs["pixel_values_local"] = inputs["pixel_values_local"].to(self._model.dtype)
             prompt_length = inputs["input_ids"].shape[1]
-            remaining = None if self._timeout_s is None else max(0.0, self._timeout_s - (time.monotonic() - started))
             sequences = self._model.generate(
                 **inputs,
                 do_sample=False,
@@ -159,13 +208,14 @@ class TransformersEngine:
                 pad_token_id=self._pad_id,
                 logits_processor=[_ngram_guard_processor(guards, prompt_length)],
                 # transformers' own MaxTimeCriteria: generation stops after this many seconds; then it is 504.
-                max_time=remaining,
-                stopping_criteria=[_caller_gone_criterion(stop)],
+                max_time=self._timeout_s,
+                stopping_criteria=[_cancelled_rows_criterion([item.future for item in batch])],
             )
-            if stop():
-                raise Cancelled("the caller stopped waiting; generation was stopped")
             if self._timeout_s is not None and time.monotonic() - started >= self._timeout_s:
-                raise EngineTimeout(f"the engine did not finish within {self._timeout_s:g} s; generation was stopped")
+                timeout = EngineTimeout(
+                    f"the engine did not finish within {self._timeout_s:g} s; generation was stopped"
+                )
+                return [timeout] * len(batch)
             generated = sequences[:, prompt_length:].tolist()
         return [
             self._output(tokens, budget, prompts, guard)
@@ -173,6 +223,10 @@ class TransformersEngine:
         ]
 
     def close(self) -> None:
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=30)
+            self._worker = None
         self._model = None
         self._processor = None
 
@@ -194,23 +248,23 @@ class TransformersEngine:
         )
 
 
-def _caller_gone_criterion(stop: StopCheck) -> Any:
-    """Return a stopping criterion that ends generation for every row once the caller stops waiting."""
+def _cancelled_rows_criterion(futures: Sequence[concurrent.futures.Future]) -> Any:
+    """Return a stopping criterion that ends a row's generation once its caller cancelled it."""
     import torch
     from transformers import StoppingCriteria
 
-    class CallerGone(StoppingCriteria):
+    class RowCancelled(StoppingCriteria):
         def __init__(self) -> None:
             self._asked_at = 0.0
+            self._done = torch.zeros(len(futures), dtype=torch.bool)
 
         def __call__(self, input_ids, scores, **kwargs):
-            gone = False
-            if time.monotonic() - self._asked_at >= POLL_S:  # a socket peek per token would be wasteful
+            if time.monotonic() - self._asked_at >= POLL_S:  # a check per token would be wasteful
                 self._asked_at = time.monotonic()
-                gone = stop()
-            return torch.full((input_ids.shape[0],), gone, dtype=torch.bool, device=input_ids.device)
+                self._done = torch.tensor([future.cancelled() for future in futures], dtype=torch.bool)
+            return self._done.to(input_ids.device)
 
-    return CallerGone()
+    return RowCancelled()
 
 
 def _ngram_guard_processor(guards: Sequence[GuardSettings], prompt_length: int) -> Any:

@@ -1,13 +1,14 @@
 """vLLM inside the process (``python app.py`` on a GPU machine): one AsyncLLM on its own event loop thread.
 
 ``vllm.LLM`` is not thread-safe and serves one ``generate()`` at a time. AsyncLLM is vLLM's own answer for
-servers: every request thread hands its requests to the one event loop, so requests from concurrent HTTP calls
-reach vLLM's scheduler together and are batched continuously. A batch request is one submission.
+servers: every request thread hands its pages to the one event loop, one at a time, so pages from concurrent HTTP
+calls reach vLLM's scheduler together and are batched continuously.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import uuid
@@ -22,11 +23,8 @@ from ocr_api.engines.base import (
     EngineTimeout,
     EngineUnavailable,
     PromptTooLong,
-    StopCheck,
     context_budget,
-    wait_for_all,
 )
-from ocr_api.guard import GuardSettings
 from ocr_api.models import PROFILES, ModelProfile, layout_mismatch, profile_for_architectures
 
 logger = logging.getLogger(__name__)
@@ -44,7 +42,7 @@ class VllmEngine:
         self._timeout_s = timeout_s
         self.profile: ModelProfile = PROFILES["deepseek-ocr-2"]
         self.whitelist_token_ids: frozenset[int] = frozenset()
-        self._context_length = self.profile.context_length
+        self.context_length = self.profile.context_length
         self._engine: Any = None
         self._eos_id: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -84,25 +82,22 @@ class VllmEngine:
         if profile is None:
             raise EngineLoadError(f"{self.model_id} is not a DeepSeek-OCR checkpoint vLLM can run here.")
         self.profile = profile
-        self._context_length = int(model_config.max_model_len)
+        self.context_length = int(model_config.max_model_len)
         tokenizer = self._engine.get_tokenizer()
         self._eos_id = tokenizer.eos_token_id
         vocab = tokenizer.get_vocab()
         self.whitelist_token_ids = frozenset(vocab[token] for token in profile.whitelist_tokens if token in vocab)
-        logger.info("vLLM engine loaded %s (%s, context %d)", self.model_id, profile.family, self._context_length)
+        logger.info("vLLM engine loaded %s (%s, context %d)", self.model_id, profile.family, self.context_length)
 
     def is_ready(self) -> bool:
         return self._engine is not None and not self._engine.errored
 
-    def generate(self, requests: Sequence[EngineRequest], should_stop: StopCheck | None = None) -> list[EngineOutput]:
-        """Submit every request to the engine at once and wait for all of them (cancelled: vLLM aborts them)."""
-        if not requests:
-            return []
+    def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
+        """Hand one page to AsyncLLM; cancelling the future (or ENGINE_TIMEOUT_S passing) makes vLLM abort it."""
         if not self.is_ready():
             raise EngineUnavailable("the vLLM engine is not running")
         assert self._loop is not None
-        futures = [asyncio.run_coroutine_threadsafe(self._generate_one(r), self._loop) for r in requests]
-        return wait_for_all(futures, self._timeout_s, should_stop)
+        return asyncio.run_coroutine_threadsafe(self._generate_within_timeout(request), self._loop)
 
     def close(self) -> None:
         if self._engine is not None:
@@ -114,17 +109,22 @@ class VllmEngine:
         # Built inside the loop so that its output handler task lives on this loop.
         return async_llm.from_engine_args(engine_args)
 
+    async def _generate_within_timeout(self, request: EngineRequest) -> EngineOutput:
+        try:
+            return await asyncio.wait_for(self._generate_one(request), self._timeout_s)
+        except asyncio.TimeoutError:
+            raise EngineTimeout(f"the engine did not answer within {self._timeout_s:g} s") from None
+
     async def _generate_one(self, request: EngineRequest) -> EngineOutput:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        guard = GuardSettings(request.ngram_size, request.window_size, self.whitelist_token_ids)
         params = SamplingParams(
             temperature=0.0,
             max_tokens=request.max_tokens,
             skip_special_tokens=False,
-            extra_args=guard.vllm_extra_args(),
+            extra_args=request.guard.vllm_extra_args(),
         )
         prompt = {"prompt": request.prompt, "multi_modal_data": {"image": request.image}}
         final = None
@@ -151,8 +151,8 @@ class VllmEngine:
             finish_reason=completion.finish_reason or "stop",
             prompt_tokens=prompt_tokens,
             completion_tokens=len(completion.token_ids),
-            max_tokens=context_budget(request.max_tokens, self._context_length, prompt_tokens),
-            guard=guard,
+            max_tokens=context_budget(request.max_tokens, self.context_length, prompt_tokens),
+            guard=request.guard,
             token_ids=generated,
         )
 

@@ -1,0 +1,270 @@
+"""The page stream: every page of a request flows through one loop that keeps the engine fed.
+
+A window of pages is at the engine at once; the moment one is answered the next is sent. Pages are rendered a
+bounded number ahead of the engine, so a request holds the pixels of a few pages whatever its length (pages at
+the engine hold only what the engine keeps: the remote engine, their encoded bytes). A page seen to run away is
+sent again at once with a stronger guard, ahead of the pages not yet sent. Each page's slot is counted by the
+process's admission bound while the page is at the engine.
+
+    files ─> PageJob ... ─> render (≤ render_ahead ready) ─> submit (≤ window at the engine) ─> read_page
+                                    ^                                                              │
+                                    └──────────── ran away: again, stronger guard ─────────────────┘
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from ocr_api.admission import Admission
+from ocr_api.engines.base import (
+    POLL_S,
+    Cancelled,
+    EngineOutput,
+    EngineRequest,
+    EngineTimeout,
+    EngineUnavailable,
+    OcrEngine,
+    PromptTooLong,
+    StopCheck,
+)
+from ocr_api.errors import (
+    ApiError,
+    ClientGone,
+    EngineNotReady,
+    GatewayTimeout,
+    InferenceFailed,
+    UnprocessableFile,
+)
+from ocr_api.preparation import RenderedPage
+from ocr_api.reading import PageReading, read_page
+
+logger = logging.getLogger(__name__)
+
+# Past ENGINE_TIMEOUT_S the engine fails the page itself; this much later the stream stops waiting regardless.
+BACKSTOP_S = 10.0
+
+
+@dataclass(frozen=True)
+class PageJob:
+    """One page of one file, and how to make its pixels (as often as needed)."""
+
+    key: tuple[int, int]  # (file's position in the request, page's position in the file)
+    render: Callable[[], RenderedPage]
+
+
+@dataclass(frozen=True)
+class PageOutcome:
+    """A finished page: its reading, or the error that ended it; how many attempts it took; pictures if asked."""
+
+    size: tuple[int, int] = (0, 0)
+    reading: PageReading | None = None
+    error: ApiError | None = None
+    attempts: int = 1
+    pictures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamRules:
+    """How a request's stream behaves; built by the service from the settings and the request's options."""
+
+    window: int  # pages of this request at the engine at once
+    render_ahead: int  # pages rendered and waiting for a slot
+    attempts: int  # 1 + RUNAWAY_RETRIES
+    timeout_s: float  # ENGINE_TIMEOUT_S, per page
+    build_request: Callable[[Image.Image, int], EngineRequest]  # pixels and attempt number -> what the engine gets
+    ran_away: Callable[[PageReading], bool]
+    draw: Callable[[Image.Image, PageReading], dict[str, Any]] | None = None  # pictures asked for, else None
+
+
+@dataclass
+class _Sending:
+    """A page at the engine: the job, its attempt, when it was sent."""
+
+    job: PageJob
+    attempt: int
+    size: tuple[int, int]
+    sent_at: float
+
+
+class PageStream:
+    """Runs one request's pages through the engine; ``run`` returns every page's outcome by its key."""
+
+    def __init__(self, engine: OcrEngine, admission: Admission, rules: StreamRules, should_stop: StopCheck):
+        self._engine = engine
+        self._admission = admission
+        self._rules = rules
+        self._should_stop = should_stop
+        self._ready: deque[tuple[PageJob, RenderedPage, int]] = deque()  # rendered, waiting for a slot
+        self._again: deque[tuple[PageJob, int]] = deque()  # ran away: to send again, before anything else
+        self._at_engine: dict[concurrent.futures.Future[EngineOutput], _Sending] = {}
+        self._slots = 0  # admission slots this request holds: its pages at the engine, and one being handed on
+        self._outcomes: dict[tuple[int, int], PageOutcome] = {}
+        self.engine_ms = 0.0  # from the first page sent to the last answered
+
+    def run(self, jobs: Iterable[PageJob]) -> dict[tuple[int, int], PageOutcome]:
+        pending = iter(jobs)
+        started: float | None = None
+        try:
+            while True:
+                if self._should_stop():
+                    raise ClientGone()
+                exhausted = self._send(pending)
+                if started is None and self._at_engine:
+                    started = time.perf_counter()
+                if not self._at_engine and not self._ready and not self._again and exhausted:
+                    break
+                if len(self._ready) < self._rules.render_ahead and not exhausted:
+                    exhausted = not self._render_next(pending)  # ahead of the engine, while it works
+                    self._collect(timeout=0)
+                else:
+                    self._collect(timeout=POLL_S)
+                self._check_deadlines()
+        except Cancelled:
+            raise ClientGone() from None
+        finally:
+            self._abandon()
+        if started is not None:
+            self.engine_ms = round((time.perf_counter() - started) * 1000, 1)
+        return self._outcomes
+
+    def _send(self, pending: Iterator[PageJob]) -> bool:
+        """Send pages while the window has room; return True once every job has been rendered."""
+        exhausted = False
+        while len(self._at_engine) < self._rules.window:
+            if self._again:
+                job, attempt = self._again.popleft()
+                page = self._render(job)
+                if page is None:
+                    continue
+            elif self._ready:
+                job, page, attempt = self._ready.popleft()
+            elif exhausted or not self._render_next(pending):
+                exhausted = True
+                break
+            else:
+                continue  # rendered into _ready: take it on the next turn
+            if not self._take_slot():
+                self._ready.appendleft((job, page, attempt))
+                break
+            self._submit(job, page, attempt)
+        if not (self._again or self._ready) and exhausted:
+            self._give_back_spare_slots()
+        return exhausted
+
+    def _take_slot(self) -> bool:
+        if self._slots > len(self._at_engine):  # the slot of a page just answered, handed on
+            return True
+        if self._admission.try_take():
+            self._slots += 1
+            return True
+        if self._slots == 0:  # not one page sent yet, and none can be: refused as a whole
+            raise self._admission.refusal()
+        return False  # the process is full; this request goes on with the slots it has
+
+    def _give_back_spare_slots(self) -> None:
+        spare = self._slots - len(self._at_engine)
+        if spare > 0:
+            self._admission.release(spare)
+            self._slots -= spare
+
+    def _render_next(self, pending: Iterator[PageJob]) -> bool:
+        """Render the next job into the ready queue (or record its failure); False when there are no more."""
+        job = next(pending, None)
+        if job is None:
+            return False
+        page = self._render(job)
+        if page is not None:
+            self._ready.append((job, page, 1))
+        return True
+
+    def _render(self, job: PageJob) -> RenderedPage | None:
+        try:
+            return job.render()
+        except ApiError as error:  # this page alone fails; the request's other pages go on
+            self._outcomes[job.key] = PageOutcome(error=error)
+            return None
+
+    def _submit(self, job: PageJob, page: RenderedPage, attempt: int) -> None:
+        request = self._rules.build_request(page.image, attempt)
+        try:
+            future = self._engine.submit(request)
+        except Exception as exc:  # noqa: BLE001 - mapped as any engine failure is
+            raise _request_error(exc, self._engine.name) from None
+        self._at_engine[future] = _Sending(job, attempt, page.size, time.monotonic())
+
+    def _collect(self, timeout: float) -> None:
+        """Take the answers that have come (waiting up to ``timeout`` for the first)."""
+        if not self._at_engine:
+            return
+        done, _ = concurrent.futures.wait(self._at_engine, timeout=timeout, return_when="FIRST_COMPLETED")
+        for future in [future for future in self._at_engine if future in done]:  # in the order they were sent
+            sending = self._at_engine.pop(future)
+            try:
+                output = future.result()
+            except PromptTooLong as exc:  # this page's image and prompt leave no room: the page fails
+                error = UnprocessableFile(str(exc), code="prompt_too_long_for_context")
+                self._outcomes[sending.job.key] = PageOutcome(sending.size, error=error, attempts=sending.attempt)
+                continue
+            except Exception as exc:  # noqa: BLE001 - the engine itself failed: the whole request does
+                raise _request_error(exc, self._engine.name) from None
+            self._finish(sending, output)
+
+    def _finish(self, sending: _Sending, output: EngineOutput) -> None:
+        reading = read_page(output, sending.size)
+        if sending.attempt < self._rules.attempts and self._rules.ran_away(reading):
+            logger.info("page %s ran away (%s); again with a stronger guard", sending.job.key, reading.status)
+            self._again.append((sending.job, sending.attempt + 1))
+            return
+        pictures: dict[str, Any] = {}
+        if self._rules.draw is not None:
+            page = self._render(sending.job)  # the pixels were not kept while the page was at the engine
+            if page is not None:
+                pictures = self._rules.draw(page.image, reading)
+        self._outcomes[sending.job.key] = PageOutcome(sending.size, reading, attempts=sending.attempt,
+                                                      pictures=pictures)  # fmt: skip
+
+    def _check_deadlines(self) -> None:
+        limit = self._rules.timeout_s + BACKSTOP_S
+        now = time.monotonic()
+        if any(now - sending.sent_at > limit for sending in self._at_engine.values()):
+            logger.warning("a page got no answer from the %s engine within %g s", self._engine.name, limit)
+            raise GatewayTimeout()
+
+    def _abandon(self) -> None:
+        """Cancel what is still at the engine (the engine aborts it) and give every slot back."""
+        if self._at_engine:
+            logger.info("%d page(s) aborted at the %s engine", len(self._at_engine), self._engine.name)
+        for future in self._at_engine:
+            future.cancel()
+        self._at_engine.clear()
+        self._ready.clear()
+        self._admission.release(self._slots)
+        self._slots = 0
+
+
+def _request_error(exc: BaseException, engine_name: str) -> ApiError:
+    """Map an engine failure that ends the whole request to its API error."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, Cancelled):
+        return ClientGone()
+    if isinstance(exc, PromptTooLong):
+        return UnprocessableFile(str(exc), code="prompt_too_long_for_context")
+    if isinstance(exc, EngineUnavailable):
+        logger.warning("engine %s unavailable: %s", engine_name, exc)
+        return EngineNotReady(
+            "The OCR engine is unavailable (restarting or overloaded); try again shortly.", code="engine_unavailable"
+        )
+    if isinstance(exc, EngineTimeout):
+        logger.warning("engine %s timed out on a page: %s", engine_name, exc)
+        return GatewayTimeout()
+    logger.error("engine %s failed on a page", engine_name, exc_info=exc)
+    return InferenceFailed()
