@@ -64,7 +64,8 @@ class Settings:
     engine_timeout_s: float = setting(
         "ENGINE_TIMEOUT_S",
         240.0,
-        "Seconds one page may take at the engine, from being sent to its answer, before the request is aborted with 504.",
+        "Seconds one page may take at the engine, from being sent to its answer, before the request is aborted "
+        "with 504.",
     )
     client_timeout_s: float = setting(
         "CLIENT_TIMEOUT_S",

@@ -147,7 +147,12 @@ class OcrService:
                 opening_started = time.perf_counter()
                 try:
                     source, path = open_source(
-                        upload.data, options, uploads.save, self._limits, self._pdf_limits, self._fit(options)
+                        upload.data,
+                        options,
+                        uploads.save,
+                        image_limits=self._limits,
+                        pdf_limits=self._pdf_limits,
+                        fit=self._fit(options),
                     )
                 except ApiError as error:
                     logger.info("rejected upload %r: %s (%s)", filename, error.code, error.status)

@@ -45,9 +45,7 @@ class PageSelection:
             for first, last in self.ranges:
                 if last > page_count:
                     shown = f"{first}-{last}" if first != last else str(first)
-                    raise BadRequest(
-                        f"pages {shown} is outside the document's 1-{page_count}.", code="invalid_pages"
-                    )
+                    raise BadRequest(f"pages {shown} is outside the document's 1-{page_count}.", code="invalid_pages")
                 chosen.extend(range(first - 1, last))
                 if len(chosen) > max_pages:
                     break
@@ -117,9 +115,7 @@ def parse_options(form: Mapping[str, list[str]], rules: OptionRules) -> OcrOptio
 def _parse_mode(raw: str | None, rules: OptionRules) -> str:
     mode = (raw or "gundam").strip().lower()
     if mode not in RESOLUTION_MODES:
-        raise BadRequest(
-            f"Unknown mode {mode[:20]!r}; use one of: {', '.join(RESOLUTION_MODES)}.", code="unknown_mode"
-        )
+        raise BadRequest(f"Unknown mode {mode[:20]!r}; use one of: {', '.join(RESOLUTION_MODES)}.", code="unknown_mode")
     if mode not in rules.engine_modes:
         raise BadRequest(
             f"The {rules.engine_name} engine cannot honour mode={mode}: vLLM's DeepSeek-OCR processor always "

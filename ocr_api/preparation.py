@@ -10,7 +10,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -141,7 +140,7 @@ def inspect_image(data: bytes, limits: ImageLimits, deadline: Deadline | None = 
 
 
 def decode_image(
-    data: bytes, limits: ImageLimits, fit: Optional[FitSize] = None, deadline: Deadline | None = None
+    data: bytes, limits: ImageLimits, fit: FitSize | None = None, deadline: Deadline | None = None
 ) -> PreparedImage:
     """Decode ``data`` into an upright RGB image of the size ``fit`` asks, refusing bombs and unusable sizes first.
 
@@ -154,7 +153,7 @@ def decode_image(
 
 
 def _read_image(
-    data: bytes, limits: ImageLimits, deadline: Deadline, fit: Optional[FitSize], decode: bool
+    data: bytes, limits: ImageLimits, deadline: Deadline, fit: FitSize | None, decode: bool
 ) -> tuple[ImageInfo, Image.Image | None]:
     if not data:
         raise BadRequest("The file is empty (0 bytes).", code="empty_file")

@@ -97,7 +97,13 @@ class PdfSource:
 
 
 def open_source(
-    data: bytes, options: OcrOptions, save: SaveUpload, image_limits: ImageLimits, pdf_limits: PdfLimits, fit: FitSize
+    data: bytes,
+    options: OcrOptions,
+    save: SaveUpload,
+    *,
+    image_limits: ImageLimits,
+    pdf_limits: PdfLimits,
+    fit: FitSize,
 ) -> tuple[Source, Any]:
     """Decide the format from the bytes, store the upload and open it; return the source and where it was stored.
 

@@ -24,8 +24,9 @@ def tile_grid(size: Size, profile: ModelProfile, mode: str = "gundam") -> Size |
     if max(width, height) <= profile.tile_size:
         return None
     low, high = (profile.min_tiles, profile.max_tiles) if mode == "gundam" else (1, 1)
+    sides = range(1, high + 1)
     grids = sorted(
-        ((columns, rows) for columns in range(1, high + 1) for rows in range(1, high + 1) if low <= columns * rows <= high),
+        ((columns, rows) for columns in sides for rows in sides if low <= columns * rows <= high),
         key=lambda grid: grid[0] * grid[1],
     )
     aspect = width / height

@@ -47,8 +47,9 @@ class FakeEngine:
         return future
 
     def answer(self, request: EngineRequest) -> EngineOutput:
+        width, height = request.image.size
         return EngineOutput(
-            text=f"<|ref|>text<|/ref|><|det|>[[0, 0, 999, 999]]<|/det|>\nimage {request.image.width}x{request.image.height}",
+            text=f"<|ref|>text<|/ref|><|det|>[[0, 0, 999, 999]]<|/det|>\nimage {width}x{height}",
             finish_reason="stop",
             prompt_tokens=300,
             completion_tokens=12,

@@ -83,11 +83,24 @@ def test_the_request_carries_image_prompt_guard_and_special_tokens(settings, eng
     image_part, text_part = body["messages"][0]["content"]
     assert text_part == {"type": "text", "text": "<image>\n<|grounding|>Convert the document to markdown."}
     url = image_part["image_url"]["url"]
-    assert url.startswith("data:image/png;base64,")
+    assert url.startswith("data:image/jpeg;base64,")  # ENGINE_IMAGE_FORMAT's default
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert decoded.size == (64, 48)
     result = response.get_json()
     assert (result["finish_reason"], result["engine"], result["usage"]["completion_tokens"]) == ("length", "remote", 7)
+
+
+def test_png_sends_the_page_losslessly(settings, engine_url):
+    client, _ = _client(settings, engine_url, engine_image_format="png")
+    page = Image.effect_noise((64, 48), 64).convert("RGB")  # noise: what a lossy encoding would change
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    response = client.post("/ocr", data={"file": (io.BytesIO(buffer.getvalue()), "noise.png")})
+    assert response.status_code == 200
+    body = requests.get(f"{engine_url}/stand-in/last", timeout=5).json()
+    url = body["messages"][0]["content"][0]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).tobytes() == page.tobytes()
 
 
 def test_a_batch_reaches_the_engine_at_once(settings, engine_url):

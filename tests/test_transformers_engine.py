@@ -12,9 +12,9 @@ import time
 import pytest
 from PIL import Image
 
-from ocr_api.engines import Cancelled, EngineLoadError, EngineRequest, EngineTimeout, PromptTooLong
+from ocr_api.engines import EngineLoadError, EngineRequest, EngineTimeout, PromptTooLong, run_batch
 from ocr_api.engines.transformers_engine import TransformersEngine
-from ocr_api.guard import repeated_ngram
+from ocr_api.guard import GuardSettings, repeated_ngram
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,12 @@ TILE_TOKENS = 144  # one 768 tile
 
 
 def _request(size=(128, 128), prompt=FREE_OCR, max_tokens=8, ngram_size=20, window_size=90, *, mode="gundam"):
-    return EngineRequest(Image.new("RGB", size, "white"), prompt, max_tokens, ngram_size, window_size, mode)
+    guard = GuardSettings(ngram_size, window_size, frozenset({128821, 128822}))
+    return EngineRequest(Image.new("RGB", size, "white"), prompt, max_tokens, guard, mode)
 
 
 def test_prompt_tokens_follow_the_models_image_token_layout(tiny_engine):
-    small, page = tiny_engine.generate([_request((128, 128)), _request((800, 1100))])
+    small, page = run_batch(tiny_engine, [_request((128, 128)), _request((800, 1100))])
     text_tokens = len(b"\nFree OCR.")  # the tiny tokenizer is byte-level
     assert small.prompt_tokens == GLOBAL_VIEW_TOKENS + text_tokens
     # An A4-shaped page is tiled 2x3 at 768 px: 6 tiles besides the global view.
@@ -36,7 +37,8 @@ def test_prompt_tokens_follow_the_models_image_token_layout(tiny_engine):
 
 
 def test_base_mode_sees_the_page_whole_and_mixed_modes_keep_their_order(tiny_engine):
-    gundam, base, again = tiny_engine.generate(
+    gundam, base, again = run_batch(
+        tiny_engine,
         [_request((800, 1100)), _request((800, 1100), mode="base"), _request((800, 1100))]
     )
     text_tokens = len(b"\nFree OCR.")
@@ -46,7 +48,7 @@ def test_base_mode_sees_the_page_whole_and_mixed_modes_keep_their_order(tiny_eng
 
 def test_batch_outputs_come_back_in_request_order(tiny_engine):
     prompts = [FREE_OCR, "<image>\n<|grounding|>Convert the document to markdown.", "<image>\nParse the figure."]
-    outputs = tiny_engine.generate([_request(prompt=p) for p in prompts])
+    outputs = run_batch(tiny_engine, [_request(prompt=p) for p in prompts])
     expected = [GLOBAL_VIEW_TOKENS + len(p.removeprefix("<image>").encode()) for p in prompts]
     # Special tokens such as <|grounding|> are one token each.
     expected[1] -= len("<|grounding|>") - 1
@@ -54,7 +56,7 @@ def test_batch_outputs_come_back_in_request_order(tiny_engine):
 
 
 def test_token_limit_is_reported_as_length(tiny_engine):
-    (output,) = tiny_engine.generate([_request(max_tokens=5, ngram_size=0)])
+    (output,) = run_batch(tiny_engine, [_request(max_tokens=5, ngram_size=0)])
     assert output.finish_reason in ("length", "stop")
     if output.finish_reason == "length":
         assert output.completion_tokens == 5
@@ -63,13 +65,14 @@ def test_token_limit_is_reported_as_length(tiny_engine):
 
 
 def test_special_tokens_are_kept_in_the_raw_text(tiny_engine):
-    (output,) = tiny_engine.generate([_request(max_tokens=40, ngram_size=0)])
+    (output,) = run_batch(tiny_engine, [_request(max_tokens=40, ngram_size=0)])
     tokenizer = tiny_engine._processor.tokenizer
     assert output.text == tokenizer.decode(list(output.token_ids), skip_special_tokens=False)
 
 
 def test_the_guard_stops_repeated_ngrams_that_greedy_decoding_produces(tiny_engine):
-    unguarded, guarded = tiny_engine.generate(
+    unguarded, guarded = run_batch(
+        tiny_engine,
         [_request(max_tokens=150, ngram_size=0, window_size=60), _request(max_tokens=150, ngram_size=3, window_size=60)]
     )
     # The random model loops when left alone, so the guarded run below is a real test of the guard.
@@ -83,17 +86,16 @@ def test_guard_whitelist_comes_from_the_tokenizer(tiny_engine):
     tokenizer = tiny_engine._processor.tokenizer
     expected = {tokenizer.convert_tokens_to_ids("<td>"), tokenizer.convert_tokens_to_ids("</td>")}
     assert tiny_engine.whitelist_token_ids == expected
-    (output,) = tiny_engine.generate([_request()])
-    assert output.guard.whitelist_token_ids == expected
+    assert tiny_engine.context_length == 8192  # the protocol's facts, valid after load()
 
 
 def test_max_tokens_is_bounded_by_the_context_left(tiny_model_dir):
     engine = TransformersEngine(str(tiny_model_dir), device="cpu", max_model_len=280)
     engine.load()
-    (output,) = engine.generate([_request(max_tokens=8192)])
+    (output,) = run_batch(engine, [_request(max_tokens=8192)])
     assert output.max_tokens == 280 - output.prompt_tokens
     with pytest.raises(PromptTooLong):
-        engine.generate([_request((800, 1100))])
+        run_batch(engine, [_request((800, 1100))])
 
 
 def test_a_generation_past_the_timeout_is_stopped_and_reported(tiny_model_dir):
@@ -102,39 +104,36 @@ def test_a_generation_past_the_timeout_is_stopped_and_reported(tiny_model_dir):
     engine.load()
     started = time.monotonic()
     with pytest.raises(EngineTimeout, match="generation was stopped"):
-        engine.generate([_request(max_tokens=8000, ngram_size=0)])  # random weights never stop by themselves
+        run_batch(engine, [_request(max_tokens=8000, ngram_size=0)])  # random weights never stop by themselves
     assert time.monotonic() - started < 3 + 5
-    # Another request holds the model: waiting counts against the timeout as well.
-    with engine._lock, pytest.raises(EngineTimeout, match="busy"):
-        engine.generate([_request()])
-    assert len(engine.generate([_request(max_tokens=2)])) == 1  # and the engine serves the next request
+    assert len(run_batch(engine, [_request(max_tokens=2)])) == 1  # and the engine serves the next request
+    engine.close()
 
 
-def test_a_caller_that_stops_waiting_stops_the_generation(tiny_engine, monkeypatch):
+def test_a_cancelled_page_stops_its_row_and_a_queued_one_never_runs(tiny_engine, monkeypatch):
     lengths: list[int] = []
+    started = threading.Event()
     generate = tiny_engine._model.generate
 
     def recording_generate(**kwargs):
+        started.set()
         sequences = generate(**kwargs)
         lengths.append(sequences.shape[1] - kwargs["input_ids"].shape[1])
         return sequences
 
     monkeypatch.setattr(tiny_engine._model, "generate", recording_generate)
-    asked: list[float] = []
-
-    def gone() -> bool:  # the client hangs up after the second time it is asked (about 0.2 s in)
-        asked.append(time.monotonic())
-        return len(asked) > 2
-
-    with pytest.raises(Cancelled, match="generation was stopped"):
-        tiny_engine.generate([_request(max_tokens=8000, ngram_size=0)], should_stop=gone)
-    assert len(lengths) == 1
-    assert 0 < lengths[0] < 8000  # stopped where the caller left, not at the token limit
-    # Waiting for a model another request holds ends as soon as the caller is gone too.
-    asked.clear()
-    with tiny_engine._lock, pytest.raises(Cancelled, match="before the model was free"):
-        tiny_engine.generate([_request()], should_stop=gone)
-    assert len(tiny_engine.generate([_request(max_tokens=2)])) == 1  # the engine serves the next request
+    running = tiny_engine.submit(_request(max_tokens=8000, ngram_size=0))
+    assert started.wait(timeout=30)
+    time.sleep(0.3)
+    assert running.cancel()  # a page's future stays pending while its row runs, so it can be cancelled
+    # A page queued behind it and cancelled before its turn is never generated.
+    with tiny_engine._lock:
+        queued = tiny_engine.submit(_request(max_tokens=8000, ngram_size=0))
+        assert queued.cancel()
+    (after,) = run_batch(tiny_engine, [_request(max_tokens=2)])  # the engine serves the next request
+    assert after.completion_tokens <= 2
+    assert len(lengths) == 2  # the cancelled row, then the next request: the queued page never ran
+    assert 0 < lengths[0] < 8000  # stopped where it was cancelled, not at the token limit
 
 
 def test_concurrent_callers_from_threads_are_all_served(tiny_engine):
@@ -143,7 +142,7 @@ def test_concurrent_callers_from_threads_are_all_served(tiny_engine):
 
     def call(size):
         try:
-            results.append(tiny_engine.generate([_request(size, max_tokens=4)])[0])
+            results.append(run_batch(tiny_engine, [_request(size, max_tokens=4)])[0])
         except Exception as exc:  # noqa: BLE001 - the test reports any failure
             errors.append(exc)
 
@@ -157,9 +156,9 @@ def test_concurrent_callers_from_threads_are_all_served(tiny_engine):
 
 
 def test_small_and_extreme_images_within_policy_do_not_break_the_engine(tiny_engine):
-    outputs = tiny_engine.generate([_request((8, 8)), _request((8, 512)), _request((2000, 40))])
+    outputs = run_batch(tiny_engine, [_request((8, 8)), _request((8, 512)), _request((2000, 40))])
     assert len(outputs) == 3
-    (after,) = tiny_engine.generate([_request()])
+    (after,) = run_batch(tiny_engine, [_request()])
     assert after.prompt_tokens == GLOBAL_VIEW_TOKENS + len(b"\nFree OCR.")
 
 

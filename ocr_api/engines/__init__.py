@@ -30,8 +30,8 @@ __all__ = [
     "OcrEngine",
     "PromptTooLong",
     "build_engine",
-    "run_batch",
     "choose_engine",
+    "run_batch",
 ]
 
 
@@ -65,8 +65,8 @@ def build_engine(settings: Settings) -> OcrEngine:
     return TransformersEngine(
         settings.model_name,
         settings.torch_device,
-        settings.torch_dtype,
-        settings.max_model_len,
+        dtype=settings.torch_dtype,
+        max_model_len=settings.max_model_len,
         timeout_s=settings.engine_timeout_s,
         max_batch=settings.engine_batch_pages,
     )

@@ -10,11 +10,11 @@ stops the work at the engine.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
 import weakref
-import concurrent.futures
 from collections.abc import Coroutine
 from typing import Any
 
@@ -54,6 +54,7 @@ class RemoteEngine:
         self,
         base_url: str,
         model_name: str = "",
+        *,
         timeout_s: float = 240.0,
         connections: int = 64,
         api_key: str = "",

@@ -51,6 +51,7 @@ class TransformersEngine:
         self,
         model_name: str = "",
         device: str = "auto",
+        *,
         dtype: str = "auto",
         max_model_len: int = 8192,
         timeout_s: float | None = None,
@@ -143,15 +144,16 @@ class TransformersEngine:
                     self._queue.put(None)  # stop after this batch
                     break
                 (batch if queued.request.mode == first.request.mode else held).append(queued)
-            self._run([item for item in batch if not item.future.cancelled()])
+            self._run(batch)
 
     def _run(self, batch: list[_Queued]) -> None:
         """Generate for a batch and settle each page's future (a future stays pending until then, so it can be
         cancelled while its row runs)."""
-        if not batch:
-            return
         try:
             with self._lock:
+                batch = [item for item in batch if not item.future.cancelled()]  # again: the wait may have been long
+                if not batch:
+                    return
                 outcomes = self._generate_locked(batch)
         except Exception as exc:  # noqa: BLE001 - every page of the batch shares the failure
             outcomes = [exc] * len(batch)
@@ -181,9 +183,7 @@ class TransformersEngine:
                 **({} if requests[0].mode == "gundam" else {"min_patches": 1, "max_patches": 1}),
             )
             prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-            budgets = [
-                min(r.max_tokens, self.context_length - p) for r, p in zip(requests, prompt_tokens, strict=True)
-            ]
+            budgets = [min(r.max_tokens, self.context_length - p) for r, p in zip(requests, prompt_tokens, strict=True)]
             if min(budgets) < 1:  # those pages fail; the others run on their own
                 too_long = [
                     PromptTooLong(
