@@ -6,12 +6,17 @@ answered ``finish_reason: length`` (the service retries those with a stronger gu
 
 - **ideal**: every page sent to the stand-in at once, a runaway sent again the moment it comes back: the shortest
   time this stand-in can take for the document;
-- **service**: the PDF through ``./start_server.sh`` with the remote engine (one process, as users start it).
+- **service**: the PDF through ``./start_server.sh`` with the remote engine (one process, as users start it), with
+  ``MAX_PAGES_IN_FLIGHT`` and ``ENGINE_BATCH_PAGES`` at ``--window`` (default 256, the stand-in's batch: every
+  admitted page may be in flight; ``--window 32`` is the default settings' window).
 
-Both start the stand-in's length sequence from the same seed, so they draw the same page lengths.
+Both start the stand-in's length sequence from the same seed, so they draw the same page lengths. With
+``--memory`` it also reports the service process's peak RSS (VmHWM) for a 20-page and a 500-page PDF, each in a
+fresh process.
 
-    .venv/bin/python -m bench.long_document                 # 200 pages, budget 2048 tokens (about 6 minutes)
-    .venv/bin/python -m bench.long_document --pages 100
+    .venv/bin/python -m bench.long_document                 # 200 pages, budget 2048 tokens (about 3 minutes)
+    .venv/bin/python -m bench.long_document --pages 100 --window 32
+    .venv/bin/python -m bench.long_document --memory
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 import requests
 
 from ocr_dev.inputs import make_pdf
-from ocr_dev.servers import environment, running, stand_in_engine
+from ocr_dev.servers import environment, memory_mib, running, stand_in_engine
 
 STEP_MS = 20
 MEDIAN_TOKENS = 600
@@ -53,27 +58,37 @@ def ideal_seconds(engine_url: str, pages: int, budget: int) -> float:
     return time.monotonic() - started
 
 
-def service_seconds(engine_url: str, pages: int, budget: int, work: Path) -> tuple[float, dict]:
-    """The same document through ./start_server.sh with the remote engine."""
+def service_seconds(engine_url: str, pages: int, budget: int, window: int, work: Path) -> tuple[float, dict, float]:
+    """The same document through ./start_server.sh with the remote engine; also the process's peak RSS in MiB."""
     requests.post(f"{engine_url}/stand-in/reset", json={"seed": SEED}, timeout=5).raise_for_status()
     env = environment(
-        work, OCR_ENGINE_URL=engine_url, MAX_PDF_PAGES=str(pages), MAX_TOKENS=str(budget), ENGINE_TIMEOUT_S="3600"
+        work,
+        OCR_ENGINE_URL=engine_url,
+        MAX_PDF_PAGES=str(pages),
+        MAX_TOKENS=str(budget),
+        ENGINE_TIMEOUT_S="3600",
+        MAX_PAGES_IN_FLIGHT=str(window),
+        ENGINE_BATCH_PAGES=str(window),
+        LOG_LEVEL="WARNING",
     )
     pdf = make_pdf(pages)
-    with running("start_server.sh", env, work / "server.log", timeout_s=300):
+    with running("start_server.sh", env, work / "server.log", timeout_s=300) as process:
         started = time.monotonic()
         answer = requests.post(
             f"http://127.0.0.1:{env['PORT']}/ocr", files={"file": ("long.pdf", pdf)}, timeout=7200
         )  # fmt: skip
         elapsed = time.monotonic() - started
+        peak = memory_mib(process.pid, "VmHWM")
     answer.raise_for_status()
-    return elapsed, answer.json()
+    return elapsed, answer.json(), peak
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=200)
     parser.add_argument("--budget", type=int, default=2048, help="MAX_TOKENS: a runaway's length")
+    parser.add_argument("--window", type=int, default=256, help="MAX_PAGES_IN_FLIGHT and ENGINE_BATCH_PAGES")
+    parser.add_argument("--memory", action="store_true", help="also peak RSS for 20 and 500 pages")
     args = parser.parse_args()
     extra = ["--median-tokens", str(MEDIAN_TOKENS), "--runaway-share", str(RUNAWAY_SHARE), "--seed", str(SEED)]
     with (
@@ -81,17 +96,26 @@ def main() -> None:
         tempfile.TemporaryDirectory() as work,
     ):
         ideal = ideal_seconds(engine_url, args.pages, args.budget)
-        served, body = service_seconds(engine_url, args.pages, args.budget, Path(work))
+        served, body, _ = service_seconds(engine_url, args.pages, args.budget, args.window, Path(work) / "run")
+        peaks = {}
+        if args.memory:
+            for pages in (20, 500):
+                _, _, peaks[pages] = service_seconds(
+                    engine_url, pages, args.budget, args.window, Path(work) / str(pages)
+                )
     statuses: dict[str, int] = {}
     for page in body.get("pages", []):
         statuses[page.get("status", "?")] = statuses.get(page.get("status", "?"), 0) + 1
     print(
         f"STAND-IN engine ({STEP_MS} ms a step, up to 256 at once, lengths lognormal around {MEDIAN_TOKENS} tokens, "
-        f"{RUNAWAY_SHARE:.0%} runaways at {args.budget}); {args.pages}-page PDF; 2 CPU cores"
+        f"{RUNAWAY_SHARE:.0%} runaways at {args.budget}); {args.pages}-page PDF; window {args.window}; 2 CPU cores"
     )
     print(f"ideal (every page in flight at once): {ideal:.1f} s")
     print(f"service (./start_server.sh, remote engine): {served:.1f} s; pages by status: {statuses}")
     print(f"service / ideal: {ideal / served:.2f} of the ideal")
+    if peaks:
+        print(f"service process peak RSS: 20 pages {peaks[20]:.0f} MiB, 500 pages {peaks[500]:.0f} MiB "
+              f"({peaks[500] / peaks[20]:.2f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -68,3 +68,32 @@ def animated(fmt: str, frames: int) -> bytes:
     buffer = io.BytesIO()
     first.save(buffer, format=fmt, save_all=True, append_images=rest, duration=10, loop=0)
     return buffer.getvalue()
+
+
+A4_300_DPI = (2480, 3508)
+PHONE_PHOTO = (4032, 3024)
+
+
+def scanned_page(size: tuple[int, int] = A4_300_DPI, fmt: str = "JPEG", seed: int = 0) -> bytes:
+    """A text page as a scanner or a phone writes it: dense lines of text, a little sensor noise, encoded as ``fmt``.
+
+    The noise matters: it is what makes real scans large as PNG and what an encoder must keep or smooth.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    width, height = size
+    page = Image.new("L", size, 245)
+    draw = ImageDraw.Draw(page)
+    font = ImageFont.load_default(size=max(12, width // 60))
+    line = "The quick brown fox jumps over the lazy dog; 0123456789 invoices, tables and totals. " * 3
+    step = max(16, width // 40)
+    for top in range(step * 3, height - step * 3, step):
+        draw.text((width // 12, top), line, fill=20, font=font)
+    import numpy as np
+
+    pixels = np.asarray(page, dtype=np.float32) + np.random.default_rng(seed).normal(0, 8, (height, width))
+    grey = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+    rgb = Image.merge("RGB", (grey, grey, grey))
+    buffer = io.BytesIO()
+    rgb.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()

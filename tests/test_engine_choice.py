@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -81,26 +83,35 @@ def test_in_process_engine_without_vllm_fails_with_one_clear_message():
         engine.load()
 
 
-def test_in_process_timeout_cancels_the_engine_call():
+def test_in_process_pages_time_out_and_cancel_inside_vllm(monkeypatch):
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     cancelled = threading.Event()
 
-    async def slow_generation():
+    async def slow_generation(request):
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
             cancelled.set()  # what makes vLLM abort the request
             raise
 
-    engine = VllmEngine(["--model", "/m"])
+    engine = VllmEngine(["--model", "/m"], timeout_s=0.2)
     engine._loop = loop
+    engine._engine = SimpleNamespace(errored=False)  # a running AsyncLLM, as far as submit() can tell
+    monkeypatch.setattr(engine, "_generate_one", slow_generation)
     try:
-        with pytest.raises(EngineTimeout):
-            engine._run(slow_generation(), timeout=0.2)
+        with pytest.raises(EngineTimeout):  # ENGINE_TIMEOUT_S is per page
+            engine.submit(None).result(timeout=5)
+        assert cancelled.wait(5)
+        cancelled.clear()
+        engine._timeout_s = 60
+        page = engine.submit(None)
+        time.sleep(0.1)
+        assert page.cancel()  # the stream gives up on a page (its client hung up): vLLM aborts it
         assert cancelled.wait(5)
     finally:
+        engine._engine = None
         engine._stop_loop()
         thread.join(5)
         loop.close()

@@ -38,8 +38,7 @@ def test_prompt_tokens_follow_the_models_image_token_layout(tiny_engine):
 
 def test_base_mode_sees_the_page_whole_and_mixed_modes_keep_their_order(tiny_engine):
     gundam, base, again = run_batch(
-        tiny_engine,
-        [_request((800, 1100)), _request((800, 1100), mode="base"), _request((800, 1100))]
+        tiny_engine, [_request((800, 1100)), _request((800, 1100), mode="base"), _request((800, 1100))]
     )
     text_tokens = len(b"\nFree OCR.")
     assert gundam.prompt_tokens == again.prompt_tokens == GLOBAL_VIEW_TOKENS + 6 * TILE_TOKENS + text_tokens
@@ -73,7 +72,10 @@ def test_special_tokens_are_kept_in_the_raw_text(tiny_engine):
 def test_the_guard_stops_repeated_ngrams_that_greedy_decoding_produces(tiny_engine):
     unguarded, guarded = run_batch(
         tiny_engine,
-        [_request(max_tokens=150, ngram_size=0, window_size=60), _request(max_tokens=150, ngram_size=3, window_size=60)]
+        [
+            _request(max_tokens=150, ngram_size=0, window_size=60),
+            _request(max_tokens=150, ngram_size=3, window_size=60),
+        ],
     )
     # The random model loops when left alone, so the guarded run below is a real test of the guard.
     assert repeated_ngram(unguarded.token_ids, 3, 60)

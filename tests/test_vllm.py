@@ -256,3 +256,29 @@ def test_killing_the_engine_gives_503_the_service_recovers_and_the_script_stops_
 
 def _script_log(production: Production) -> str:
     return (production.logs.parent / "production.log").read_text()
+
+
+def test_the_tile_grid_the_service_sends_for_is_vllms_for_both_generations():
+    """ocr_api/tiling.py against vLLM's own DeepSeek-OCR processor (v1: 640 tiles; v2 reuses it with 768)."""
+    import json
+    import subprocess
+
+    from ocr_api.models import PROFILES
+    from ocr_api.tiling import engine_size, tile_grid
+
+    sizes = [(2480, 3508), (4032, 3024), (1191, 1684), (6320, 6320), (800, 1100), (640, 640), (2000, 40), (700, 500)]
+    script = (
+        "import json, sys\n"
+        "from vllm.transformers_utils.processors.deepseek_ocr import count_tiles\n"
+        "sizes, tile = json.loads(sys.argv[1]), int(sys.argv[2])\n"
+        "print(json.dumps([None if max(w, h) <= tile else list(count_tiles(w, h, image_size=tile)) for w, h in sizes]))"
+    )
+    for profile in PROFILES.values():
+        asked = [*sizes, *(engine_size(size, profile) for size in sizes)]
+        answer = subprocess.run(
+            [VLLM_PYTHON, "-c", script, json.dumps(asked), str(profile.tile_size)],
+            capture_output=True, text=True, check=True, timeout=300,
+        )  # fmt: skip
+        grids = [tuple(grid) if grid else None for grid in json.loads(answer.stdout.strip().splitlines()[-1])]
+        assert grids == [tile_grid(size, profile) for size in asked]
+        assert grids[: len(sizes)] == grids[len(sizes) :]  # the size sent is tiled exactly as the full page

@@ -13,7 +13,6 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from ocr_api.engines.base import (
@@ -70,7 +69,7 @@ class VllmEngine:
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="vllm-event-loop", daemon=True).start()
         try:
-            self._engine = self._run(self._start(AsyncLLM, engine_args), timeout=None)
+            self._engine = self._run(self._start(AsyncLLM, engine_args))
         except Exception as exc:  # noqa: BLE001 - any start-up failure ends in one clear message
             self._stop_loop()
             raise EngineLoadError(
@@ -156,15 +155,9 @@ class VllmEngine:
             token_ids=generated,
         )
 
-    def _run(self, coroutine: Any, timeout: float | None) -> Any:
+    def _run(self, coroutine: Any) -> Any:
         assert self._loop is not None
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        try:
-            return future.result(timeout=timeout)
-        except FutureTimeout:
-            # Cancelling the gather cancels every generate(), and vLLM aborts those requests.
-            future.cancel()
-            raise EngineTimeout(f"the engine did not answer within {timeout:g} s") from None
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def _stop_loop(self) -> None:
         if self._loop is not None:
