@@ -76,7 +76,8 @@ class Settings:
     engine_connections: int = setting(
         "ENGINE_CONNECTIONS",
         64,
-        "remote engine: most requests one service process keeps in flight to the engine at once.",
+        "remote engine: connections one service process keeps to the engine; raised to MAX_PAGES_IN_FLIGHT when "
+        "below it, as every page at the engine is one request on its own connection.",
     )
     vllm_extra_args: str = setting(
         "VLLM_EXTRA_ARGS",

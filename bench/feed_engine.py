@@ -10,7 +10,12 @@ one is answered, ROUNDS pages each):
 - a naive baseline: the same service with one request at a time per worker (THREADS=1), the shape of a
   worker that holds a lock around its model.
 
+With ``--page scan`` every page is a real-size 300-DPI A4 scan (a 3.7 MB JPEG, ocr_dev.inputs.scanned_page)
+instead of a 400x300 PNG: driven directly, the stand-in gets the client's own JPEG as a data URL, as a client of
+a bare vLLM server would send it; through the service it gets what the service makes of the upload.
+
     .venv/bin/python -m bench.feed_engine            # about 3 minutes on 2 cores
+    .venv/bin/python -m bench.feed_engine --page scan --clients 32 --workers 2
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 import requests
 from PIL import Image, ImageDraw
 
+from ocr_dev.inputs import A4_300_DPI, scanned_page
 from ocr_dev.servers import environment, free_port, start, stop, wait_ready, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,9 +78,10 @@ def closed_loop(send: Callable[[requests.Session], bool], clients: int, rounds: 
     return (clients * rounds - failures) / elapsed, failures
 
 
-def direct_sender(engine_url: str, png: bytes) -> Callable[[requests.Session], bool]:
-    """Chat completions straight to the engine, shaped as the remote engine sends them."""
-    data_url = "data:image/png;base64," + base64.b64encode(png).decode()
+def direct_sender(engine_url: str, page: bytes) -> Callable[[requests.Session], bool]:
+    """Chat completions straight to the engine, shaped as the remote engine sends them, with the page's own bytes."""
+    mime = "image/jpeg" if page.startswith(b"\xff\xd8") else "image/png"
+    data_url = f"data:{mime};base64," + base64.b64encode(page).decode()
     body = {
         "model": "stand-in/deepseek-ocr-2",
         "messages": [
@@ -96,9 +103,9 @@ def direct_sender(engine_url: str, png: bytes) -> Callable[[requests.Session], b
     return send
 
 
-def service_sender(service_url: str, png: bytes) -> Callable[[requests.Session], bool]:
+def service_sender(service_url: str, page: bytes) -> Callable[[requests.Session], bool]:
     def send(session: requests.Session) -> bool:
-        response = session.post(f"{service_url}/ocr", files={"file": ("page.png", png)}, timeout=300)
+        response = session.post(f"{service_url}/ocr", files={"file": ("page", page)}, timeout=300)
         return response.status_code == 200
 
     return send
@@ -134,9 +141,11 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, default=20.0)
     parser.add_argument("--tokens-per-page", type=int, default=100)
     parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--page", choices=("small", "scan"), default="small", help="a 400x300 PNG or a 300-DPI scan")
+    parser.add_argument("--no-naive", action="store_true", help="skip the one-thread-per-worker baseline")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.clients.split(",")]
-    png = page_png()
+    png = page_png() if args.page == "small" else scanned_page(A4_300_DPI, "JPEG")
 
     port = free_port()
     stand_in = [sys.executable, "-m", "ocr_dev.stand_in_engine", "--port", str(port), "--step-ms", str(args.step_ms)]
@@ -161,8 +170,10 @@ def main() -> None:
             (workdir / "b").mkdir()
             with Service(engine_url, args.workers, args.threads, workdir / "a") as service:
                 served = {c: closed_loop(service_sender(service.url, png), c, args.rounds) for c in concurrencies}
-            with Service(engine_url, args.workers, 1, workdir / "b") as naive:
-                baseline = {c: closed_loop(service_sender(naive.url, png), c, args.rounds) for c in concurrencies}
+            baseline = {c: (float("nan"), 0) for c in concurrencies}
+            if not args.no_naive:
+                with Service(engine_url, args.workers, 1, workdir / "b") as naive:
+                    baseline = {c: closed_loop(service_sender(naive.url, png), c, args.rounds) for c in concurrencies}
         for c in concurrencies:
             ceiling = min(c, args.max_batch) / page_s
             rows.append((c, ceiling, direct[c], served[c], baseline[c]))
@@ -176,7 +187,8 @@ def main() -> None:
     print(
         f"stand-in: {args.step_ms:g} ms per step, {args.tokens_per_page} tokens a page ({page_s:g} s), "
         f"batch up to {args.max_batch}; service: {args.workers} workers x {args.threads} threads; "
-        f"naive: {args.workers} workers x 1 thread; {args.rounds} pages per client; {os.cpu_count()} CPU cores"
+        f"naive: {args.workers} workers x 1 thread; {args.rounds} pages per client; {os.cpu_count()} CPU cores; "
+        f"page: {'400x300 PNG' if args.page == 'small' else f'300-DPI A4 scan, {len(png) / 1e6:.1f} MB JPEG'}"
     )
     print()
     columns = ["clients", "stand-in ceiling (pages/s)", "stand-in direct", "service", "service / direct", "naive"]

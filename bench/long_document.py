@@ -60,6 +60,7 @@ def ideal_seconds(engine_url: str, pages: int, budget: int) -> float:
 
 def service_seconds(engine_url: str, pages: int, budget: int, window: int, work: Path) -> tuple[float, dict, float]:
     """The same document through ./start_server.sh with the remote engine; also the process's peak RSS in MiB."""
+    work.mkdir(parents=True, exist_ok=True)
     requests.post(f"{engine_url}/stand-in/reset", json={"seed": SEED}, timeout=5).raise_for_status()
     env = environment(
         work,
@@ -69,6 +70,7 @@ def service_seconds(engine_url: str, pages: int, budget: int, window: int, work:
         ENGINE_TIMEOUT_S="3600",
         MAX_PAGES_IN_FLIGHT=str(window),
         ENGINE_BATCH_PAGES=str(window),
+        ENGINE_CONNECTIONS=str(window),
         LOG_LEVEL="WARNING",
     )
     pdf = make_pdf(pages)

@@ -381,3 +381,16 @@ def test_pdf_pages_carry_their_own_figures(make_client):
         (figure,) = page["figures"]
         assert _decode_data_url(figure["image"]).size == (round(499 / 999 * 1190), round(499 / 999 * 1684))
         assert "annotated_image" not in page
+
+
+def test_a_pdf_page_is_checked_as_an_uploaded_image_would_be(client, fake_engine):
+    # 1 x 1 pt renders as 2 x 2 pixels; 14,400 x 8 pt as 28,800 x 16: the same sizes uploaded as images get 422.
+    data = make_pdf(3, p1=(1, 1), p3=(14_400, 8))
+    body = _post(client, [("odd.pdf", data)]).get_json()
+    assert [page["status"] for page in body["pages"]] == ["failed", "ok", "failed"]
+    assert [body["pages"][0]["code"], body["pages"][2]["code"]] == ["image_too_small", "image_aspect_ratio"]
+    assert "Page 1 at 144 dpi is 2x2 pixels" in body["pages"][0]["error"]
+    assert len(fake_engine.requests) == 1  # only the good page reached the engine
+    for size in [(2, 2), (28_800, 16)]:
+        image = _post(client, [("same.png", png_bytes(size))])
+        assert image.status_code == 422

@@ -51,7 +51,8 @@ def build_engine(settings: Settings) -> OcrEngine:
             settings.engine_url,
             settings.model_name,
             timeout_s=settings.engine_timeout_s,
-            connections=settings.engine_connections,
+            # Fewer connections than admitted pages would queue pages in the pool while they count as at the engine.
+            connections=max(settings.engine_connections, settings.max_pages_in_flight),
             api_key=settings.engine_api_key,
             image_format=settings.engine_image_format,
         )
