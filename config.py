@@ -183,8 +183,8 @@ class Settings:
     engine_image_format: str = setting(
         "ENGINE_IMAGE_FORMAT",
         "jpeg",
-        "How the remote engine is sent each page: jpeg (quality 95, 4:4:4; about a tenth of PNG's bytes and CPU) "
-        "or png (lossless, compression level 1). See docs/PERFORMANCE.md.",
+        "How the remote engine is sent each page, at the size the model's processor uses: jpeg (quality 90) or png "
+        "(lossless, compression level 1: several times the bytes and the CPU). See docs/PERFORMANCE.md.",
     )
     torch_device: str = setting("TORCH_DEVICE", "auto", "transformers engine: auto, cpu, cuda, cuda:N or mps.")
     torch_dtype: str = setting(

@@ -118,5 +118,5 @@ def render_page(
     del pixmap
     # MuPDF rounds the page's edges to whole pixels; the engine gets exactly the size asked for.
     if image.size != (target_width, target_height):
-        image = image.resize((target_width, target_height), Image.Resampling.BICUBIC)
+        image = image.resize((target_width, target_height), Image.Resampling.BOX)
     return RenderedPage(image, (width, height))
