@@ -107,6 +107,7 @@ class PageStream:
         self._at_engine: dict[concurrent.futures.Future[EngineOutput], _Sending] = {}
         self._slots = 0  # admission slots this request holds: its pages at the engine, and one being handed on
         self._outcomes: dict[tuple[int, int], PageOutcome] = {}
+        self._rendered_all = False  # every job has been rendered once (or failed to)
         self.engine_ms = 0.0  # from the first page sent to the last answered
 
     def run(self, jobs: Iterable[PageJob]) -> dict[tuple[int, int], PageOutcome]:
@@ -116,15 +117,15 @@ class PageStream:
             while True:
                 if self._should_stop():
                     raise ClientGone()
-                exhausted = self._send(pending)
+                self._send(pending)
                 if started is None and self._at_engine:
                     started = time.perf_counter()
-                if not self._at_engine and not self._ready and not self._again and exhausted:
+                if not (self._at_engine or self._ready or self._again) and self._rendered_all:
                     break
-                if len(self._ready) < self._rules.render_ahead and not exhausted:
-                    exhausted = not self._render_next(pending)  # ahead of the engine, while it works
+                if len(self._ready) < self._rules.render_ahead and not self._rendered_all:
+                    self._render_next(pending)  # ahead of the engine, while it works
                     self._collect(timeout=0)
-                else:
+                else:  # nothing to do but wait for an answer
                     self._collect(timeout=POLL_S)
                 self._check_deadlines()
         except Cancelled:
@@ -135,9 +136,8 @@ class PageStream:
             self.engine_ms = round((time.perf_counter() - started) * 1000, 1)
         return self._outcomes
 
-    def _send(self, pending: Iterator[PageJob]) -> bool:
-        """Send pages while the window has room; return True once every job has been rendered."""
-        exhausted = False
+    def _send(self, pending: Iterator[PageJob]) -> None:
+        """Send pages while the window has room: runaways first, then rendered pages, then the next jobs."""
         while len(self._at_engine) < self._rules.window:
             if self._again:
                 job, attempt = self._again.popleft()
@@ -146,18 +146,17 @@ class PageStream:
                     continue
             elif self._ready:
                 job, page, attempt = self._ready.popleft()
-            elif exhausted or not self._render_next(pending):
-                exhausted = True
+            elif self._rendered_all:
                 break
             else:
-                continue  # rendered into _ready: take it on the next turn
+                self._render_next(pending)
+                continue  # rendered into _ready (or failed): take it on the next turn
             if not self._take_slot():
                 self._ready.appendleft((job, page, attempt))
                 break
             self._submit(job, page, attempt)
-        if not (self._again or self._ready) and exhausted:
+        if not (self._again or self._ready) and self._rendered_all:
             self._give_back_spare_slots()
-        return exhausted
 
     def _take_slot(self) -> bool:
         if self._slots > len(self._at_engine):  # the slot of a page just answered, handed on
@@ -175,15 +174,15 @@ class PageStream:
             self._admission.release(spare)
             self._slots -= spare
 
-    def _render_next(self, pending: Iterator[PageJob]) -> bool:
-        """Render the next job into the ready queue (or record its failure); False when there are no more."""
+    def _render_next(self, pending: Iterator[PageJob]) -> None:
+        """Render the next job into the ready queue (or record its failure), or note that there are no more."""
         job = next(pending, None)
         if job is None:
-            return False
+            self._rendered_all = True
+            return
         page = self._render(job)
         if page is not None:
             self._ready.append((job, page, 1))
-        return True
 
     def _render(self, job: PageJob) -> RenderedPage | None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 
 import pytest
 from PIL import Image
@@ -139,3 +140,17 @@ def test_a_page_without_room_in_the_context_fails_alone(make_client):
     assert [page["status"] for page in body["pages"]] == ["ok", "failed", "ok"]
     assert body["pages"][1]["code"] == "prompt_too_long_for_context"
     assert body["pages_failed"] == 1
+
+
+def test_waiting_for_the_engine_polls_and_does_not_spin():
+    engine, admission = SilentEngine(), Admission(8)
+    asked: list[float] = []
+
+    def gone_after_a_second() -> bool:
+        asked.append(time.monotonic())
+        return asked[-1] - asked[0] > 1.0
+
+    with pytest.raises(ClientGone):  # every page sent, all rendered: nothing to do but wait for answers
+        PageStream(engine, admission, _rules(window=4), gone_after_a_second).run(_jobs(4))
+    # One look every POLL_S (0.2 s) while waiting, not thousands: the stream sleeps on the engine's futures.
+    assert len(asked) < 20

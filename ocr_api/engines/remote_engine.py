@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import threading
 import time
@@ -110,8 +111,8 @@ class RemoteEngine:
         if not self._metadata_loaded:
             self._load_metadata()
         # Encoded here, in the caller's thread, not on the loop thread all calls share. The call keeps only the
-        # encoded bytes: the page's pixels are not held while it waits for the server.
-        body = self._chat_body(request, data_url(request.image, self._image_format))
+        # request's JSON bytes: neither the page's pixels nor a second copy of the image as text wait with it.
+        body = json.dumps(self._chat_body(request, data_url(request.image, self._image_format))).encode()
         return self._submit(self._complete(body, request.max_tokens, request.guard))
 
     def close(self) -> None:
@@ -152,8 +153,9 @@ class RemoteEngine:
             body["vllm_xargs"] = xargs
         return body
 
-    async def _complete(self, body: dict[str, Any], max_tokens: int, guard: GuardSettings) -> EngineOutput:
-        status, payload = await self._call("POST", "/v1/chat/completions", self._timeout_s, json=body)
+    async def _complete(self, body: bytes, max_tokens: int, guard: GuardSettings) -> EngineOutput:
+        headers = {"Content-Type": "application/json"}
+        status, payload = await self._call("POST", "/v1/chat/completions", self._timeout_s, data=body, headers=headers)
         if status != 200:
             await self._raise_for(status, payload)
         choice = payload["choices"][0]
