@@ -1,4 +1,5 @@
-"""What may import what: the service never imports the development tools, and those never import the tests."""
+"""What may import what: the service never imports the development tools, those never import the tests, and the
+tests never import the benchmarks (what both need lives in ocr_dev/)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,8 @@ def test_the_service_imports_no_development_tool(path):
 @pytest.mark.parametrize("path", TOOLS, ids=lambda path: str(path.relative_to(REPO)))
 def test_the_tools_and_benchmarks_import_no_test(path):
     assert "tests" not in _imported(path)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "tests").glob("*.py")), ids=lambda path: path.name)
+def test_the_tests_import_no_benchmark(path):
+    assert "bench" not in _imported(path)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.overload import drive, run
 from ocr_dev.inputs import png_bytes
+from ocr_dev.overload import drive, run
 from ocr_dev.servers import environment, free_port, stand_in_engine, start, stop, wait_ready, wait_until
 
 pytestmark = pytest.mark.slow
