@@ -25,7 +25,7 @@ from ocr_api.guard import GuardSettings
 from ocr_api.interpretation import parse_blocks
 from ocr_api.options import OcrOptions, OptionRules, parse_options
 from ocr_api.pipeline import PageJob, PageStream, StreamRules
-from ocr_api.preparation import ImageLimits
+from ocr_api.preparation import FitSize, ImageLimits
 from ocr_api.reading import PageReading
 from ocr_api.results import FileError, FileResult, FinishedPage
 from ocr_api.sources import Source, open_source
@@ -196,7 +196,7 @@ class OcrService:
             timing=timing,
         )
 
-    def _fit(self, options: OcrOptions) -> Any:
+    def _fit(self, options: OcrOptions) -> FitSize:
         """The size each page is made at: the smallest the model's processor makes the same views from."""
         return partial(engine_size, profile=self.engine.profile, mode=options.mode)
 

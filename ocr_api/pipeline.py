@@ -26,7 +26,6 @@ from PIL import Image
 from ocr_api.admission import Admission
 from ocr_api.engines.base import (
     POLL_S,
-    Cancelled,
     EngineOutput,
     EngineRequest,
     EngineTimeout,
@@ -128,8 +127,6 @@ class PageStream:
                 else:  # nothing to do but wait for an answer
                     self._collect(timeout=POLL_S)
                 self._check_deadlines()
-        except Cancelled:
-            raise ClientGone() from None
         finally:
             self._abandon()
         if started is not None:
@@ -253,8 +250,6 @@ def _request_error(exc: BaseException, engine_name: str) -> ApiError:
     """Map an engine failure that ends the whole request to its API error."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, Cancelled):
-        return ClientGone()
     if isinstance(exc, PromptTooLong):
         return UnprocessableFile(str(exc), code="prompt_too_long_for_context")
     if isinstance(exc, EngineUnavailable):

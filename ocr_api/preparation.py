@@ -69,10 +69,9 @@ class ImageLimits:
 
 # Given a page's upright size, the size the engine should get (ocr_api.tiling.engine_size for the loaded model).
 FitSize = Callable[[tuple[int, int]], tuple[int, int]]
-# The encodings the remote engine can send pages in (ENGINE_IMAGE_FORMAT); docs/PERFORMANCE.md measures them.
-ENGINE_IMAGE_FORMATS = ("jpeg", "png")
 # Quality 90 with 4:2:0 chroma, as cameras write: text lives in the luma, which keeps full resolution. A noisy
-# 300-DPI A4 scan at the engine's size is about 1.5 MB so (quality 95 and 4:4:4: 2.1 MB); bench/page_cost.py.
+# 300-DPI A4 scan at the engine's size is about 1.7 MB so, 2.2 MB as a data URL (quality 95 and 4:4:4: 2.9 MB);
+# bench/page_cost.py.
 JPEG_QUALITY = 90
 
 
@@ -109,7 +108,8 @@ def png_data_url(image: Image.Image) -> str:
 
 
 def data_url(image: Image.Image, image_format: str) -> str:
-    """Encode a page for the remote engine: JPEG at high quality, or PNG at fast compression (lossless)."""
+    """Encode a page for the remote engine (ENGINE_IMAGE_FORMAT, config.ENGINE_IMAGE_FORMATS): JPEG at
+    JPEG_QUALITY, or PNG at fast compression (lossless)."""
     buffer = io.BytesIO()
     if image_format == "jpeg":
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import pymupdf
@@ -26,7 +27,7 @@ from ocr_api.preparation import (
 )
 
 # Stores an accepted upload's bytes under the given extension and returns where.
-SaveUpload = Callable[[bytes, str], Any]
+SaveUpload = Callable[[bytes, str], Path]
 
 
 class Source(Protocol):
@@ -104,7 +105,7 @@ def open_source(
     image_limits: ImageLimits,
     pdf_limits: PdfLimits,
     fit: FitSize,
-) -> tuple[Source, Any]:
+) -> tuple[Source, Path | None]:
     """Decide the format from the bytes, store the upload and open it; return the source and where it was stored.
 
     Raises the ApiError the file deserves (415, 422, 400 for a page selection outside the document).

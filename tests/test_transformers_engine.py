@@ -126,12 +126,12 @@ def test_a_cancelled_page_stops_its_row_and_a_queued_one_never_runs(tiny_engine,
     monkeypatch.setattr(tiny_engine._model, "generate", recording_generate)
     running = tiny_engine.submit(_request(max_tokens=8000, ngram_size=0))
     assert started.wait(timeout=30)
+    # A page queued behind the running one (it started before this was sent) and cancelled before its turn is
+    # never generated.
+    queued = tiny_engine.submit(_request(max_tokens=8000, ngram_size=0))
+    assert queued.cancel()
     time.sleep(0.3)
     assert running.cancel()  # a page's future stays pending while its row runs, so it can be cancelled
-    # A page queued behind it and cancelled before its turn is never generated.
-    with tiny_engine._lock:
-        queued = tiny_engine.submit(_request(max_tokens=8000, ngram_size=0))
-        assert queued.cancel()
     (after,) = run_batch(tiny_engine, [_request(max_tokens=2)])  # the engine serves the next request
     assert after.completion_tokens <= 2
     assert len(lengths) == 2  # the cancelled row, then the next request: the queued page never ran

@@ -6,7 +6,6 @@ import importlib.util
 
 from config import Settings
 from ocr_api.engines.base import (
-    Cancelled,
     EngineFailure,
     EngineLoadError,
     EngineOutput,
@@ -20,7 +19,6 @@ from ocr_api.engines.base import (
 from ocr_api.models import choose_engine, cuda_present
 
 __all__ = [
-    "Cancelled",
     "EngineFailure",
     "EngineLoadError",
     "EngineOutput",

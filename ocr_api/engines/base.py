@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -34,13 +33,10 @@ class EngineTimeout(EngineFailure):
     """The engine did not answer within the configured time; the request was aborted."""
 
 
-class Cancelled(EngineFailure):
-    """The caller stopped waiting (its client hung up); the engine's work for it was aborted."""
-
-
-# Asked while an engine call runs: True once nobody waits for the answer any more (the client hung up).
+# Asked while a request's pages are at the engine: True once nobody waits for the answer any more (the client hung
+# up); the page stream then cancels their futures, which aborts them at the engine.
 StopCheck = Callable[[], bool]
-POLL_S = 0.2  # how often a waiting call asks its StopCheck
+POLL_S = 0.2  # how often a waiting loop looks again (a StopCheck, a cancelled row)
 
 
 @dataclass(frozen=True)
@@ -111,45 +107,14 @@ class OcrEngine(Protocol):
         """Release what the engine holds."""
 
 
-def run_batch(
-    engine: OcrEngine, requests: Sequence[EngineRequest], should_stop: StopCheck | None = None
-) -> list[EngineOutput]:
-    """Submit every request and return the outputs in order: for tests, benchmarks and one-off scripts."""
-    return wait_for_all([engine.submit(request) for request in requests], None, should_stop)
+def run_batch(engine: OcrEngine, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+    """Submit every request and return the outputs in order: for tests, benchmarks and one-off scripts.
 
-
-def wait_for_all(
-    futures: Sequence[concurrent.futures.Future], timeout_s: float | None, should_stop: StopCheck | None
-) -> list:
-    """Return every future's result in order; cancel them all on ``should_stop()`` (Cancelled) or past the timeout.
-
-    A failed call is reported only once every call has ended, so no call is left running unseen.
+    A failed page is raised only once every page has ended, so no page is left running unseen.
     """
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    pending = set(futures)
-    while pending:
-        _, pending = concurrent.futures.wait(pending, timeout=POLL_S)
-        if not pending:
-            break
-        if should_stop is not None and should_stop():
-            _cancel(futures)
-            raise Cancelled("the caller stopped waiting; its engine requests were aborted")
-        if deadline is not None and time.monotonic() > deadline:
-            _cancel(futures)
-            raise EngineTimeout(f"the engine did not answer within {timeout_s:g} s")
-    results, failure = [], None
-    for future in futures:
-        try:
-            results.append(future.result())
-        except Exception as exc:  # noqa: BLE001 - re-raised below, once every call has ended
-            failure = failure or exc
+    futures = [engine.submit(request) for request in requests]
+    concurrent.futures.wait(futures)
+    failure = next((future.exception() for future in futures if future.exception() is not None), None)
     if failure is not None:
         raise failure
-    return results
-
-
-def _cancel(futures: Sequence[concurrent.futures.Future]) -> None:
-    # A future of asyncio.run_coroutine_threadsafe cancels its task on the loop: vLLM's AsyncLLM aborts the
-    # request, an HTTP client closes its connection (and vLLM's server aborts there).
-    for future in futures:
-        future.cancel()
+    return [future.result() for future in futures]

@@ -71,8 +71,6 @@ class TransformersEngine:
         self.context_length = max_model_len
         self._queue: queue.Queue[_Queued | None] = queue.Queue()
         self._worker: threading.Thread | None = None
-        # Held while generate() runs: a test holds it to keep the model busy.
-        self._lock = threading.Lock()
 
     def load(self) -> None:
         """Load processor and model; raise EngineLoadError saying what was tried when that fails."""
@@ -149,12 +147,11 @@ class TransformersEngine:
     def _run(self, batch: list[_Queued]) -> None:
         """Generate for a batch and settle each page's future (a future stays pending until then, so it can be
         cancelled while its row runs)."""
+        batch = [item for item in batch if not item.future.cancelled()]  # dropped while it waited its turn
+        if not batch:
+            return
         try:
-            with self._lock:
-                batch = [item for item in batch if not item.future.cancelled()]  # again: the wait may have been long
-                if not batch:
-                    return
-                outcomes = self._generate_locked(batch)
+            outcomes = self._generate(batch)
         except Exception as exc:  # noqa: BLE001 - every page of the batch shares the failure
             outcomes = [exc] * len(batch)
         for item, outcome in zip(batch, outcomes, strict=True):
@@ -165,7 +162,7 @@ class TransformersEngine:
             else:
                 item.future.set_result(outcome)
 
-    def _generate_locked(self, batch: list[_Queued]) -> list[EngineOutput | Exception]:
+    def _generate(self, batch: list[_Queued]) -> list[EngineOutput | Exception]:
         import torch
 
         requests = [item.request for item in batch]
@@ -193,7 +190,7 @@ class TransformersEngine:
                     for tokens in prompt_tokens
                 ]
                 fitting = [item for item, budget in zip(batch, budgets, strict=True) if budget >= 1]
-                rest = iter(self._generate_locked(fitting) if fitting else [])
+                rest = iter(self._generate(fitting) if fitting else [])
                 return [error if budget < 1 else next(rest) for error, budget in zip(too_long, budgets, strict=True)]
             inputs = inputs.to(self.device)
             inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
