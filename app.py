@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     from ocr_api.access import install_access_control
     from ocr_api.errors import register_error_handlers
     from ocr_api.logs import configure_logging
-    from ocr_api.routes import UploadRequest, ocr_routes, probes
+    from ocr_api.routes import UploadRequest, job_routes, ocr_routes, probes
     from ocr_service import get_service
 
     if settings is None:
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     register_error_handlers(app)
     app.register_blueprint(probes)
     app.register_blueprint(ocr_routes)
+    app.register_blueprint(job_routes)
     install_access_control(app, settings)
     return app
 
@@ -64,8 +65,13 @@ def main() -> int:
     except (ConfigError, EngineLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    from ocr_api.jobs import jobs_of
+
+    # Jobs run here, on the engine this process owns (one engine per machine, never a second one for jobs).
+    jobs = jobs_of(app)
+    jobs.queue.start_consumer(jobs.runner())
     # SIGTERM (a supervisor's stop) unwinds like Ctrl-C, so the engine is shut down with its child processes
-    # instead of leaving them orphaned with the GPU's memory.
+    # instead of leaving them orphaned with the GPU's memory. Set after the consumer's start, which sets its own.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     logger.info("serving on http://%s:%d", settings.host, settings.port)
     try:
@@ -73,6 +79,7 @@ def main() -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        jobs.queue.stop_consumer()  # running jobs stop at their next page and are queued again
         app.extensions["ocr_service"].close()
     return 0
 

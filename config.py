@@ -186,6 +186,51 @@ class Settings:
         "How the remote engine is sent each page, at the size the model's processor uses: jpeg (quality 90) or png "
         "(lossless, compression level 1: several times the bytes and the CPU). See docs/PERFORMANCE.md.",
     )
+    jobs_dir: str = setting(
+        "JOBS_DIR",
+        "jobs",
+        "Where document jobs keep their uploads and, without REDIS_URL, their queue and state (one SQLite file, "
+        "WAL). With REDIS_URL, a directory every API node and consumer shares.",
+    )
+    redis_url: str = setting(
+        "REDIS_URL",
+        "",
+        "Redis for document jobs (redis://host:6379/0): their queue and state, shared by every API node and "
+        "consumer. Empty: SQLite under JOBS_DIR, for one machine.",
+        secret=True,  # may carry a password
+    )
+    job_max_upload_mb: int = setting("JOB_MAX_UPLOAD_MB", 512, "Largest POST /jobs body in MiB; larger ones get 413.")
+    job_max_pages: int = setting("JOB_MAX_PAGES", 5000, "Most pages one job processes, over all its files.")
+    job_max_files: int = setting("JOB_MAX_FILES", 1000, "Most files in one job (a folder of scans).")
+    job_ttl: int = setting(
+        "JOB_TTL", 86_400, "Seconds a finished job (and its uploads and results) is kept before it is removed."
+    )
+    job_pages_in_flight: int = setting(
+        "JOB_PAGES_IN_FLIGHT",
+        32,
+        "Pages all the jobs of one process keep at the engine at once, taken from MAX_PAGES_IN_FLIGHT where the "
+        "consumer shares a process with requests (start_server.sh), so that synchronous requests keep the rest.",
+    )
+    job_workers: int = setting("JOB_WORKERS", 1, "Jobs one consumer runs at once; each keeps its window full.")
+    job_engine_retries: int = setting(
+        "JOB_ENGINE_RETRIES",
+        3,
+        "Times a job whose engine is unavailable or times out is run again (from the pages not yet done), "
+        "JOB_RETRY_DELAY_S apart, before its remaining pages fail with the engine's error.",
+    )
+    job_retry_delay_s: int = setting("JOB_RETRY_DELAY_S", 30, "Seconds between a job's runs after an engine failure.")
+    callback_secret: str = setting(
+        "CALLBACK_SECRET",
+        "",
+        "Key of the HMAC-SHA256 signature on job callbacks (X-OCR-Signature). Empty: jobs cannot have a callback_url.",
+        secret=True,
+    )
+    callback_allow_private: bool = setting(
+        "CALLBACK_ALLOW_PRIVATE",
+        False,
+        "Let callback_url name loopback, private and link-local addresses (a receiver on the same network). Off: "
+        "only public addresses, checked after DNS resolution.",
+    )
     torch_device: str = setting("TORCH_DEVICE", "auto", "transformers engine: auto, cpu, cuda, cuda:N or mps.")
     torch_dtype: str = setting(
         "TORCH_DTYPE",
@@ -229,6 +274,16 @@ class Settings:
         _within("MAX_PDF_PAGES", self.max_pdf_pages, 1, 100_000)
         _within("ENGINE_BATCH_PAGES", self.engine_batch_pages, 1, 4096)
         _choice("ENGINE_IMAGE_FORMAT", self.engine_image_format, ENGINE_IMAGE_FORMATS)
+        _within("JOB_MAX_UPLOAD_MB", self.job_max_upload_mb, 1, 65_536)
+        _within("JOB_MAX_PAGES", self.job_max_pages, 1, 1_000_000)
+        _within("JOB_MAX_FILES", self.job_max_files, 1, 100_000)
+        _within("JOB_TTL", self.job_ttl, 60, 365 * 86_400)
+        _within("JOB_PAGES_IN_FLIGHT", self.job_pages_in_flight, 1, 100_000)
+        _within("JOB_WORKERS", self.job_workers, 1, 64)
+        _within("JOB_ENGINE_RETRIES", self.job_engine_retries, 0, 100)
+        _within("JOB_RETRY_DELAY_S", self.job_retry_delay_s, 0, 86_400)
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
         for key in self.api_key_list:
             if len(key) < MIN_API_KEY_CHARS:
                 raise ConfigError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -10,12 +11,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from config import Settings
-from ocr_api.admission import Admission
+from ocr_api.admission import Admission, Share
 from ocr_api.documents import PdfLimits
 from ocr_api.engines import EngineLoadError, EngineRequest, OcrEngine, build_engine
 from ocr_api.engines.base import StopCheck
@@ -28,7 +30,7 @@ from ocr_api.pipeline import PageJob, PageStream, StreamRules
 from ocr_api.preparation import FitSize, ImageLimits
 from ocr_api.reading import PageReading
 from ocr_api.results import FileError, FileResult, FinishedPage
-from ocr_api.sources import Source, open_source
+from ocr_api.sources import SaveUpload, Source, open_source
 from ocr_api.tiling import engine_size
 from ocr_api.uploads import UploadStore
 
@@ -75,9 +77,11 @@ class OcrService:
             min_side=settings.min_image_side,
             max_aspect_ratio=settings.max_aspect_ratio,
         )
+        # Jobs may take pages of a larger PDF, and wait for their slots instead of being refused.
+        self._job_pdf_limits = dataclasses.replace(self._pdf_limits, max_pages=settings.job_max_pages)
         self.admission = Admission(settings.max_pages_in_flight)
-        # A request never has more pages at the engine than the admission bound lets one process have.
-        self._window = min(settings.engine_batch_pages, settings.max_pages_in_flight)
+        # Jobs run in this process (start_server.sh) leave synchronous requests the rest of the bound.
+        self.job_admission = Share(self.admission, min(settings.job_pages_in_flight, settings.max_pages_in_flight))
 
     def start(self) -> None:
         """Load the engine; raise EngineLoadError (state "failed") when it cannot be loaded."""
@@ -146,21 +150,14 @@ class OcrService:
                 filename = display_filename(upload.filename)
                 opening_started = time.perf_counter()
                 try:
-                    source, path = open_source(
-                        upload.data,
-                        options,
-                        uploads.save,
-                        image_limits=self._limits,
-                        pdf_limits=self._pdf_limits,
-                        fit=self._fit(options),
-                    )
+                    source, path = self.open_upload(upload.data, options, uploads.save)
                 except ApiError as error:
                     logger.info("rejected upload %r: %s (%s)", filename, error.code, error.status)
                     opened.append(FileError(filename, error))
                     continue
                 open_files.callback(source.close)
                 opened.append(_OpenedFile(filename, source, str(path), _ms_since(opening_started)))
-            stream = PageStream(self.engine, self.admission, self._stream_rules(options), client_gone or _never)
+            stream = self.page_stream(options, client_gone or _never)
             outcomes = stream.run(_jobs(opened))
             results: list[FileResult | FileError] = []
             for position, item in enumerate(opened):
@@ -196,11 +193,25 @@ class OcrService:
             timing=timing,
         )
 
+    def open_upload(
+        self, data: bytes | Path, options: OcrOptions, save: SaveUpload | None, for_job: bool = False
+    ) -> tuple[Source, Path | None]:
+        """Check and open one upload (bytes, or a job's stored file) as a source of pages; raises its ApiError."""
+        pdf_limits = self._job_pdf_limits if for_job else self._pdf_limits
+        return open_source(
+            data, options, save, image_limits=self._limits, pdf_limits=pdf_limits, fit=self._fit(options)
+        )
+
+    def page_stream(self, options: OcrOptions, should_stop: StopCheck, for_job: bool = False) -> PageStream:
+        """A stream for one request's pages, or one job's: a job uses its share of the bound and waits for room."""
+        admission = self.job_admission if for_job else self.admission
+        return PageStream(self.engine, admission, self._stream_rules(options, admission.limit, for_job), should_stop)
+
     def _fit(self, options: OcrOptions) -> FitSize:
         """The size each page is made at: the smallest the model's processor makes the same views from."""
         return partial(engine_size, profile=self.engine.profile, mode=options.mode)
 
-    def _stream_rules(self, options: OcrOptions) -> StreamRules:
+    def _stream_rules(self, options: OcrOptions, bound: int, for_job: bool) -> StreamRules:
         # Built once per request: the guard of each attempt, the request each page becomes.
         guards = [self._guard(strength) for strength in range(1 + self.settings.runaway_retries)]
 
@@ -208,13 +219,15 @@ class OcrService:
             return EngineRequest(image, options.prompt, options.max_tokens, guards[attempt - 1], options.mode)
 
         return StreamRules(
-            window=self._window,
+            # Never more pages at the engine than the process's bound (or the jobs' share of it) allows.
+            window=min(self.settings.engine_batch_pages, bound),
             render_ahead=RENDER_AHEAD_PAGES,
             attempts=1 + self.settings.runaway_retries,
             timeout_s=self.settings.engine_timeout_s,
             build_request=build_request,
             ran_away=partial(self._ran_away, options),
             draw=partial(_draw, options) if options.wants_pictures else None,
+            wait_for_room=for_job,
         )
 
     def _guard(self, strength: int) -> GuardSettings:

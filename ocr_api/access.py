@@ -31,7 +31,8 @@ def install_access_control(app: Flask, settings: Settings) -> None:
             app,
             origins=origins,
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-            methods=["GET", "POST", "OPTIONS"],
+            methods=["GET", "POST", "DELETE", "OPTIONS"],
+            expose_headers=["Location", "Retry-After"],
             max_age=600,
         )
     if settings.api_key_list:

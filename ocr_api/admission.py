@@ -42,3 +42,27 @@ class Admission:
             f"The service is at capacity: {self.in_flight} of {self.limit} pages are at the OCR engine in this "
             "process. Try again after the time in Retry-After."
         )
+
+
+class Share(Admission):
+    """At most ``limit`` of a parent bound's slots: the pages jobs may have at the engine, so that synchronous
+    requests in the same process keep the rest of MAX_PAGES_IN_FLIGHT."""
+
+    def __init__(self, parent: Admission, limit: int):
+        super().__init__(limit)
+        self.parent = parent
+
+    def check_room(self) -> None:
+        """A job never refuses: it waits for a slot."""
+
+    def try_take(self) -> bool:
+        with self._lock:
+            if self.in_flight >= self.limit or not self.parent.try_take():
+                return False
+            self.in_flight += 1
+            return True
+
+    def release(self, slots: int) -> None:
+        with self._lock:
+            self.in_flight -= slots
+        self.parent.release(slots)

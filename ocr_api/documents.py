@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pymupdf
 from PIL import Image
@@ -43,10 +44,14 @@ def is_pdf(data: bytes) -> bool:
     return data.find(b"%PDF-", 0, 1024) != -1
 
 
-def open_pdf(data: bytes, password: str | None = None) -> pymupdf.Document:
-    """Open a PDF from bytes; PyMuPDF repairs damaged cross-reference tables on the way."""
+def open_pdf(data: bytes | Path, password: str | None = None) -> pymupdf.Document:
+    """Open a PDF from bytes or a stored file (a job's: read as pages need it); PyMuPDF repairs damaged
+    cross-reference tables on the way."""
     try:
-        document = pymupdf.open(stream=data, filetype="pdf")
+        if isinstance(data, Path):
+            document = pymupdf.open(data, filetype="pdf")
+        else:
+            document = pymupdf.open(stream=data, filetype="pdf")
     except Exception as exc:  # noqa: BLE001 - any parser failure on these bytes is the file's fault
         raise _unreadable(exc) from None
     try:

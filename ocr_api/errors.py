@@ -27,6 +27,13 @@ class ApiError(Exception):
         """Return the JSON body of this error."""
         return {"error": self.message, "code": self.code}
 
+    @classmethod
+    def rebuilt(cls, status: int, body: dict[str, str]) -> ApiError:
+        """The error again from its status and body (as a job stored it), to be rendered as it was."""
+        error = cls(body.get("error"), code=body.get("code"))
+        error.status = status
+        return error
+
 
 class BadRequest(ApiError):
     status = 400
@@ -38,6 +45,12 @@ class NotFound(ApiError):
     status = 404
     code = "not_found"
     message = "No such endpoint. See docs/API_DOCUMENTATION.md for the endpoints."
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+    message = "The resource is not in a state that allows this."
 
 
 class MethodNotAllowed(ApiError):
@@ -77,6 +90,12 @@ class RateLimited(ApiError):
     status = 429
     code = "rate_limited"
     message = "Too many requests for this client; wait for the time in Retry-After, then try again."
+
+
+class InsufficientStorage(ApiError):
+    status = 507
+    code = "jobs_storage_full"
+    message = "The disk that holds jobs (JOBS_DIR) is full; the job was not accepted. Try again later."
 
 
 class InferenceFailed(ApiError):

@@ -81,6 +81,7 @@ class StreamRules:
     build_request: Callable[[Image.Image, int], EngineRequest]  # pixels and attempt number -> what the engine gets
     ran_away: Callable[[PageReading], bool]
     draw: Callable[[Image.Image, PageReading], dict[str, Any]] | None = None  # pictures asked for, else None
+    wait_for_room: bool = False  # a job waits for a free slot; a request is refused (503) when it has none
 
 
 @dataclass
@@ -110,6 +111,11 @@ class PageStream:
         self.engine_ms = 0.0  # from the first page sent to the last answered
 
     def run(self, jobs: Iterable[PageJob]) -> dict[tuple[int, int], PageOutcome]:
+        """Every page's outcome by its key, once all are finished."""
+        return dict(self.finished(jobs))
+
+    def finished(self, jobs: Iterable[PageJob]) -> Iterator[tuple[tuple[int, int], PageOutcome]]:
+        """Yield each page's key and outcome as it finishes (in the order pages finish, not their own)."""
         pending = iter(jobs)
         started: float | None = None
         try:
@@ -119,19 +125,22 @@ class PageStream:
                 self._send(pending)
                 if started is None and self._at_engine:
                     started = time.perf_counter()
+                while self._outcomes:
+                    yield self._outcomes.popitem()
                 if not (self._at_engine or self._ready or self._again) and self._rendered_all:
                     break
                 if len(self._ready) < self._rules.render_ahead and not self._rendered_all:
                     self._render_next(pending)  # ahead of the engine, while it works
                     self._collect(timeout=0)
-                else:  # nothing to do but wait for an answer
+                else:  # nothing to do but wait for an answer (or, for a job, for a free slot)
                     self._collect(timeout=POLL_S)
                 self._check_deadlines()
+            while self._outcomes:
+                yield self._outcomes.popitem()
         finally:
             self._abandon()
-        if started is not None:
-            self.engine_ms = round((time.perf_counter() - started) * 1000, 1)
-        return self._outcomes
+            if started is not None:
+                self.engine_ms = round((time.perf_counter() - started) * 1000, 1)
 
     def _send(self, pending: Iterator[PageJob]) -> None:
         """Send pages while the window has room: runaways first, then rendered pages, then the next jobs."""
@@ -161,9 +170,9 @@ class PageStream:
         if self._admission.try_take():
             self._slots += 1
             return True
-        if self._slots == 0:  # not one page sent yet, and none can be: refused as a whole
+        if self._slots == 0 and not self._rules.wait_for_room:  # not one page sent, and none can be: refused
             raise self._admission.refusal()
-        return False  # the process is full; this request goes on with the slots it has
+        return False  # the process is full; this request goes on with the slots it has (a job waits for one)
 
     def _give_back_spare_slots(self) -> None:
         spare = self._slots - len(self._at_engine)
@@ -199,6 +208,7 @@ class PageStream:
     def _collect(self, timeout: float) -> None:
         """Take the answers that have come (waiting up to ``timeout`` for the first)."""
         if not self._at_engine:
+            time.sleep(timeout)  # only a job waiting for its first slot gets here with a timeout
             return
         done, _ = concurrent.futures.wait(self._at_engine, timeout=timeout, return_when="FIRST_COMPLETED")
         for future in [future for future in self._at_engine if future in done]:  # in the order they were sent

@@ -7,7 +7,7 @@ from typing import Any
 
 from ocr_api.errors import ApiError
 from ocr_api.pipeline import PageOutcome
-from ocr_api.reading import blocks_as_dicts, usage
+from ocr_api.reading import blocks_as_dicts
 
 # Between the pages of a document in the top-level text, as DeepSeek's own PDF script separates them.
 PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
@@ -41,9 +41,15 @@ class FinishedPage:
             **outcome.pictures,
         }
 
-    @property
-    def text(self) -> str:
-        return self.outcome.reading.text if self.outcome.reading else ""
+    def entry(self, is_document: bool) -> dict[str, Any]:
+        """The page as its file's result holds it: its fields, and for a document page its number and size."""
+        if not is_document:
+            return self.fields()
+        entry = {"page": self.number, **self.fields()}
+        if self.outcome.reading is not None:
+            width, height = self.outcome.size
+            entry.update(width=width, height=height)
+        return entry
 
 
 @dataclass(frozen=True)
@@ -62,46 +68,47 @@ class FileResult:
     timing: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "text": PAGE_SEPARATOR.join(page.text for page in self.pages),
-            "image_path": self.image_path,
-            "prompt": self.prompt,
-            "task": self.task,
-            "filename": self.filename,
-        }
-        if not self.is_document:
-            (page,) = self.pages
-            body.update(page.fields(), image=self.source)
-        else:
-            body.update(self._document_fields())
-        body.update(engine=self.engine, model=self.model, timing=self.timing)
-        return body
+        head = {"image_path": self.image_path, "prompt": self.prompt, "task": self.task, "filename": self.filename}
+        tail = {"engine": self.engine, "model": self.model, "timing": self.timing}
+        entries = [page.entry(self.is_document) for page in self.pages]
+        return file_body(head, entries, self.source, self.is_document, tail)
 
-    def _document_fields(self) -> dict[str, Any]:
-        entries = []
-        for page in self.pages:
-            width, height = page.outcome.size
-            entry = {"page": page.number, **page.fields()}
-            if page.outcome.reading is not None:
-                entry.update(width=width, height=height)
-            entries.append(entry)
-        statuses = [entry["status"] for entry in entries]
-        readings = [page.outcome.reading for page in self.pages if page.outcome.reading is not None]
-        truncated = statuses.count("truncated")
-        return {
-            "finish_reason": "length" if truncated else "stop",
-            "truncated": truncated > 0,
-            "pages_total": len(self.pages),
-            "pages_failed": statuses.count("failed"),
-            "pages_truncated": truncated,
-            "pages_repetitive": statuses.count("repetitive"),
-            "pages_retried": sum(page.outcome.attempts > 1 for page in self.pages),
-            "usage": usage([reading.output for reading in readings]),
-            "guard": readings[0].output.guard.to_dict() if readings else None,
-            "markdown": PAGE_SEPARATOR.join(entry.get("markdown", "") for entry in entries),
-            "document": self.source,
-            "pages": entries,
-        }
+
+def file_body(
+    head: dict[str, Any], entries: list[dict[str, Any]], source: dict[str, Any], is_document: bool,
+    tail: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The one body of a file's result, from its page entries: what /ocr returns and a job's result holds."""
+    body: dict[str, Any] = {"text": PAGE_SEPARATOR.join(entry.get("text", "") for entry in entries), **head}
+    if not is_document:
+        (entry,) = entries
+        body.update(entry, image=source)
+    else:
+        body.update(_document_fields(entries, source))
+    body.update(tail)
+    return body
+
+
+def _document_fields(entries: list[dict[str, Any]], source: dict[str, Any]) -> dict[str, Any]:
+    statuses = [entry["status"] for entry in entries]
+    read = [entry for entry in entries if entry["status"] != "failed"]
+    truncated = statuses.count("truncated")
+    prompt = sum(entry["usage"]["prompt_tokens"] for entry in read)
+    completion = sum(entry["usage"]["completion_tokens"] for entry in read)
+    return {
+        "finish_reason": "length" if truncated else "stop",
+        "truncated": truncated > 0,
+        "pages_total": len(entries),
+        "pages_failed": statuses.count("failed"),
+        "pages_truncated": truncated,
+        "pages_repetitive": statuses.count("repetitive"),
+        "pages_retried": sum(entry.get("attempts", 1) > 1 for entry in entries),
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "guard": read[0]["guard"] if read else None,
+        "markdown": PAGE_SEPARATOR.join(entry.get("markdown", "") for entry in entries),
+        "document": source,
+        "pages": entries,
+    }
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import io
+import tempfile
 from datetime import datetime, timezone
 from typing import IO
 
-from flask import Blueprint, Request, current_app, jsonify, request
+from flask import Blueprint, Request, Response, current_app, jsonify, request, stream_with_context
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
+from ocr_api.access import client_by_key
 from ocr_api.disconnect import client_gone_probe
 from ocr_api.errors import BadRequest, EngineNotReady, ShuttingDown, UnsupportedMediaType
+from ocr_api.jobs import Job, JobUpload, jobs_of
 from ocr_api.options import OcrOptions
 from ocr_api.results import FileError
 from ocr_service import OcrService, UploadedFile
@@ -24,6 +27,8 @@ SERVICE_NAME = "DeepSeek-OCR API"
 # later, needs a key and counts against the rate limit.
 probes = Blueprint("probes", __name__)
 ocr_routes = Blueprint("ocr", __name__)
+job_routes = Blueprint("jobs", __name__)
+SPOOL_IN_MEMORY_BYTES = 1 << 20
 
 
 class UploadRequest(Request):
@@ -33,6 +38,8 @@ class UploadRequest(Request):
     parts, a field too long) the parts already parsed are left for the garbage collector to close.
     """
 
+    spool_uploads = False  # POST /jobs: files of up to JOB_MAX_UPLOAD_MB go to temporary files instead
+
     def _get_file_stream(
         self,
         total_content_length: int | None,
@@ -40,6 +47,8 @@ class UploadRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IO[bytes]:
+        if self.spool_uploads:
+            return tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
         return io.BytesIO()
 
     @cached_property
@@ -117,6 +126,93 @@ def ocr_batch():
         succeeded=len(results) - failed,
         failed=failed,
     )
+
+
+@job_routes.post("/jobs")
+def create_job():
+    """Queue a job of one or more files (fields ``file`` or ``files``) with /ocr's fields; 202 once all are checked."""
+    settings = _service().settings
+    request.max_content_length = settings.job_max_upload_mb * 1024 * 1024
+    request.max_form_parts = 2 * settings.job_max_files + 16
+    request.spool_uploads = True  # type: ignore[attr-defined]
+    _require_multipart()
+    parts = request.files.getlist("file") + request.files.getlist("files")
+    uploads = [
+        JobUpload(part.filename or "", part.stream) for part in parts if part.filename or _has_bytes(part.stream)
+    ]
+    if not uploads:
+        raise BadRequest(_missing_file_message("file' or 'files"), code="missing_file")
+    job = jobs_of(current_app).submit(uploads, request.form.to_dict(flat=False), _owner(), request.url_root)
+    response = jsonify(jobs_of(current_app).view(job))
+    response.status_code = 202
+    response.headers["Location"] = job.links()["self"]
+    return response
+
+
+@job_routes.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    jobs = jobs_of(current_app)
+    return jsonify(jobs.view(_job(job_id)))
+
+
+@job_routes.get("/jobs/<job_id>/result")
+def get_job_result(job_id: str):
+    """The body /ocr or /ocr/batch would have returned, once the job is finished; 202 with its status before."""
+    body, status = jobs_of(current_app).result(_job(job_id))
+    return jsonify(body), status
+
+
+@job_routes.get("/jobs/<job_id>/pages")
+def get_job_pages(job_id: str):
+    """The pages finished so far, in page order, after the ``after``-th (default 0)."""
+    after = _int_arg("after", 0)
+    limit = _int_arg("limit", 100)
+    return jsonify(jobs_of(current_app).pages(_job(job_id), after, limit))
+
+
+@job_routes.get("/jobs/<job_id>/events")
+def get_job_events(job_id: str):
+    """Server-Sent Events of the job; a reconnecting client's Last-Event-ID resumes after the last page it got."""
+    job = _job(job_id)
+    last = request.headers.get("Last-Event-ID", "").strip()
+    after = job.pages_total if last == "end" else int(last) if last.isdigit() else _int_arg("after", 0)
+    events = jobs_of(current_app).events(job, _owner(), after)
+    # X-Accel-Buffering: nginx (start_production.sh's front server) passes each event on as it comes.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(stream_with_context(events), mimetype="text/event-stream", headers=headers)
+
+
+@job_routes.delete("/jobs/<job_id>")
+def delete_job(job_id: str):
+    """Cancel a job (pages at the engine are aborted, its files removed); remove a finished one."""
+    view = jobs_of(current_app).cancel(_job(job_id))
+    if view is None:
+        return "", 204
+    return jsonify(view)
+
+
+def _job(job_id: str) -> Job:
+    return jobs_of(current_app).find(job_id, _owner())
+
+
+def _owner() -> str | None:
+    """Who a job belongs to: the API key's digest when keys are on (any other key gets 404), else nobody."""
+    return client_by_key() if _service().settings.api_key_list else None
+
+
+def _int_arg(name: str, default: int) -> int:
+    raw = request.args.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise BadRequest(f"'{name}' must be a whole number of 0 or more; got {raw[:20]!r}.", code="invalid_parameter")
+    return int(raw)
+
+
+def _has_bytes(stream: IO[bytes]) -> bool:
+    empty = not stream.read(1)
+    stream.seek(0)
+    return not empty
 
 
 def _options() -> OcrOptions:

@@ -98,9 +98,9 @@ class PdfSource:
 
 
 def open_source(
-    data: bytes,
+    data: bytes | Path,
     options: OcrOptions,
-    save: SaveUpload,
+    save: SaveUpload | None,
     *,
     image_limits: ImageLimits,
     pdf_limits: PdfLimits,
@@ -108,12 +108,16 @@ def open_source(
 ) -> tuple[Source, Path | None]:
     """Decide the format from the bytes, store the upload and open it; return the source and where it was stored.
 
-    Raises the ApiError the file deserves (415, 422, 400 for a page selection outside the document).
+    ``data`` is the upload's bytes, or a file where it is stored already (a job's; ``save`` is then None and a
+    PDF is read from the file as its pages are needed). Raises the ApiError the file deserves (415, 422, 400 for
+    a page selection outside the document).
     """
-    image_format = sniff_format(data)
+    stored = data if isinstance(data, Path) else None
+    head = _head(stored) if stored else data
+    image_format = sniff_format(head)
     # An image signature at byte 0 wins: "%PDF-" inside a PNG's text chunk does not make it a PDF.
-    if image_format is None and is_pdf(data):
-        path = save(data, "pdf")
+    if image_format is None and is_pdf(head):
+        path = save(data, "pdf") if save and isinstance(data, bytes) else stored
         document = open_pdf(data, options.password)
         try:
             indices = options.pages.indices(document.page_count, pdf_limits.max_pages)
@@ -121,6 +125,14 @@ def open_source(
             document.close()
             raise
         return PdfSource(document, indices, pdf_limits, fit), path
+    image_bytes = stored.read_bytes() if stored else data
+    assert isinstance(image_bytes, bytes)
     # Only allow-listed bytes are stored; the extension comes from the bytes, not the client's name.
-    path = save(data, EXTENSIONS[image_format]) if image_format else None
-    return ImageSource(data, inspect_image(data, image_limits), image_limits, fit), path
+    path = stored or (save(image_bytes, EXTENSIONS[image_format]) if image_format and save else None)
+    return ImageSource(image_bytes, inspect_image(image_bytes, image_limits), image_limits, fit), path
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of a stored file: enough to tell its format (a PDF's header may follow 1 KiB of junk)."""
+    with path.open("rb") as handle:
+        return handle.read(4096)

@@ -44,6 +44,7 @@ def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Return the caller's environment without service settings, pointed at ``tmp_path`` and a free port."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("OCR_", "DEEPSEEK_", "VLLM_"))}
     env.update(HOST="127.0.0.1", PORT=str(free_port()), UPLOAD_FOLDER=str(tmp_path / "uploads"))
+    env.update(JOBS_DIR=str(tmp_path / "jobs"))
     env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", LOG_DIR=str(tmp_path / "logs"))
     env.update(DRAIN_SECONDS="0")  # no drain pause on stop, except where a test is about it
     env.update(extra)

@@ -57,7 +57,9 @@ CORPUS_IMAGES = [entry for entry in CORPUS_FILES if entry.path.parent.name == "i
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(upload_folder=str(tmp_path / "uploads"), max_tokens=64, max_batch_files=8)
+    return Settings(
+        upload_folder=str(tmp_path / "uploads"), jobs_dir=str(tmp_path / "jobs"), max_tokens=64, max_batch_files=8
+    )
 
 
 @pytest.fixture
