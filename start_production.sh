@@ -18,6 +18,8 @@ mkdir -p uploads "$log_dir"
 log_dir=$(cd "$log_dir" && pwd)
 engine_pid=""
 gunicorn_pid=""
+consumer_pid=""
+consumer_restarts=0
 front_pid=""
 redactor_pid=""
 stopping=0
@@ -62,6 +64,35 @@ start_gunicorn() {
     --capture-output \
     "app:create_app()" &
   gunicorn_pid=$!
+}
+
+start_consumer() {
+  # Document jobs run here, beside the workers and on the same engine; SIGTERM stops each at its next page and
+  # queues it again, so the next start goes on where it stopped.
+  "$VENV/bin/python" -m ocr_api.jobs.consumer >>"$log_dir/jobs.log" 2>&1 &
+  consumer_pid=$!
+  say "job consumer started (pid $consumer_pid, log $log_dir/jobs.log)"
+}
+
+stop_consumer() {
+  [ -n "$consumer_pid" ] || return 0
+  kill -TERM "$consumer_pid" 2>/dev/null || true
+  kill_after "$consumer_pid" 60
+  wait "$consumer_pid" 2>/dev/null || true
+  consumer_pid=""
+  say "job consumer stopped"
+}
+
+restart_consumer() {
+  # A consumer that died (killed, out of memory) leaves its job running; the new one's warden takes it up.
+  consumer_pid=""
+  if [ "$consumer_restarts" -ge "${ENGINE_MAX_RESTARTS:-5}" ]; then
+    say "error: the job consumer exited and was restarted $consumer_restarts times already; stopping"
+    return 1
+  fi
+  consumer_restarts=$((consumer_restarts + 1))
+  say "the job consumer exited; restarting it ($consumer_restarts of ${ENGINE_MAX_RESTARTS:-5})"
+  start_consumer
 }
 
 start_front() {
@@ -109,6 +140,7 @@ stop_front() {
 
 start_service() {
   start_gunicorn
+  start_consumer
   start_front
 }
 
@@ -173,6 +205,7 @@ stop_service() {
     gunicorn_pid=""
     say "gunicorn stopped"
   fi
+  stop_consumer
   rm -f "$DRAIN_FILE"
 }
 
@@ -188,16 +221,21 @@ if [ -n "${OCR_ENGINE_URL:-}" ]; then
   say "using the engine at $OCR_ENGINE_URL"
   trap 'stopping=1' TERM INT
   start_service
-  exited=""
-  wait -n -p exited "$gunicorn_pid" "$front_pid" || true
-  if [ "$stopping" = 1 ]; then
+  while true; do
+    exited=""
+    wait -n -p exited "$gunicorn_pid" "$front_pid" "$consumer_pid" || true
+    if [ "$stopping" = 1 ]; then
+      stop_service
+      exit 0
+    fi
+    if [ "$exited" = "$consumer_pid" ] && restart_consumer; then
+      continue
+    fi
+    [ "$exited" = "$gunicorn_pid" ] && gunicorn_pid="" && say "error: gunicorn exited; stopping"
+    [ "$exited" = "$front_pid" ] && front_pid="" && say "error: nginx exited; stopping"
     stop_service
-    exit 0
-  fi
-  [ "$exited" = "$gunicorn_pid" ] && gunicorn_pid="" && say "error: gunicorn exited; stopping"
-  [ "$exited" = "$front_pid" ] && front_pid="" && say "error: nginx exited; stopping"
-  stop_service
-  exit 1
+    exit 1
+  done
 fi
 
 use_environment vllm
@@ -225,12 +263,18 @@ start_service
 restarts=0
 while true; do
   exited=""
-  wait -n -p exited "$engine_pid" "$gunicorn_pid" "$front_pid" || true
+  wait -n -p exited "$engine_pid" "$gunicorn_pid" "$front_pid" "$consumer_pid" || true
   if [ "$stopping" = 1 ]; then
     say "stopping: nginx and gunicorn first (in-flight requests finish), then the engine"
     stop_service
     stop_engine
     exit 0
+  fi
+  if [ "$exited" = "$consumer_pid" ]; then
+    restart_consumer && continue
+    stop_service
+    stop_engine
+    exit 1
   fi
   if [ "$exited" = "$gunicorn_pid" ] || [ "$exited" = "$front_pid" ]; then
     [ "$exited" = "$gunicorn_pid" ] && gunicorn_pid="" && say "error: gunicorn exited; stopping"

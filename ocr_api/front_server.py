@@ -28,6 +28,8 @@ def render(settings: Settings, listen: str, upstream: str, run_dir: str, log_dir
         "log_dir": log_dir,
         "max_body_bytes": str(settings.max_content_length),
         "max_upload_mb": str(settings.max_upload_mb),
+        "job_max_body_bytes": str(settings.job_max_upload_mb * 1024 * 1024),
+        "job_max_upload_mb": str(settings.job_max_upload_mb),
         "client_timeout_s": f"{settings.client_timeout_s:g}",
         "read_timeout_s": str(settings.longest_request_s),
         # nginx started by root would run its workers as nobody, who cannot reach the run directory; they run
