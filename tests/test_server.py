@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,29 @@ def test_corpus_pdfs_over_http(server, name, pages):
     # Blocks come back in pixels of each rendered page (random weights write no markup: one block, no boxes).
     assert all(page["width"] > 1000 and all("boxes" in b for b in page["blocks"]) for page in body["pages"])
     assert _uploads_left(server) == []
+
+
+def test_a_pdf_as_a_job_through_start_server_on_the_tiny_model(server):
+    data = (CORPUS / "pdfs" / "joined.pdf").read_bytes()
+    response = requests.post(
+        f"{server.url}/jobs",
+        files={"file": ("joined.pdf", data)},
+        data={"task": "markdown", "pages": "2-4"},
+        timeout=60,
+    )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["pages_total"] == 3
+    deadline = time.monotonic() + 300
+    while (view := requests.get(job["urls"]["self"], timeout=10).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, view
+        time.sleep(0.5)
+    assert view["status"] == "succeeded"
+    assert view["progress"]["pages"]["failed"] == 0
+    result = requests.get(job["urls"]["result"], timeout=30).json()
+    assert [page["page"] for page in result["pages"]] == [2, 3, 4]
+    assert all(page["usage"]["prompt_tokens"] > 256 for page in result["pages"])  # real image tokens, real model
+    assert result["engine"] == "transformers"
 
 
 def test_corpus_as_one_batch_over_http(server):

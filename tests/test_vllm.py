@@ -207,6 +207,25 @@ def test_a_client_that_hangs_up_is_aborted_inside_vllm(production):
     assert not any(production.uploads.iterdir())
 
 
+def test_a_job_runs_in_the_consumer_beside_the_workers_on_the_same_vllm_server(production):
+    response = requests.post(
+        f"{production.url}/jobs", files={"file": ("hopper.png", _hopper())}, data={"max_tokens": "8"}, timeout=60
+    )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    deadline = time.monotonic() + IMAGE_TIMEOUT_S
+    while (status := requests.get(job["urls"]["self"], timeout=10).json()["status"]) in ("queued", "running"):
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(2)
+    assert status == "succeeded"
+    result = requests.get(job["urls"]["result"], timeout=30).json()
+    assert result["engine"] == "remote"
+    assert result["filename"] == "hopper.png"
+    assert 1 <= result["usage"]["completion_tokens"] <= 8
+    assert result["usage"]["prompt_tokens"] > 256  # the image reached vLLM's model
+    assert "run_job" in (production.logs / "jobs.log").read_text()  # run by the consumer process, not a worker
+
+
 def test_killing_the_engine_gives_503_the_service_recovers_and_the_script_stops_cleanly(production):
     in_flight: list[requests.Response] = []
     sender = threading.Thread(target=lambda: in_flight.append(_ocr(production.url, _hopper())))
