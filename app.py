@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import sys
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,12 @@ def main() -> int:
     from ocr_api.jobs import jobs_of
 
     # Jobs run here, on the engine this process owns (one engine per machine, never a second one for jobs).
-    jobs = jobs_of(app)
+    try:
+        jobs = jobs_of(app)
+    except (OSError, sqlite3.Error) as exc:  # JOBS_DIR cannot be made, or its queue file cannot be opened
+        print(f"error: JOBS_DIR ({settings.jobs_dir}) is not usable: {exc}", file=sys.stderr)
+        app.extensions["ocr_service"].close()
+        return 1
     jobs.queue.start_consumer(jobs.runner())
     # SIGTERM (a supervisor's stop) unwinds like Ctrl-C, so the engine is shut down with its child processes
     # instead of leaving them orphaned with the GPU's memory. Set after the consumer's start, which sets its own.

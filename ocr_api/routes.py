@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import io
+import logging
+import sqlite3
 import tempfile
 from datetime import datetime, timezone
 from typing import IO
 
 from flask import Blueprint, Request, Response, current_app, jsonify, request, stream_with_context
+from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
 from ocr_api.access import client_by_key
 from ocr_api.disconnect import client_gone_probe
-from ocr_api.errors import BadRequest, EngineNotReady, ShuttingDown, UnsupportedMediaType
-from ocr_api.jobs import Job, JobUpload, jobs_of
+from ocr_api.errors import BadRequest, EngineNotReady, ShuttingDown, UnsupportedMediaType, error_response
+from ocr_api.jobs import Job, JobUpload, StorageUnavailable, jobs_of
 from ocr_api.options import OcrOptions
 from ocr_api.results import FileError
 from ocr_service import OcrService, UploadedFile
+
+logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "DeepSeek-OCR API"
 
@@ -189,6 +194,15 @@ def delete_job(job_id: str):
     if view is None:
         return "", 204
     return jsonify(view)
+
+
+@job_routes.errorhandler(OSError)
+@job_routes.errorhandler(sqlite3.Error)
+@job_routes.errorhandler(RedisError)
+def job_storage_failed(error: Exception):
+    """JOBS_DIR or the queue failed under a job route: 503, the same for SQLite, Redis and the disk."""
+    logger.error("job storage failed: %s: %s", type(error).__name__, error)
+    return error_response(StorageUnavailable())
 
 
 def _job(job_id: str) -> Job:

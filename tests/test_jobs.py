@@ -84,13 +84,18 @@ class JobsApp:
         service.start()
         self.app = create_app(service=service)
         self.client: FlaskClient = self.app.test_client()
-        self.jobs: Jobs = jobs_of(self.app)
+
+    @property
+    def jobs(self) -> Jobs:
+        return jobs_of(self.app)
 
     def start(self) -> None:
         self.jobs.queue.start_consumer(self.jobs.runner())
 
     def stop(self) -> None:
-        self.jobs.queue.stop_consumer()
+        jobs = self.app.extensions.get("ocr_jobs")
+        if jobs is not None:
+            jobs.queue.stop_consumer()
 
     def post(self, path: str, *files: tuple[bytes, str], headers: dict | None = None, **fields):
         """POST a multipart body encoded as HTTP clients (urllib3, under requests) encode it."""
@@ -451,6 +456,27 @@ def test_jobs_dir_unwritable_is_503_and_nothing_is_queued(make_jobs, tmp_path):
     response = jobs_app.client.post("/jobs", data={"file": (io.BytesIO(pdf_bytes(1)), "a.pdf")})
     assert (response.status_code, response.json["code"]) == (503, "jobs_storage_unavailable")
     assert jobs_app.jobs.queue.queue_depth() == 0
+
+
+def test_a_jobs_dir_that_cannot_be_made_is_503_on_every_job_route(make_jobs, tmp_path):
+    (tmp_path / "a-file").write_text("JOBS_DIR would have to be made inside this file")
+    jobs_app = make_jobs(jobs_dir=str(tmp_path / "a-file" / "jobs"))
+    response = jobs_app.post("/jobs", (pdf_bytes(1), "a.pdf"))
+    assert (response.status_code, response.json["code"]) == (503, "jobs_storage_unavailable")
+    assert "Retry-After" in response.headers
+    response = jobs_app.client.get("/jobs/0123456789abcdef0123456789abcdef")
+    assert (response.status_code, response.json["code"]) == (503, "jobs_storage_unavailable")
+    assert jobs_app.client.get("/health").status_code == 200  # the rest of the service is unaffected
+
+
+def test_an_unreachable_redis_is_503_and_leaves_no_files(make_jobs, tmp_path):
+    from ocr_dev.servers import free_port
+
+    jobs_app = make_jobs(redis_url=f"redis://127.0.0.1:{free_port()}/0", jobs_dir=str(tmp_path / "shared"))
+    response = jobs_app.post("/jobs", (pdf_bytes(2), "a.pdf"))
+    assert (response.status_code, response.json["code"]) == (503, "jobs_storage_unavailable")
+    files = tmp_path / "shared" / "files"
+    assert not files.exists() or list(files.iterdir()) == []
 
 
 FULL_DISK_SCRIPT = """

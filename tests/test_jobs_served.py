@@ -42,7 +42,9 @@ def pdf_bytes(pages: int) -> bytes:
 def submit(url: str, pages: int, **fields) -> dict:
     response = requests.post(f"{url}/jobs", files={"file": ("doc.pdf", pdf_bytes(pages))}, data=fields, timeout=30)
     assert response.status_code == 202, response.text
-    assert response.headers["Location"].endswith(f"/jobs/{response.json()['id']}")
+    # The links work as given, behind nginx too (its Host header keeps the port).
+    assert response.headers["Location"] == f"{url}/jobs/{response.json()['id']}"
+    assert response.json()["urls"]["result"] == f"{url}/jobs/{response.json()['id']}/result"
     return response.json()
 
 

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 import requests
@@ -208,14 +207,10 @@ def test_an_invalid_rate_limit_is_refused_at_start():
 
 @pytest.mark.slow
 def test_a_redis_backed_limit_holds_across_gunicorn_workers(tmp_path):
-    """Two workers, one limit: with shared storage the workers together admit exactly the limit."""
-    from fakeredis import TcpFakeServer  # a Redis protocol server in-process: the real client and storage code
+    """Two workers, one limit: with shared storage (a real redis-server) the workers together admit exactly it."""
+    from ocr_dev.servers import redis_server
 
-    server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    redis_url = f"redis://127.0.0.1:{server.server_address[1]}/0"
-    _preload_limits_scripts(redis_url)
-    with _stand_in_for_rate_limits() as engine_url:
+    with redis_server(tmp_path / "redis") as redis_url, _stand_in_for_rate_limits() as engine_url:
         env = environment(
             tmp_path,
             OCR_ENGINE_URL=engine_url,
@@ -243,8 +238,6 @@ def test_a_redis_backed_limit_holds_across_gunicorn_workers(tmp_path):
                     thread.join()
         finally:
             assert stop(process) == 0, log.read_text()[-3000:]
-            server.shutdown()
-            server.server_close()
     workers = set(
         re.findall(r'"POST /ocr HTTP/1.1" \d+ .* worker=<(\d+)>', (tmp_path / "logs" / "access.log").read_text())
     )
@@ -252,21 +245,6 @@ def test_a_redis_backed_limit_holds_across_gunicorn_workers(tmp_path):
     assert sorted(statuses) == [200] * 6 + [429] * 4
     assert "falling back to in-memory" not in (tmp_path / "logs" / "error.log").read_text()
     assert redis_url not in log.read_text()
-
-
-def _preload_limits_scripts(redis_url: str) -> None:
-    """Load the limits library's Lua scripts, so EVALSHA finds them.
-
-    fakeredis's TCP server closes a connection after any error reply, and the first EVALSHA of a script a server
-    has not seen is one (NOSCRIPT); a real Redis answers it and redis-py loads the script.
-    """
-    import limits
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    for script in (Path(limits.__file__).parent / "resources" / "redis" / "lua_scripts").glob("*.lua"):
-        client.script_load(script.read_text())
-    client.close()
 
 
 def _stand_in_for_rate_limits():
