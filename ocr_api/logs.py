@@ -64,8 +64,9 @@ class RedactSecrets(logging.Filter):
 
 def secrets_of(settings: Settings) -> list[str]:
     """Return the values no log line may contain: keys, the Flask secret, passwords inside URIs."""
-    values = [*settings.api_key_list, settings.engine_api_key, settings.secret_key]
+    values = [*settings.api_key_list, settings.engine_api_key, settings.secret_key, settings.callback_secret]
     values.append(urlsplit(settings.rate_limit_storage_uri).password or "")
+    values.append(urlsplit(settings.redis_url).password or "")
     return [value for value in values if value]
 
 

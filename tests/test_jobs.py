@@ -417,6 +417,22 @@ def test_the_warden_runs_again_a_job_whose_consumer_died(make_jobs):
     assert jobs_app.wait(job["id"])["status"] == "succeeded"
 
 
+def test_a_restarted_sole_consumer_takes_up_its_orphaned_job_at_once(make_jobs):
+    jobs_app = make_jobs()
+    job = jobs_app.submit((pdf_bytes(3), "a.pdf"))
+    store, queue = jobs_app.jobs.store, jobs_app.jobs.queue
+    # A process killed a moment ago: its job "running" with a fresh heartbeat, its task gone, its lock held.
+    record = store.get(job["id"])
+    queue.huey.flush()
+    record.status, record.heartbeat_at = "running", time.time()
+    store.save(record)
+    queue.huey.put_if_empty(f"{queue.huey.name}.lock.job-{job['id']}", "1")
+    jobs_app.start()  # it holds JOBS_DIR's consumer lock: no other consumer can be running that job
+    view = jobs_app.wait(job["id"], timeout_s=STALE_S / 2)
+    assert view["status"] == "succeeded"
+    assert view["runs"] == 1
+
+
 def test_finished_jobs_expire_after_the_ttl(make_jobs, settings):
     jobs_app = make_jobs(job_ttl=60)
     jobs_app.start()

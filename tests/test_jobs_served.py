@@ -15,8 +15,10 @@ import pymupdf
 import pytest
 import requests
 
+from ocr_api.jobs.queue import STALE_S
 from ocr_dev.servers import (
     environment,
+    metric,
     processes_in_group,
     redis_server,
     running,
@@ -87,18 +89,31 @@ def test_start_server_runs_jobs_and_a_killed_or_stopped_server_finishes_them_aft
         process = start("start_server.sh", env, log)
         wait_ready(url, process, log, START_TIMEOUT_S)
         job = submit(url, 40)
-        wait_for([url], job["id"], lambda v: v["progress"]["pages_done"] >= 8, 60)
+        at_kill = wait_for([url], job["id"], lambda v: v["progress"]["pages_done"] >= 8, 60)["progress"]["pages_done"]
         os.killpg(process.pid, signal.SIGKILL)  # no warning: the job is left "running", its lock held
+        killed = time.monotonic()
         process.wait(timeout=10)
         with running("start_server.sh", env, tmp_path / "again.log", START_TIMEOUT_S) as again:
+            ready = time.monotonic() - killed
+            wait_for([url], job["id"], lambda v: v["runs"] == 2 and v["status"] == "running", 60)
+            resumed = time.monotonic() - killed
             finished = wait_for([url], job["id"], lambda v: v["status"] in FINISHED, 120)
             assert finished["status"] == "succeeded"
             assert finished["runs"] == 2
             assert all_pages(url, job["id"]) == list(range(1, 41))
+            # The new process holds JOBS_DIR's consumer lock, so it knows the job was orphaned: taken up at once,
+            # not after the heartbeat has gone stale.
+            assert resumed - ready < STALE_S
+            decoded = metric(engine_url, "stand_in:pages_done_total")
+            print(f"\nkilled at {at_kill}/40 pages; serving again {ready:.1f} s after the kill; job running again "
+                  f"{resumed:.1f} s after it; the engine decoded {decoded:.0f} pages for 40")  # fmt: skip
+            assert decoded <= 40 + 4  # at most the window done twice
             # A graceful stop (SIGTERM): the job goes back to the queue and the next start goes on with it.
             second = submit(url, 24)
             wait_for([url], second["id"], lambda v: v["progress"]["pages_done"] >= 4, 60)
+            stopping = time.monotonic()
             assert stop(again) == 0
+            print(f"SIGTERM mid-job: stopped in {time.monotonic() - stopping:.1f} s")
         with running("start_server.sh", env, tmp_path / "third.log", START_TIMEOUT_S):
             assert view(url, second["id"])["status"] in ("queued", "running", "succeeded")
             finished = wait_for([url], second["id"], lambda v: v["status"] in FINISHED, 90)

@@ -139,9 +139,24 @@ def test_another_process_log_is_redacted_line_by_line_on_its_way_to_the_file():
 
 
 def test_settings_repr_hides_every_secret():
-    settings = Settings(api_keys=KEY_A, rate_limit_storage_uri="redis://:hunter2hunter2@cache:6379/0")
-    assert KEY_A not in repr(settings)
-    assert "hunter2" not in repr(settings)
+    settings = Settings(
+        api_keys=KEY_A,
+        rate_limit_storage_uri="redis://:hunter2hunter2@cache:6379/0",
+        redis_url="redis://:jobspass99@queue:6379/1",
+        callback_secret="callback-signing-key",
+    )
+    for secret in (KEY_A, "hunter2", "jobspass99", "callback-signing-key"):
+        assert secret not in repr(settings)
+
+
+def test_the_job_queues_password_and_the_callback_key_are_redacted_in_logs():
+    from ocr_api.logs import RedactSecrets, secrets_of
+
+    settings = Settings(redis_url="redis://:jobspass99@queue:6379/1", callback_secret="callback-signing-key")
+    line = "Error connecting to redis://:jobspass99@queue:6379/1 while signing with callback-signing-key"
+    redacted = RedactSecrets(secrets_of(settings)).redact(line)
+    assert "jobspass99" not in redacted
+    assert "callback-signing-key" not in redacted
 
 
 def test_cors_is_off_by_default(client):
