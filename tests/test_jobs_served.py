@@ -204,6 +204,13 @@ def test_two_nodes_share_jobs_through_redis_and_one_dying_loses_nothing(tmp_path
             # Both nodes answer for both jobs, and both consumers take one each.
             for job in jobs:
                 wait_for([url_a, url_b], job["id"], lambda v: v["status"] == "running", 60)
+            # 100 polls alternating between the two API nodes: every one 200, progress never going back.
+            done = {job["id"]: 0 for job in jobs}
+            for turn in range(100):
+                job_id = jobs[turn % 2]["id"]
+                current = view((url_a, url_b)[(turn // 2) % 2], job_id)
+                assert current["progress"]["pages_done"] >= done[job_id]
+                done[job_id] = current["progress"]["pages_done"]
             # Node A dies at once, consumer and all: B's warden takes up what A's consumer was running.
             os.killpg(node_a.pid, signal.SIGKILL)
             node_a.wait(timeout=10)
