@@ -25,46 +25,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import requests
 
-from bench.long_document import MEDIAN_TOKENS, RUNAWAY_SHARE, SEED, STEP_MS
+from bench.long_document import MEDIAN_TOKENS, RUNAWAY_SHARE, SEED, STEP_MS, ideal_seconds, long_tail_engine
 from ocr_dev.inputs import make_pdf, png_bytes
-from ocr_dev.servers import environment, gunicorn_workers, memory_mib, processes_in_group, running, stand_in_engine
+from ocr_dev.servers import environment, gunicorn_workers, memory_mib, processes_in_group, running
 
 SYNC_TOKENS = "50"
 STAND_IN_BATCH = 256
-
-
-def ideal_seconds(engine_url: str, pages: int, budget: int) -> float:
-    """The stand-in's batch kept full from the first page to the last, each runaway sent again at once."""
-    requests.post(f"{engine_url}/stand-in/reset", json={"seed": SEED}, timeout=5).raise_for_status()
-    body = {"model": "stand-in", "messages": [{"role": "user", "content": "page"}], "max_tokens": budget}
-    left = list(range(pages))
-    lock = threading.Lock()
-
-    def client() -> None:
-        with requests.Session() as session:
-            while True:
-                with lock:
-                    if not left:
-                        return
-                    left.pop()
-                answer = session.post(f"{engine_url}/v1/chat/completions", json=body, timeout=3600).json()
-                if answer["choices"][0]["finish_reason"] == "length":  # the service retries a runaway once
-                    session.post(f"{engine_url}/v1/chat/completions", json=body, timeout=3600)
-
-    threads = [threading.Thread(target=client) for _ in range(min(pages, STAND_IN_BATCH))]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.monotonic() - started
 
 
 def consumer_pid(group: int) -> int:
@@ -150,15 +122,11 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=2048, help="MAX_TOKENS: a runaway's length")
     parser.add_argument("--job-window", type=int, default=256, help="JOB_PAGES_IN_FLIGHT")
     args = parser.parse_args()
-    extra = ["--median-tokens", str(MEDIAN_TOKENS), "--runaway-share", str(RUNAWAY_SHARE), "--seed", str(SEED)]
-    with (
-        stand_in_engine(step_ms=STEP_MS, tokens_per_page=MEDIAN_TOKENS, extra=extra) as engine_url,
-        tempfile.TemporaryDirectory() as work,
-    ):
-        ideal = ideal_seconds(engine_url, args.pages, args.budget)
-        small = run_job(engine_url, args.small, args.budget, args.job_window, Path(work) / "small", probe=False)
-        fill = run_job(engine_url, args.fill, args.budget, args.job_window, Path(work) / "fill", probe=False)
-        large = run_job(engine_url, args.pages, args.budget, args.job_window, Path(work) / "large", probe=True)
+    with long_tail_engine() as (engine_url, work):
+        ideal = ideal_seconds(engine_url, args.pages, args.budget, in_flight=STAND_IN_BATCH)
+        small = run_job(engine_url, args.small, args.budget, args.job_window, work / "small", probe=False)
+        fill = run_job(engine_url, args.fill, args.budget, args.job_window, work / "fill", probe=False)
+        large = run_job(engine_url, args.pages, args.budget, args.job_window, work / "large", probe=True)
     print(
         f"STAND-IN engine ({STEP_MS} ms a step, up to 256 at once, lengths lognormal around {MEDIAN_TOKENS} tokens, "
         f"{RUNAWAY_SHARE:.0%} runaways at {args.budget}); ./start_production.sh, 2 workers + the consumer; "

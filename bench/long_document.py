@@ -22,9 +22,11 @@ fresh process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -38,18 +40,37 @@ RUNAWAY_SHARE = 0.05
 SEED = 11
 
 
-def ideal_seconds(engine_url: str, pages: int, budget: int) -> float:
-    """Every page in flight from the start, each runaway retried at once: the stand-in's own best."""
+@contextlib.contextmanager
+def long_tail_engine() -> Iterator[tuple[str, Path]]:
+    """The long-tail stand-in, and a temporary directory for the runs against it."""
+    extra = ["--median-tokens", str(MEDIAN_TOKENS), "--runaway-share", str(RUNAWAY_SHARE), "--seed", str(SEED)]
+    with (
+        stand_in_engine(step_ms=STEP_MS, tokens_per_page=MEDIAN_TOKENS, extra=extra) as engine_url,
+        tempfile.TemporaryDirectory() as work,
+    ):
+        yield engine_url, Path(work)
+
+
+def ideal_seconds(engine_url: str, pages: int, budget: int, in_flight: int | None = None) -> float:
+    """The stand-in's own best: ``in_flight`` pages at it from the start (default: all), the next sent the moment
+    one is answered, each runaway retried at once."""
     requests.post(f"{engine_url}/stand-in/reset", json={"seed": SEED}, timeout=5).raise_for_status()
     body = {"model": "stand-in", "messages": [{"role": "user", "content": "page"}], "max_tokens": budget}
+    left = list(range(pages))
+    lock = threading.Lock()
 
-    def page() -> None:
+    def client() -> None:
         with requests.Session() as session:
-            answer = session.post(f"{engine_url}/v1/chat/completions", json=body, timeout=3600).json()
-            if answer["choices"][0]["finish_reason"] == "length":  # the service retries a runaway once
-                session.post(f"{engine_url}/v1/chat/completions", json=body, timeout=3600)
+            while True:
+                with lock:
+                    if not left:
+                        return
+                    left.pop()
+                answer = session.post(f"{engine_url}/v1/chat/completions", json=body, timeout=3600).json()
+                if answer["choices"][0]["finish_reason"] == "length":  # the service retries a runaway once
+                    session.post(f"{engine_url}/v1/chat/completions", json=body, timeout=3600)
 
-    threads = [threading.Thread(target=page) for _ in range(pages)]
+    threads = [threading.Thread(target=client) for _ in range(min(pages, in_flight or pages))]
     started = time.monotonic()
     for thread in threads:
         thread.start()
@@ -92,19 +113,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=256, help="MAX_PAGES_IN_FLIGHT and ENGINE_BATCH_PAGES")
     parser.add_argument("--memory", action="store_true", help="also peak RSS for 20 and 500 pages")
     args = parser.parse_args()
-    extra = ["--median-tokens", str(MEDIAN_TOKENS), "--runaway-share", str(RUNAWAY_SHARE), "--seed", str(SEED)]
-    with (
-        stand_in_engine(step_ms=STEP_MS, tokens_per_page=MEDIAN_TOKENS, extra=extra) as engine_url,
-        tempfile.TemporaryDirectory() as work,
-    ):
+    with long_tail_engine() as (engine_url, work):
         ideal = ideal_seconds(engine_url, args.pages, args.budget)
-        served, body, _ = service_seconds(engine_url, args.pages, args.budget, args.window, Path(work) / "run")
+        served, body, _ = service_seconds(engine_url, args.pages, args.budget, args.window, work / "run")
         peaks = {}
         if args.memory:
             for pages in (20, 500):
-                _, _, peaks[pages] = service_seconds(
-                    engine_url, pages, args.budget, args.window, Path(work) / str(pages)
-                )
+                _, _, peaks[pages] = service_seconds(engine_url, pages, args.budget, args.window, work / str(pages))
     statuses: dict[str, int] = {}
     for page in body.get("pages", []):
         statuses[page.get("status", "?")] = statuses.get(page.get("status", "?"), 0) + 1

@@ -6,6 +6,7 @@ import concurrent.futures
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -401,16 +402,45 @@ def test_a_stopped_consumer_leaves_the_job_queued_and_the_next_one_finishes_it(m
     assert done_before > 0
 
 
+def test_a_disk_that_fills_mid_job_stops_the_run_frees_its_slots_and_the_job_goes_on_later(make_jobs, monkeypatch):
+    engine = SlowEngine(delay_s=0.02)
+    jobs_app = make_jobs(engine, engine_batch_pages=4, job_engine_retries=1, job_retry_delay_s=0)
+    store = jobs_app.jobs.store
+    save_page, calls = store.save_page, []
+
+    def full_once(job_id: str, index: int, page: dict) -> None:
+        calls.append(index)
+        if len(calls) == 5:  # the disk is full for this one write, then space comes back
+            raise sqlite3.OperationalError("database or disk is full")
+        save_page(job_id, index, page)
+
+    monkeypatch.setattr(store, "save_page", full_once)
+    job = jobs_app.submit((pdf_bytes(12), "a.pdf"))
+    jobs_app.start()
+    view = jobs_app.wait(job["id"])
+    assert view["status"] == "succeeded"
+    assert view["runs"] == 2  # the failed write ended the first run; Huey ran it again
+    pages = jobs_app.client.get(f"/jobs/{job['id']}/pages").json["pages"]
+    assert [page["page"] for page in pages] == list(range(1, 13))
+    assert jobs_app.jobs.service.job_admission.in_flight == 0
+    assert jobs_app.jobs.service.admission.in_flight == 0
+
+
+def orphan(jobs_app: JobsApp, job_id: str, heartbeat_at: float) -> None:
+    """Leave what a consumer killed mid-job leaves: its task taken from the queue, the job running, its lock held."""
+    store, queue = jobs_app.jobs.store, jobs_app.jobs.queue
+    record = store.get(job_id)
+    queue.huey.flush()
+    record.status, record.heartbeat_at = "running", heartbeat_at
+    store.save(record)
+    queue.huey.put_if_empty(f"{queue.huey.name}.lock.job-{job_id}", "1")
+
+
 def test_the_warden_runs_again_a_job_whose_consumer_died(make_jobs):
     jobs_app = make_jobs()
     job = jobs_app.submit((pdf_bytes(4), "a.pdf"))
-    store, queue = jobs_app.jobs.store, jobs_app.jobs.queue
-    # What a consumer killed mid-job leaves: its task taken from the queue, the job running, its lock held.
-    record = store.get(job["id"])
-    queue.huey.flush()
-    record.status, record.heartbeat_at = "running", time.time() - STALE_S - 1
-    store.save(record)
-    queue.huey.put_if_empty(f"{queue.huey.name}.lock.job-{job['id']}", "1")
+    queue = jobs_app.jobs.queue
+    orphan(jobs_app, job["id"], heartbeat_at=time.time() - STALE_S - 1)
     assert queue.sweep()["restarted"] == [job["id"]]
     assert queue.sweep()["restarted"] == []  # once per stale heartbeat, whoever sweeps
     jobs_app.start()
@@ -420,13 +450,7 @@ def test_the_warden_runs_again_a_job_whose_consumer_died(make_jobs):
 def test_a_restarted_sole_consumer_takes_up_its_orphaned_job_at_once(make_jobs):
     jobs_app = make_jobs()
     job = jobs_app.submit((pdf_bytes(3), "a.pdf"))
-    store, queue = jobs_app.jobs.store, jobs_app.jobs.queue
-    # A process killed a moment ago: its job "running" with a fresh heartbeat, its task gone, its lock held.
-    record = store.get(job["id"])
-    queue.huey.flush()
-    record.status, record.heartbeat_at = "running", time.time()
-    store.save(record)
-    queue.huey.put_if_empty(f"{queue.huey.name}.lock.job-{job['id']}", "1")
+    orphan(jobs_app, job["id"], heartbeat_at=time.time())  # killed a moment ago: the heartbeat is fresh
     jobs_app.start()  # it holds JOBS_DIR's consumer lock: no other consumer can be running that job
     view = jobs_app.wait(job["id"], timeout_s=STALE_S / 2)
     assert view["status"] == "succeeded"
