@@ -257,3 +257,18 @@ def test_start_production_with_an_external_engine(engine_url, tmp_path):
     assert re.search(r'"POST /ocr/batch HTTP/1.1" 200 .* worker=<\d+>', (tmp_path / "logs" / "access.log").read_text())
     assert not (tmp_path / "logs" / "vllm.log").exists()  # no engine of its own was started
     assert list((tmp_path / "uploads").iterdir()) == []
+
+
+def test_a_request_body_is_handed_over_once_and_not_kept():
+    import asyncio
+
+    from ocr_api.engines.remote_engine import SentOnce
+
+    body = SentOnce(b'{"page": 1}')
+
+    async def read_all() -> list[bytes]:
+        return [chunk async for chunk in body]
+
+    assert body.length == 11
+    assert asyncio.run(read_all()) == [b'{"page": 1}']
+    assert asyncio.run(read_all()) == []  # sent: nothing of it is held any more

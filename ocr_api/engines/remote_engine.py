@@ -45,6 +45,26 @@ HEALTH_CACHE_S = 1.0  # readiness is asked on every request; one probe a second 
 CONTEXT_ERRORS = ("maximum model length", "maximum context length", "context length")
 
 
+class SentOnce:
+    """A request body aiohttp reads once and no one keeps: sent, its bytes are freed while the answer is awaited.
+
+    The remote engine never sends a body twice (no retry, no redirect of a POST), so nothing needs it afterwards;
+    with hundreds of pages at the engine this is most of what a process would otherwise hold for them.
+    """
+
+    def __init__(self, data: bytes):
+        self.length = len(data)
+        self._data = [data]
+
+    def __aiter__(self) -> SentOnce:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._data:
+            raise StopAsyncIteration
+        return self._data.pop()
+
+
 class RemoteEngine:
     """Talks to a vLLM OpenAI server: chat completions with the image as a data URL and the guard per request."""
 
@@ -110,9 +130,9 @@ class RemoteEngine:
         """Send one page as a chat completion; the call has its own ENGINE_TIMEOUT_S."""
         if not self._metadata_loaded:
             self._load_metadata()
-        # Encoded here, in the caller's thread, not on the loop thread all calls share. The call keeps only the
-        # request's JSON bytes: neither the page's pixels nor a second copy of the image as text wait with it.
-        body = json.dumps(self._chat_body(request, data_url(request.image, self._image_format))).encode()
+        # Encoded here, in the caller's thread, not on the loop thread all calls share. The call holds only the
+        # request's JSON bytes, and only until they are sent: a page waiting for its answer holds nothing.
+        body = SentOnce(json.dumps(self._chat_body(request, data_url(request.image, self._image_format))).encode())
         return self._submit(self._complete(body, request.max_tokens, request.guard))
 
     def close(self) -> None:
@@ -153,8 +173,9 @@ class RemoteEngine:
             body["vllm_xargs"] = xargs
         return body
 
-    async def _complete(self, body: bytes, max_tokens: int, guard: GuardSettings) -> EngineOutput:
-        headers = {"Content-Type": "application/json"}
+    async def _complete(self, body: SentOnce, max_tokens: int, guard: GuardSettings) -> EngineOutput:
+        # With its length given, aiohttp sends the body as it is, not chunked.
+        headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
         status, payload = await self._call("POST", "/v1/chat/completions", self._timeout_s, data=body, headers=headers)
         if status != 200:
             await self._raise_for(status, payload)

@@ -1,0 +1,278 @@
+"""Jobs: the facade the /jobs views call. It checks and stores a job's files, queues it, and reads it back."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from ocr_api.errors import ApiError, BadRequest, Conflict, InsufficientStorage, NotFound, ServiceUnavailable, ShuttingDown, UnprocessableFile
+from ocr_api.jobs import callbacks
+from ocr_api.jobs.queue import JobQueue
+from ocr_api.jobs.runner import JobRunner
+from ocr_api.jobs.store import Job, JobFile
+from ocr_api.preparation import EXTENSIONS, sniff_format
+from ocr_api.results import FileError, file_body
+
+if TYPE_CHECKING:
+    from ocr_service import OcrService
+
+logger = logging.getLogger(__name__)
+
+EVENT_POLL_S = 0.5
+KEEPALIVE_S = 15.0
+MAX_PAGES_PER_CALL = 500
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+    message = "No such job (it may have expired, or belong to another API key)."
+
+
+class StorageUnavailable(ServiceUnavailable):
+    code = "jobs_storage_unavailable"
+    message = "Jobs cannot be stored right now (JOBS_DIR is not writable, or the queue is unreachable)."
+
+
+@dataclass(frozen=True)
+class JobUpload:
+    """A file of a job as it arrives: the client's name and a stream of its bytes (spooled, not in memory)."""
+
+    filename: str
+    stream: IO[bytes]
+
+
+class Jobs:
+    """Document jobs of one process: submission and reading here, running in whichever process consumes."""
+
+    def __init__(self, service: OcrService, queue: JobQueue):
+        self.service = service
+        self.queue = queue
+        self.store = queue.store
+        self.settings = service.settings
+
+    def runner(self) -> JobRunner:
+        """What runs this deployment's jobs on this process's engine (in the consumer)."""
+        return JobRunner(self.service, self.store, self._finished)
+
+    def _finished(self, job: Job) -> None:
+        if job.callback_url:
+            self.queue.deliver_callback(job.id)
+
+    # Submission.
+
+    def submit(
+        self, uploads: Sequence[JobUpload], form: Mapping[str, list[str]], owner: str | None, base_url: str
+    ) -> Job:
+        """Check every file as /ocr would, store them under JOBS_DIR and queue the job; raise the first ApiError."""
+        if self.service.is_draining():
+            raise ShuttingDown()
+        if len(uploads) > self.settings.job_max_files:
+            raise BadRequest(f"A job holds at most {self.settings.job_max_files} files; got {len(uploads)}.",
+                             code="too_many_files")  # fmt: skip
+        fields = {key: values for key, values in form.items() if key != "callback_url"}
+        options = self.service.options_from(fields)  # 400 for a bad field, before anything is stored
+        callback_url = (form.get("callback_url") or [""])[0].strip() or None
+        if callback_url:
+            if not self.settings.callback_secret:
+                raise BadRequest("Callbacks are off on this server (CALLBACK_SECRET is not set).",
+                                 code="callbacks_disabled")  # fmt: skip
+            callbacks.check_url(callback_url, self.settings.callback_allow_private)
+        job_id = uuid.uuid4().hex
+        directory = self.store.directory(job_id) / "uploads"
+        try:
+            files = self._store_files(uploads, options, directory)
+            pages_total = sum(len(item.page_numbers) for item in files)
+            if pages_total > self.settings.job_max_pages:
+                raise UnprocessableFile(f"A job runs at most {self.settings.job_max_pages} pages; these files have "
+                                        f"{pages_total} (select fewer with pages=).", code="too_many_pages")  # fmt: skip
+            job = Job(job_id, owner, fields, pages_total, len(files), time.time(), callback_url=callback_url,
+                      base_url=base_url)  # fmt: skip
+            self.store.save_files(job_id, files)
+            self.store.mark_active(job_id)
+            self.queue.enqueue(job)
+        except BaseException as error:
+            self._discard(job_id)
+            if isinstance(error, ApiError):
+                raise
+            if isinstance(error, OSError):
+                raise _storage_error(error) from None
+            if _is_queue_error(error):
+                logger.error("the job queue is unreachable: %s", error)
+                raise StorageUnavailable() from None
+            raise
+        logger.info("job %s queued: %d file(s), %d page(s)", job_id, len(files), pages_total)
+        return job
+
+    def _store_files(self, uploads: Sequence[JobUpload], options: Any, directory: Any) -> list[JobFile]:
+        directory.mkdir(parents=True)
+        files = []
+        for number, upload in enumerate(uploads):
+            head = upload.stream.read(4096)
+            upload.stream.seek(0)
+            kind = sniff_format(head)
+            extension = EXTENSIONS[kind] if kind else "pdf" if b"%PDF-" in head[:1024] else "bin"
+            path = directory / f"{number:05d}.{extension}"
+            with path.open("wb") as handle:
+                shutil.copyfileobj(upload.stream, handle, 1 << 20)
+            try:
+                source, _ = self.service.open_upload(path, options, None, for_job=True)
+            except ApiError as error:
+                if len(uploads) > 1:
+                    error.message = f"{upload.filename or f'file {number + 1}'}: {error.message}"
+                raise
+            try:
+                files.append(JobFile(upload.filename, path.name, source.is_document, source.page_numbers(),
+                                     source.describe()))  # fmt: skip
+            finally:
+                source.close()
+        return files
+
+    def _discard(self, job_id: str) -> None:
+        try:
+            self.store.remove(job_id)
+        except Exception:  # noqa: BLE001 - the queue itself may be what failed; the files go regardless
+            shutil.rmtree(self.store.directory(job_id), ignore_errors=True)
+
+    # Reading and cancelling.
+
+    def find(self, job_id: str, owner: str | None) -> Job:
+        """The job, if it exists and belongs to this caller; otherwise 404 (whose job it is stays unsaid)."""
+        job = self.store.get(job_id) if len(job_id) == 32 and job_id.isalnum() else None
+        if job is None or job.owner != owner:
+            raise JobNotFound()
+        if not job.finished and self.store.cancel_requested(job.id):
+            job.status = "cancelled"  # the consumer is stopping it; nothing more will come
+        return job
+
+    def view(self, job: Job) -> dict[str, Any]:
+        position = self.queue.queue_position(job.task_id) if job.status == "queued" else None
+        return job.view(time.time(), position)
+
+    def cancel(self, job: Job) -> dict[str, Any] | None:
+        """Cancel a job not finished (its record stays, as cancelled, until JOB_TTL); remove a finished one whole."""
+        if job.finished:
+            self.store.remove(job.id)
+            return None
+        self.store.request_cancel(job.id)
+        if job.status == "queued":  # no consumer has it: end it here (one that just took it sees the flag)
+            self.queue.huey.revoke_by_id(job.task_id, revoke_once=True)
+            job.status, job.finished_at = "cancelled", time.time()
+            self.store.save(job)
+            self.store.mark_finished(job.id)
+            self.store.remove_results(job.id, job.pages_total)
+        job.status = "cancelled"
+        return self.view(job)
+
+    def result(self, job: Job) -> tuple[dict[str, Any], int]:
+        """The body /ocr (one file) or /ocr/batch (several) would have returned, and its status."""
+        if not job.finished:
+            return self.view(job), 202
+        if job.status == "cancelled":
+            raise Conflict("The job was cancelled; it has no result.", code="job_cancelled")
+        files = self.store.files(job.id)
+        options = self.service.options_from(job.form)
+        results: list[dict[str, Any]] = []
+        first_error: ApiError | None = None
+        index = 0
+        for position, item in enumerate(files):
+            records = [self.store.page(job.id, index + offset + 1) for offset in range(len(item.page_numbers))]
+            index += len(item.page_numbers)
+            entries = [record["entry"] for record in records if record is not None]
+            if len(entries) < len(records):
+                raise Conflict("The job's results are gone (removed or expired).", code="job_results_removed")
+            if all(entry["status"] == "failed" for entry in entries):
+                error = ApiError.rebuilt(records[0].get("error_status", 500), entries[0])  # type: ignore[union-attr]
+                first_error = first_error or error
+                results.append(FileError(item.filename, error).to_dict())
+                continue
+            head = {"image_path": str(self.store.directory(job.id) / "uploads" / item.stored),
+                    "prompt": options.prompt, "task": options.task, "filename": item.filename}  # fmt: skip
+            timing = {"inference_ms": job.engine_ms, "total_ms": round(((job.finished_at or 0) - job.created_at) * 1000, 1)}
+            tail = {"engine": self.service.engine.name, "model": self.service.engine.model_id, "timing": timing}
+            results.append(file_body(head, entries, item.source, item.is_document, tail))
+        if len(results) == 1:
+            if first_error is not None:
+                return first_error.to_dict(), first_error.status
+            return results[0], 200
+        failed = sum("code" in result and "text" not in result for result in results)
+        return {"results": results, "total": len(results), "succeeded": len(results) - failed, "failed": failed}, 200
+
+    def pages(self, job: Job, after: int, limit: int) -> dict[str, Any]:
+        """The finished pages after the ``after``-th, in page order, at most ``limit`` of them."""
+        limit = max(1, min(limit, MAX_PAGES_PER_CALL))
+        stop = min(job.pages_ready, after + limit)
+        items = [self._page_item(job, index) for index in range(after + 1, stop + 1)]
+        items = [item for item in items if item is not None]
+        return {"id": job.id, "status": job.status, "pages_total": job.pages_total, "pages_ready": job.pages_ready,
+                "after": after, "next_after": items[-1]["index"] if items else after, "pages": items}  # fmt: skip
+
+    def _page_item(self, job: Job, index: int, names: list[str] | None = None) -> dict[str, Any] | None:
+        record = self.store.page(job.id, index)
+        if record is None:
+            return None
+        files = names if names is not None else [item.filename for item in self.store.files(job.id)]
+        return {"index": index, "file": record["file"], "filename": files[record["file"]], "page": None,
+                **record["entry"]}  # fmt: skip
+
+    def events(self, job: Job, owner: str | None, after: int) -> Iterator[str]:
+        """Server-Sent Events: each finished page (id: its index), progress as it changes, then one ``end``."""
+        names = [item.filename for item in self.store.files(job.id)]
+        cursor, last_progress, quiet_since = after, None, time.monotonic()
+        while True:
+            sent = False
+            while cursor < job.pages_ready and job.status != "cancelled":
+                item = self._page_item(job, cursor + 1, names)
+                if item is None:
+                    break
+                cursor += 1
+                sent = True
+                yield _event("page", item, event_id=str(cursor))
+            view = self.view(job)
+            progress = (view["status"], view["progress"]["pages_done"])
+            if progress != last_progress:
+                last_progress, sent = progress, True
+                yield _event("progress", view)
+            if job.finished and (cursor >= job.pages_ready or job.status == "cancelled"):
+                yield _event("end", view, event_id="end")
+                return
+            if sent:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"  # a comment: proxies see traffic, clients ignore it
+            time.sleep(EVENT_POLL_S)
+            try:
+                job = self.find(job.id, owner)
+            except JobNotFound:  # removed meanwhile (DELETE of a finished job, or expired)
+                yield _event("end", {"id": job.id, "status": "removed"}, event_id="end")
+                return
+
+
+def _event(name: str, data: dict[str, Any], event_id: str | None = None) -> str:
+    lines = [f"event: {name}"]
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append(f"data: {json.dumps(data, separators=(',', ':'))}")
+    return "\n".join(lines) + "\n\n"
+
+
+def _storage_error(error: OSError) -> ApiError:
+    logger.error("could not store a job under JOBS_DIR: %s", error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return InsufficientStorage()
+    return StorageUnavailable()
+
+
+def _is_queue_error(error: BaseException) -> bool:
+    """A failure of the queue's storage (Redis unreachable, SQLite locked or unwritable)."""
+    return isinstance(error, (sqlite3.Error, RedisError))
