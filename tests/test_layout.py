@@ -4,6 +4,7 @@ tests never import the benchmarks (what both need lives in ocr_dev/)."""
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,15 @@ def test_the_tools_and_benchmarks_import_no_test(path):
 @pytest.mark.parametrize("path", sorted((REPO / "tests").glob("*.py")), ids=lambda path: path.name)
 def test_the_tests_import_no_benchmark(path):
     assert "bench" not in _imported(path)
+
+
+def test_no_source_file_is_ignored_by_git():
+    """A .gitignore pattern for a runtime directory (jobs/, uploads/) must not swallow a package of the same name."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    sources = [str(path.relative_to(REPO)) for path in [*SERVICE, *TOOLS, *sorted((REPO / "tests").glob("*.py"))]]
+    assert len(sources) > 50, "the lists found too few files: the test would check nothing"
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *sources], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert ignored == []
