@@ -178,7 +178,7 @@ class Settings:
         32,
         "Pages one request keeps at the engine at once (its window): the next is sent the moment one is answered. "
         "Also the transformers engine's largest batch. Memory does not grow with it: a page at the engine is held "
-        "as the few hundred KB sent, and only a few pages are rendered ahead.",
+        "until the few hundred KB of its request are sent, and only a few pages are rendered ahead.",
     )
     engine_image_format: str = setting(
         "ENGINE_IMAGE_FORMAT",
