@@ -2,9 +2,9 @@
 
 A window of pages is at the engine at once; the moment one is answered the next is sent. Pages are rendered a
 bounded number ahead of the engine, so a request holds the pixels of a few pages whatever its length (pages at
-the engine hold only what the engine keeps: the remote engine, their encoded request until it is sent). A page seen to run away is
-sent again at once with a stronger guard, ahead of the pages not yet sent. Each page's slot is counted by the
-process's admission bound while the page is at the engine.
+the engine hold only what the engine keeps: the remote engine, their encoded request until it is sent). A page
+seen to run away is sent again at once with a stronger guard, ahead of the pages not yet sent. Each page's slot
+is counted by the process's admission bound while the page is at the engine.
 
     files ─> PageJob ... ─> render (≤ render_ahead ready) ─> submit (≤ window at the engine) ─> read_page
                                     ^                                                              │

@@ -171,7 +171,7 @@ class JobQueue:
                 if time.monotonic() - last_expiry >= EXPIRE_EVERY_S:
                     last_expiry = time.monotonic()
                     self.store.expire(self.settings.job_ttl)
-            except Exception:  # noqa: BLE001 - the warden must outlive a storage hiccup
+            except Exception:
                 logger.exception("job warden failed; trying again in %g s", WARDEN_EVERY_S)
 
     def sweep(self, now: float | None = None) -> dict[str, Any]:
@@ -202,7 +202,7 @@ class JobQueue:
         """
         if self.settings.redis_url:
             return False
-        self._lock_file = (Path(self.settings.jobs_dir) / "consumer.lock").open("a")  # noqa: SIM115 - held open
+        self._lock_file = (Path(self.settings.jobs_dir) / "consumer.lock").open("a")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -100,15 +100,17 @@ class JobRunner:
             try:
                 with closing(stream.finished(todo)) as finished:
                     for (position, index), outcome in finished:
-                        self._record(job, files, offsets[position] + index + 1, position, index, outcome)
+                        self._record(job, files, (position, index), offsets[position] + index + 1, outcome)
             finally:
                 job.engine_ms = round(job.engine_ms + stream.engine_ms, 1)
 
     def _stored(self, job: Job, page_index: int) -> bool:
         return page_index <= job.pages_ready or self.store.has_page(job.id, page_index)
 
-    def _record(self, job: Job, files: list[JobFile], page_index: int, position: int, index: int,
+    def _record(self, job: Job, files: list[JobFile], key: tuple[int, int], page_index: int,
                 outcome: PageOutcome) -> None:  # fmt: skip
+        """Store a finished page (``key``: its file's position and its own in the file) and count it."""
+        position, index = key
         item = files[position]
         entry = FinishedPage(item.page_numbers[index], outcome).entry(item.is_document)
         record = {"file": position, "entry": entry}
@@ -131,7 +133,7 @@ class JobRunner:
         for position, item in enumerate(files):
             for index in range(len(item.page_numbers)):
                 if not self._stored(job, offsets[position] + index + 1):
-                    self._record(job, files, offsets[position] + index + 1, position, index, PageOutcome(error=error))
+                    self._record(job, files, (position, index), offsets[position] + index + 1, PageOutcome(error=error))
         job.error = error.to_dict()
 
     def _end(self, job: Job) -> None:
@@ -184,4 +186,3 @@ def _offsets(files: list[JobFile]) -> list[int]:
         offsets.append(total)
         total += len(item.page_numbers)
     return offsets
-

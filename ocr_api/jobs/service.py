@@ -15,7 +15,16 @@ from typing import IO, TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from ocr_api.errors import ApiError, BadRequest, Conflict, InsufficientStorage, NotFound, ServiceUnavailable, ShuttingDown, UnprocessableFile
+from ocr_api.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    InsufficientStorage,
+    NotFound,
+    ServiceUnavailable,
+    ShuttingDown,
+    UnprocessableFile,
+)
 from ocr_api.jobs import callbacks
 from ocr_api.jobs.queue import JobQueue
 from ocr_api.jobs.runner import JobRunner
@@ -93,8 +102,9 @@ class Jobs:
             files = self._store_files(uploads, options, directory)
             pages_total = sum(len(item.page_numbers) for item in files)
             if pages_total > self.settings.job_max_pages:
-                raise UnprocessableFile(f"A job runs at most {self.settings.job_max_pages} pages; these files have "
-                                        f"{pages_total} (select fewer with pages=).", code="too_many_pages")  # fmt: skip
+                limit = self.settings.job_max_pages
+                raise UnprocessableFile(f"A job runs at most {limit} pages; these files have {pages_total} (select "
+                                        "fewer with pages=).", code="too_many_pages")  # fmt: skip
             job = Job(job_id, owner, fields, pages_total, len(files), time.time(), callback_url=callback_url,
                       base_url=base_url)  # fmt: skip
             self.store.save_files(job_id, files)
@@ -184,7 +194,7 @@ class Jobs:
         results: list[dict[str, Any]] = []
         first_error: ApiError | None = None
         index = 0
-        for position, item in enumerate(files):
+        for item in files:
             records = [self.store.page(job.id, index + offset + 1) for offset in range(len(item.page_numbers))]
             index += len(item.page_numbers)
             entries = [record["entry"] for record in records if record is not None]
@@ -197,7 +207,10 @@ class Jobs:
                 continue
             head = {"image_path": str(self.store.directory(job.id) / "uploads" / item.stored),
                     "prompt": options.prompt, "task": options.task, "filename": item.filename}  # fmt: skip
-            timing = {"inference_ms": job.engine_ms, "total_ms": round(((job.finished_at or 0) - job.created_at) * 1000, 1)}
+            timing = {
+                "inference_ms": job.engine_ms,
+                "total_ms": round(((job.finished_at or 0) - job.created_at) * 1000, 1),
+            }
             tail = {"engine": self.service.engine.name, "model": self.service.engine.model_id, "timing": timing}
             results.append(file_body(head, entries, item.source, item.is_document, tail))
         if len(results) == 1:
