@@ -224,22 +224,26 @@ class Jobs:
         """The finished pages after the ``after``-th, in page order, at most ``limit`` of them."""
         limit = max(1, min(limit, MAX_PAGES_PER_CALL))
         stop = min(job.pages_ready, after + limit)
-        items = [self._page_item(job, index) for index in range(after + 1, stop + 1)]
+        names = self._filenames(job)
+        items = [self._page_item(job, index, names) for index in range(after + 1, stop + 1)]
         items = [item for item in items if item is not None]
         return {"id": job.id, "status": job.status, "pages_total": job.pages_total, "pages_ready": job.pages_ready,
                 "after": after, "next_after": items[-1]["index"] if items else after, "pages": items}  # fmt: skip
 
-    def _page_item(self, job: Job, index: int, names: list[str] | None = None) -> dict[str, Any] | None:
+    def _filenames(self, job: Job) -> list[str]:
+        """The job's files' names, read once per call: each page item names its file."""
+        return [item.filename for item in self.store.files(job.id)]
+
+    def _page_item(self, job: Job, index: int, names: list[str]) -> dict[str, Any] | None:
         record = self.store.page(job.id, index)
         if record is None:
             return None
-        files = names if names is not None else [item.filename for item in self.store.files(job.id)]
-        return {"index": index, "file": record["file"], "filename": files[record["file"]], "page": None,
+        return {"index": index, "file": record["file"], "filename": names[record["file"]], "page": None,
                 **record["entry"]}  # fmt: skip
 
     def events(self, job: Job, owner: str | None, after: int) -> Iterator[str]:
         """Server-Sent Events: each finished page (id: its index), progress as it changes, then one ``end``."""
-        names = [item.filename for item in self.store.files(job.id)]
+        names = self._filenames(job)
         cursor, last_progress, quiet_since = after, None, time.monotonic()
         while True:
             sent = False
