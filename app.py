@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     from ocr_api.access import install_access_control
     from ocr_api.errors import register_error_handlers
     from ocr_api.logs import configure_logging
+    from ocr_api.openai_routes import openai_routes
     from ocr_api.routes import UploadRequest, job_routes, ocr_routes, probes
     from ocr_service import get_service
 
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     app.register_blueprint(probes)
     app.register_blueprint(ocr_routes)
     app.register_blueprint(job_routes)
+    app.register_blueprint(openai_routes)
     install_access_control(app, settings)
     return app
 

@@ -231,6 +231,24 @@ class Settings:
         "Let callback_url name loopback, private and link-local addresses (a receiver on the same network). Off: "
         "only public addresses, checked after DNS resolution.",
     )
+    image_url_fetch: bool = setting(
+        "IMAGE_URL_FETCH",
+        False,
+        "Let /v1/chat/completions fetch an image_url given as http(s):// (the service makes the request). Off: only "
+        "data: URLs. Only public addresses are fetched, checked after DNS resolution and again on every redirect.",
+    )
+    image_url_allow_private: bool = setting(
+        "IMAGE_URL_ALLOW_PRIVATE",
+        False,
+        "With IMAGE_URL_FETCH: fetch from loopback, private and link-local addresses too (images on the same "
+        "network). Cloud metadata addresses are link-local: leave this off where they can be reached.",
+    )
+    image_url_timeout_s: float = setting(
+        "IMAGE_URL_TIMEOUT_S",
+        10.0,
+        "With IMAGE_URL_FETCH: seconds fetching one image may take in all, redirects included (its size is bounded "
+        "by MAX_UPLOAD_MB).",
+    )
     torch_device: str = setting("TORCH_DEVICE", "auto", "transformers engine: auto, cpu, cuda, cuda:N or mps.")
     torch_dtype: str = setting(
         "TORCH_DTYPE",
@@ -282,6 +300,7 @@ class Settings:
         _within("JOB_WORKERS", self.job_workers, 1, 64)
         _within("JOB_ENGINE_RETRIES", self.job_engine_retries, 0, 100)
         _within("JOB_RETRY_DELAY_S", self.job_retry_delay_s, 0, 86_400)
+        _within("IMAGE_URL_TIMEOUT_S", self.image_url_timeout_s, 0.1, 600)
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
         for key in self.api_key_list:

@@ -7,12 +7,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -26,7 +26,7 @@ from ocr_api.figures import annotate, crop_figures
 from ocr_api.guard import GuardSettings
 from ocr_api.interpretation import parse_blocks
 from ocr_api.options import OcrOptions, OptionRules, parse_options
-from ocr_api.pipeline import PageJob, PageStream, StreamRules
+from ocr_api.pipeline import PageJob, PageOutcome, PageStream, StreamRules
 from ocr_api.preparation import FitSize, ImageLimits
 from ocr_api.reading import PageReading
 from ocr_api.results import FileError, FileResult, FinishedPage
@@ -37,7 +37,18 @@ from ocr_api.uploads import UploadStore
 logger = logging.getLogger(__name__)
 
 MAX_FILENAME_CHARS = 255
+
 RENDER_AHEAD_PAGES = 4  # rendered pages waiting for a slot: enough to hand one over at once, few pixels held
+
+
+class PageListener(Protocol):
+    """Told of a request's pages as they go (a streamed chat completion): each piece of text, each finished page."""
+
+    def text(self, key: tuple[int, int], piece: str) -> None:
+        """A piece of the page's text as the engine generates it; called from the engine's thread."""
+
+    def finished(self, key: tuple[int, int], outcome: PageOutcome) -> None:
+        """The page is done (in the order pages finish); called from the request's thread."""
 
 
 @dataclass(frozen=True)
@@ -131,12 +142,18 @@ class OcrService:
         return parse_options(form, rules)
 
     def recognize(
-        self, files: Sequence[UploadedFile], options: OcrOptions, client_gone: StopCheck | None = None
+        self,
+        files: Sequence[UploadedFile],
+        options: OcrOptions,
+        client_gone: StopCheck | None = None,
+        listener: PageListener | None = None,
     ) -> list[FileResult | FileError]:
         """OCR every page of every file as one stream; a file that cannot be used becomes a FileError.
 
         Once ``client_gone()`` answers True the work stops: pages not yet sent are dropped, those at the engine
-        aborted, the admission slots freed, and ClientGone is raised.
+        aborted, the admission slots freed, and ClientGone is raised. A ``listener`` is told each page's text as the
+        engine generates it and each page as it finishes; a page is then tried once, as text already sent cannot
+        be taken back by a runaway retry.
         """
         if self.is_draining():
             raise ShuttingDown()
@@ -157,8 +174,13 @@ class OcrService:
                     continue
                 open_files.callback(source.close)
                 opened.append(_OpenedFile(filename, source, str(path), _ms_since(opening_started)))
-            stream = self.page_stream(options, client_gone or _never)
-            outcomes = stream.run(_jobs(opened))
+            text = listener.text if listener is not None else None
+            stream = self.page_stream(options, client_gone or _never, on_text=text)
+            outcomes = {}
+            for key, outcome in stream.finished(_jobs(opened)):
+                outcomes[key] = outcome
+                if listener is not None:
+                    listener.finished(key, outcome)
             results: list[FileResult | FileError] = []
             for position, item in enumerate(opened):
                 if isinstance(item, FileError):
@@ -202,27 +224,37 @@ class OcrService:
             data, options, save, image_limits=self._limits, pdf_limits=pdf_limits, fit=self._fit(options)
         )
 
-    def page_stream(self, options: OcrOptions, should_stop: StopCheck, for_job: bool = False) -> PageStream:
+    def page_stream(
+        self,
+        options: OcrOptions,
+        should_stop: StopCheck,
+        for_job: bool = False,
+        on_text: Callable[[tuple[int, int], str], None] | None = None,
+    ) -> PageStream:
         """A stream for one request's pages, or one job's: a job uses its share of the bound and waits for room."""
         admission = self.job_admission if for_job else self.admission
-        return PageStream(self.engine, admission, self._stream_rules(options, admission.limit, for_job), should_stop)
+        rules = self._stream_rules(options, admission.limit, for_job, on_text)
+        return PageStream(self.engine, admission, rules, should_stop)
 
     def _fit(self, options: OcrOptions) -> FitSize:
         """The size each page is made at: the smallest the model's processor makes the same views from."""
         return partial(engine_size, profile=self.engine.profile, mode=options.mode)
 
-    def _stream_rules(self, options: OcrOptions, bound: int, for_job: bool) -> StreamRules:
+    def _stream_rules(
+        self, options: OcrOptions, bound: int, for_job: bool, on_text: Callable[[tuple[int, int], str], None] | None
+    ) -> StreamRules:
         # Built once per request: the guard of each attempt, the request each page becomes.
         guards = [self._guard(strength) for strength in range(1 + self.settings.runaway_retries)]
 
-        def build_request(image: Image.Image, attempt: int) -> EngineRequest:
-            return EngineRequest(image, options.prompt, options.max_tokens, guards[attempt - 1], options.mode)
+        def build_request(key: tuple[int, int], image: Image.Image, attempt: int) -> EngineRequest:
+            sink = partial(on_text, key) if on_text is not None else None
+            return EngineRequest(image, options.prompt, options.max_tokens, guards[attempt - 1], options.mode, sink)
 
         return StreamRules(
             # Never more pages at the engine than the process's bound (or the jobs' share of it) allows.
             window=min(self.settings.engine_batch_pages, bound),
             render_ahead=RENDER_AHEAD_PAGES,
-            attempts=1 + self.settings.runaway_retries,
+            attempts=1 if on_text is not None else 1 + self.settings.runaway_retries,
             timeout_s=self.settings.engine_timeout_s,
             build_request=build_request,
             ran_away=partial(self._ran_away, options),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -16,6 +16,7 @@ class ApiError(Exception):
     status = 500
     code = "internal_error"
     message = "The server failed to process the request."
+    param: str | None = None  # the request field at fault, where one is (OpenAI's error shape names it)
 
     def __init__(self, message: str | None = None, *, code: str | None = None, headers: dict | None = None):
         super().__init__(message or self.message)
@@ -26,6 +27,16 @@ class ApiError(Exception):
     def to_dict(self) -> dict[str, str]:
         """Return the JSON body of this error."""
         return {"error": self.message, "code": self.code}
+
+    def to_openai(self) -> dict[str, dict[str, str | None]]:
+        """Return the body in OpenAI's shape, so the openai SDK raises its usual exception for the status."""
+        kind = OPENAI_ERROR_TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "code": self.code, "param": self.param}}
+
+    def naming(self, param: str) -> ApiError:
+        """This error, naming the request field at fault."""
+        self.param = param
+        return self
 
     @classmethod
     def rebuilt(cls, status: int, body: dict[str, str]) -> ApiError:
@@ -157,9 +168,15 @@ _FRAMEWORK_ERRORS: dict[int, type[ApiError]] = {
 }
 
 
+# Routes under this prefix speak OpenAI's API, errors included; the SDK picks its exception class by the status.
+OPENAI_PREFIX = "/v1/"
+OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
 def error_response(error: ApiError) -> tuple[Response, int]:
-    """Render ``error`` as its JSON body with its status and headers."""
-    response = jsonify(error.to_dict())
+    """Render ``error`` as its JSON body with its status and headers (OpenAI's shape on the /v1/ routes)."""
+    openai_route = has_request_context() and request.path.startswith(OPENAI_PREFIX)
+    response = jsonify(error.to_openai() if openai_route else error.to_dict())
     response.headers.update(error.headers)
     return response, error.status
 

@@ -78,7 +78,8 @@ class StreamRules:
     render_ahead: int  # pages rendered and waiting for a slot
     attempts: int  # 1 + RUNAWAY_RETRIES
     timeout_s: float  # ENGINE_TIMEOUT_S, per page
-    build_request: Callable[[Image.Image, int], EngineRequest]  # pixels and attempt number -> what the engine gets
+    # a page's key, its pixels and the attempt's number -> what the engine gets
+    build_request: Callable[[tuple[int, int], Image.Image, int], EngineRequest]
     ran_away: Callable[[PageReading], bool]
     draw: Callable[[Image.Image, PageReading], dict[str, Any]] | None = None  # pictures asked for, else None
     wait_for_room: bool = False  # a job waits for a free slot; a request is refused (503) when it has none
@@ -198,7 +199,7 @@ class PageStream:
             return None
 
     def _submit(self, job: PageJob, page: RenderedPage, attempt: int) -> None:
-        request = self._rules.build_request(page.image, attempt)
+        request = self._rules.build_request(job.key, page.image, attempt)
         try:
             future = self._engine.submit(request)
         except Exception as exc:  # noqa: BLE001 - mapped as any engine failure is

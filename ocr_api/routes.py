@@ -15,11 +15,11 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
+from ocr_api import json_body
 from ocr_api.access import client_by_key
 from ocr_api.disconnect import client_gone_probe
 from ocr_api.errors import BadRequest, EngineNotReady, ShuttingDown, UnsupportedMediaType, error_response
 from ocr_api.jobs import Job, JobUpload, StorageUnavailable, jobs_of
-from ocr_api.options import OcrOptions
 from ocr_api.results import FileError
 from ocr_service import OcrService, UploadedFile
 
@@ -102,12 +102,13 @@ def ready():
 @ocr_routes.post("/ocr")
 def ocr():
     """OCR one file sent as the multipart field ``file``."""
-    uploads = _uploads("file")
+    uploads, form = _uploads_and_fields("file")
     if not uploads:
         raise BadRequest(_missing_file_message("file"), code="missing_file")
     if len(uploads) > 1:
         raise BadRequest("/ocr takes one file; send several to /ocr/batch as 'files'.", code="too_many_files")
-    result = _service().recognize(uploads, _options(), client_gone_probe(request.environ))[0]
+    service = _service()
+    result = service.recognize(uploads, service.options_from(form), client_gone_probe(request.environ))[0]
     if isinstance(result, FileError):
         raise result.error
     return jsonify(result.to_dict())
@@ -117,13 +118,13 @@ def ocr():
 def ocr_batch():
     """OCR every file sent as repeated ``files`` fields, in upload order, as one engine batch."""
     service = _service()
-    uploads = _uploads("files")
+    uploads, form = _uploads_and_fields("files")
     if not uploads:
         raise BadRequest(_missing_file_message("files"), code="missing_file")
     limit = service.settings.max_batch_files
     if len(uploads) > limit:
         raise BadRequest(f"A batch holds at most {limit} files; got {len(uploads)}.", code="too_many_files")
-    results = service.recognize(uploads, _options(), client_gone_probe(request.environ))
+    results = service.recognize(uploads, service.options_from(form), client_gone_probe(request.environ))
     failed = sum(isinstance(result, FileError) for result in results)
     return jsonify(
         results=[result.to_dict() for result in results],
@@ -229,23 +230,27 @@ def _has_bytes(stream: IO[bytes]) -> bool:
     return not empty
 
 
-def _options() -> OcrOptions:
-    return _service().options_from(request.form.to_dict(flat=False))
-
-
-def _uploads(field: str) -> list[UploadedFile]:
-    _require_multipart()
+def _uploads_and_fields(field: str) -> tuple[list[UploadedFile], dict[str, list[str]]]:
+    """The files and fields of an /ocr or /ocr/batch request: a multipart form, or JSON with base64 images."""
+    if request.mimetype == "application/json":
+        settings = _service().settings
+        json_field = "image" if field == "file" else "images"
+        body = json_body.parse_object(request.get_data(cache=False))
+        named, form = json_body.ocr_request(body, json_field, settings.max_content_length, settings.max_batch_files)
+        return [UploadedFile(name, data) for name, data in named], form
+    _require_multipart(json_too=True)
     files = [UploadedFile(part.filename or "", part.read()) for part in request.files.getlist(field)]
     # Browsers send an empty, nameless part for a file input left blank: that is no file at all.
-    return [upload for upload in files if upload.filename or upload.data]
+    return [upload for upload in files if upload.filename or upload.data], request.form.to_dict(flat=False)
 
 
-def _require_multipart() -> None:
+def _require_multipart(json_too: bool = False) -> None:
     """Refuse a body that is not a form upload, naming what came instead; an empty body is a missing file."""
     if request.mimetype == "multipart/form-data" or not (request.content_length or request.mimetype):
         return
+    also = ', or as application/json with the image in base64 ({"image": "..."})' if json_too else ""
     raise UnsupportedMediaType(
-        f"Send the request as multipart/form-data (curl -F file=@scan.png); got Content-Type "
+        f"Send the request as multipart/form-data (curl -F file=@scan.png){also}; got Content-Type "
         f"{request.mimetype[:100]!r}.",
         code="not_multipart",
     )

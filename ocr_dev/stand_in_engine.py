@@ -7,7 +7,8 @@ done after ``tokens_per_page`` tokens. Requests past the cap wait, as in vLLM. I
 With ``--median-tokens`` the pages' lengths follow a long tail instead, as real documents do: lognormal around
 that median, and a share of them (``--runaway-share``) running to the request's ``max_tokens`` (a repetition
 loop, answered ``finish_reason: length``); drawn from a seeded generator, in arrival order
-(``POST /stand-in/reset`` with ``{"seed": ...}`` starts the sequence again).
+(``POST /stand-in/reset`` with ``{"seed": ...}`` starts the sequence again). With ``"stream": true`` the text comes
+as server-sent events, a word at a time as its share of the page's tokens is decoded, as vLLM streams.
 It measures how well a client feeds an engine, nothing about recognition or real GPU speed.
 
 For tests: ``POST /stand-in/mode`` with ``{"mode": ...}`` switches on a fault: ``context_error`` (400 as vLLM
@@ -24,6 +25,7 @@ import argparse
 import json
 import math
 import random
+import re
 import select
 import socket
 import threading
@@ -89,15 +91,20 @@ class SimulatedEngine:
 
     def decode(self, max_tokens: int, client_gone: Callable[[], bool]) -> Decoding:
         """Queue a page and block until it is decoded, or aborted because its client hung up."""
+        request = self.start(max_tokens)
+        while not request.done.wait(0.05):
+            if client_gone():
+                self.abort(request)
+                break
+        return request
+
+    def start(self, max_tokens: int) -> Decoding:
+        """Queue a page and return at once; its ``generated`` grows a token a step until ``done`` is set."""
         with self._cond:
             tokens = self.lengths.draw(max_tokens) if self.lengths else min(self.tokens_per_page, max_tokens)
             request = Decoding(tokens=tokens)
             self.waiting.append(request)
             self._cond.notify()
-        while not request.done.wait(0.05):
-            if client_gone():
-                self.abort(request)
-                break
         return request
 
     def abort(self, request: Decoding | None = None) -> None:
@@ -198,13 +205,12 @@ class Handler(BaseHTTPRequestHandler):
             self._send(500 if Handler.mode == "server_error" else 503, {"error": {"message": "stand-in fault"}})
             return
         max_tokens = int(body.get("max_tokens") or self.engine.tokens_per_page)
+        if body.get("stream"):
+            self._stream(max_tokens)
+            return
         decoding = self.engine.decode(max_tokens, self._client_gone)
         if decoding.aborted:
             return
-        if self.engine.lengths is not None:
-            finish = "length" if decoding.tokens >= max_tokens else "stop"
-        else:
-            finish = "length" if decoding.tokens < self.engine.tokens_per_page else "stop"
         self._send(
             200,
             {
@@ -213,18 +219,58 @@ class Handler(BaseHTTPRequestHandler):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": f"stand-in page text ({decoding.tokens} tokens)"},
-                        "finish_reason": finish,
+                        "message": {"role": "assistant", "content": _text(decoding)},
+                        "finish_reason": self._finish_reason(decoding, max_tokens),
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": PROMPT_TOKENS,
-                    "completion_tokens": decoding.tokens,
-                    "total_tokens": PROMPT_TOKENS + decoding.tokens,
-                },
+                "usage": _usage(decoding),
                 "stand_in": True,
             },
         )
+
+    def _stream(self, max_tokens: int) -> None:
+        """Answer as vLLM does with ``stream: true``: the text in pieces as its tokens are decoded, then usage."""
+        decoding = self.engine.start(max_tokens)
+        pieces = re.findall(r"\S+\s*", _text(decoding))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            self._send_pieces(decoding, pieces, max_tokens)
+        except OSError:  # the client hung up while a piece was written
+            self.engine.abort(decoding)
+
+    def _send_pieces(self, decoding: Decoding, pieces: list[str], max_tokens: int) -> None:
+        sent = 0
+        while sent < len(pieces):
+            done = decoding.done.wait(0.01)
+            due = len(pieces) if done else len(pieces) * decoding.generated // max(1, decoding.tokens)
+            if self._client_gone():
+                self.engine.abort(decoding)
+                return
+            for piece in pieces[sent:due]:
+                self._event({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": piece}}]})
+            sent = max(sent, due)
+        finish = self._finish_reason(decoding, max_tokens)
+        last = {"index": 0, "delta": {}, "finish_reason": finish}
+        self._event({"object": "chat.completion.chunk", "choices": [last]})
+        self._event({"object": "chat.completion.chunk", "choices": [], "usage": _usage(decoding)})
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _event(self, payload: dict[str, Any]) -> None:
+        self._chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+    def _chunk(self, data: bytes) -> None:
+        """One piece of a chunked body (empty: the end), sent at once."""
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _finish_reason(self, decoding: Decoding, max_tokens: int) -> str:
+        if self.engine.lengths is not None:
+            return "length" if decoding.tokens >= max_tokens else "stop"
+        return "length" if decoding.tokens < self.engine.tokens_per_page else "stop"
 
     def _client_gone(self) -> bool:
         """True when the client closed its connection (readable, and a peek reads nothing)."""
@@ -248,6 +294,18 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def _text(decoding: Decoding) -> str:
+    return f"stand-in page text ({decoding.tokens} tokens)"
+
+
+def _usage(decoding: Decoding) -> dict[str, int]:
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": decoding.tokens,
+        "total_tokens": PROMPT_TOKENS + decoding.tokens,
+    }
 
 
 class StandInServer(ThreadingHTTPServer):

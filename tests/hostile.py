@@ -6,6 +6,8 @@ Each case is the raw request (path, content type, body) and the answer the servi
 
 from __future__ import annotations
 
+import base64
+import json
 import struct
 import zlib
 from collections.abc import Iterable
@@ -201,7 +203,7 @@ def cases(corpus_dir: Path | None = None) -> list[Case]:
         ),
         Case("file sent as 'image'", multipart([Part("image", good)]), 400, "missing_file"),
         Case("batch sent as 'file'", multipart([Part("file", good)]), 400, "missing_file", path="/ocr/batch"),
-        Case("JSON body", b'{"file": "aGVsbG8="}', 415, "not_multipart", content_type="application/json"),
+        Case("JSON body naming 'file'", b'{"file": "aGVsbG8="}', 400, "unknown_field", content_type="application/json"),
         Case("raw image body", good, 415, "not_multipart", content_type="image/png"),
         Case("URL-encoded form", b"file=abc", 415, "not_multipart", content_type="application/x-www-form-urlencoded"),
         Case(
@@ -261,4 +263,92 @@ def cases(corpus_dir: Path | None = None) -> list[Case]:
             None,
             client_filename=long_name,
         ),
+        *json_cases(good),
     ]
+
+
+JSON = "application/json"
+CHAT = "/v1/chat/completions"
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def data_url(data: bytes, declared: str = "image/png") -> str:
+    return f"data:{declared};base64,{base64.b64encode(data).decode()}"
+
+
+def chat_body(*parts: dict, model: str = "deepseek-ocr", **extra: object) -> bytes:
+    """A chat completion as an OCR-2 server's clients send it: one user message of the given parts."""
+    return _json({"model": model, "messages": [{"role": "user", "content": list(parts)}], **extra})
+
+
+def image_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def json_cases(good: bytes) -> list[Case]:
+    """JSON bodies on /ocr and /v1/chat/completions: nesting, huge strings, wrong types, lying data URLs."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    html = b"<!doctype html><script>alert(1)</script>"
+    free = {"type": "text", "text": "Free OCR."}
+    ocr: list[Case] = [
+        Case("JSON image", _json({"image": base64.b64encode(good).decode()}), 200, None, content_type=JSON),
+        Case("JSON data URL of a PDF declared PNG (the bytes decide)", _json({"image": data_url(pdf_text())}), 200,
+             None, content_type=JSON),
+        Case("JSON nested 100,000 deep", deep, 400, "invalid_json", content_type=JSON),
+        Case("JSON not an object", b"[1, 2]", 400, "invalid_json", content_type=JSON),
+        Case("JSON in bad UTF-8", b'{"image": "\xff\xfe"}', 400, "invalid_json", content_type=JSON),
+        Case("JSON image a number", _json({"image": 5}), 400, "invalid_field_type", content_type=JSON),
+        Case("JSON max_tokens a list", _json({"image": data_url(good), "max_tokens": [1]}), 400,
+             "invalid_field_type", content_type=JSON),
+        Case("JSON base64 garbage", _json({"image": "!!not base64!!"}), 400, "invalid_base64", content_type=JSON),
+        Case("JSON data URL declaring text/html", _json({"image": data_url(good, "text/html")}), 415,
+             "unsupported_media_type", content_type=JSON),
+        Case("JSON data URL declaring PNG holding HTML", _json({"image": data_url(html)}), 415,
+             "unsupported_media_type", content_type=JSON),
+        Case("JSON 12 MB string of zeros", _json({"image": "A" * (12 << 20)}), 415, "unsupported_media_type",
+             content_type=JSON),
+        Case("JSON over the upload limit", _json({"image": "A" * (17 << 20)}), 413, "payload_too_large",
+             content_type=JSON),
+        Case("JSON batch of 10,000 images", _json({"images": ["AAAA"] * 10_000}), 400, "too_many_files",
+             path="/ocr/batch", content_type=JSON),
+    ]  # fmt: skip
+    chat: list[Case] = [
+        Case("chat: nested 100,000 deep", deep, 400, "invalid_json", path=CHAT, content_type=JSON),
+        Case("chat: a form body", multipart([Part("file", good)]), 415, "not_json", path=CHAT),
+        Case("chat: no model", _json({"messages": []}), 400, "missing_model", path=CHAT, content_type=JSON),
+        Case("chat: unknown model", chat_body(image_part(data_url(good)), model="gpt-4o"), 404, "model_not_found",
+             path=CHAT, content_type=JSON),
+        Case("chat: messages a string", _json({"model": "deepseek-ocr", "messages": "hi"}), 400, "invalid_messages",
+             path=CHAT, content_type=JSON),
+        Case("chat: 10,000-part message", chat_body(*[free] * 10_000), 400, "too_many_parts", path=CHAT,
+             content_type=JSON),
+        Case("chat: 10,000 messages", _json({"model": "deepseek-ocr", "messages": [{"role": "user"}] * 10_000}), 400,
+             "too_many_messages", path=CHAT, content_type=JSON),
+        Case("chat: a part of unknown type", chat_body({"type": "input_audio"}), 400, "unsupported_content_part",
+             path=CHAT, content_type=JSON),
+        Case("chat: image_url a number", chat_body({"type": "image_url", "image_url": 7}), 400, "invalid_image_url",
+             path=CHAT, content_type=JSON),
+        Case("chat: two images", chat_body(image_part(data_url(good)), image_part(data_url(good))), 400,
+             "too_many_images", path=CHAT, content_type=JSON),
+        Case("chat: no image", chat_body(free), 400, "missing_image", path=CHAT, content_type=JSON),
+        Case("chat: data URL declaring JPEG holding HTML", chat_body(image_part(data_url(html, "image/jpeg"))), 415,
+             "unsupported_media_type", path=CHAT, content_type=JSON),
+        Case("chat: data URL of base64 garbage", chat_body(image_part("data:image/png;base64,@@@@")), 400,
+             "invalid_base64", path=CHAT, content_type=JSON),
+        Case("chat: http URL while fetching is off", chat_body(image_part("http://169.254.169.254/latest")), 400,
+             "image_url_fetch_disabled", path=CHAT, content_type=JSON),
+        Case("chat: max_tokens a string", chat_body(image_part(data_url(good)), max_tokens="8192"), 400,
+             "invalid_max_tokens", path=CHAT, content_type=JSON),
+        Case("chat: stream a string", chat_body(image_part(data_url(good)), stream="yes"), 400, "invalid_parameter",
+             path=CHAT, content_type=JSON),
+        Case("chat: temperature a string", chat_body(image_part(data_url(good)), temperature="0"), 400,
+             "invalid_parameter", path=CHAT, content_type=JSON),
+        Case("chat: n of 3", chat_body(image_part(data_url(good)), n=3), 400, "unsupported_parameter", path=CHAT,
+             content_type=JSON),
+        Case("chat: over the upload limit", chat_body(image_part("data:image/png;base64," + "A" * (17 << 20))), 413,
+             "payload_too_large", path=CHAT, content_type=JSON),
+    ]  # fmt: skip
+    return ocr + chat

@@ -163,10 +163,11 @@ def test_missing_file_is_400_and_names_the_field(client):
     assert "image" in response.get_json()["error"]
 
 
-def test_a_body_that_is_not_a_form_is_415_and_an_empty_one_400(client):
-    json_body = client.post("/ocr", data=b'{"file": "x"}', content_type="application/json")
-    _assert_error(json_body, 415, "not_multipart")
-    assert "application/json" in json_body.get_json()["error"]
+def test_a_body_that_is_neither_a_form_nor_json_is_415_and_an_empty_one_400(client):
+    text_body = client.post("/ocr", data=b"file=x", content_type="text/plain")
+    _assert_error(text_body, 415, "not_multipart")
+    assert "text/plain" in text_body.get_json()["error"]
+    assert "application/json" in text_body.get_json()["error"]  # the other way in is named
     raw_image = client.post("/ocr/batch", data=png_bytes(), content_type="image/png")
     _assert_error(raw_image, 415, "not_multipart")
     _assert_error(client.post("/ocr"), 400, "missing_file")

@@ -53,7 +53,7 @@ def _rules(**changes) -> StreamRules:
         "render_ahead": 2,
         "attempts": 2,
         "timeout_s": 1.0,
-        "build_request": lambda image, attempt: EngineRequest(image, "<image>\nFree OCR.", 64, guard),
+        "build_request": lambda key, image, attempt: EngineRequest(image, "<image>\nFree OCR.", 64, guard),
         "ran_away": lambda reading: False,
     }
     return StreamRules(**{**rules, **changes})

@@ -36,6 +36,8 @@ class EngineTimeout(EngineFailure):
 # Asked while a request's pages are at the engine: True once nobody waits for the answer any more (the client hung
 # up); the page stream then cancels their futures, which aborts them at the engine.
 StopCheck = Callable[[], bool]
+# Given each piece of a page's text as the engine generates it (a streamed chat completion), from the engine's thread.
+TextSink = Callable[[str], None]
 POLL_S = 0.2  # how often a waiting loop looks again (a StopCheck, a cancelled row)
 
 
@@ -48,6 +50,7 @@ class EngineRequest:
     max_tokens: int
     guard: GuardSettings
     mode: str = "gundam"  # resolution mode (RESOLUTION_MODES); engines list what they honour in ``modes``
+    on_text: TextSink | None = None  # streaming: every engine hands it the text as it comes, then the whole output
 
 
 # How the page reaches the vision tower. gundam: a 1024 global view plus 2-6 tiles by aspect ratio (the model

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aiohttp
@@ -132,8 +133,11 @@ class RemoteEngine:
             self._load_metadata()
         # Encoded here, in the caller's thread, not on the loop thread all calls share. The call holds only the
         # request's JSON bytes, and only until they are sent: a page waiting for its answer holds nothing.
-        body = SentOnce(json.dumps(self._chat_body(request, data_url(request.image, self._image_format))).encode())
-        return self._submit(self._complete(body, request.max_tokens, request.guard))
+        chat = self._chat_body(request, data_url(request.image, self._image_format))
+        if request.on_text is None:
+            return self._submit(self._complete(SentOnce(json.dumps(chat).encode()), request.max_tokens, request.guard))
+        chat.update(stream=True, stream_options={"include_usage": True})
+        return self._submit(self._stream(SentOnce(json.dumps(chat).encode()), request))
 
     def close(self) -> None:
         self._shut_down()  # once: a second call, or the collection of a closed engine, does nothing
@@ -194,16 +198,61 @@ class RemoteEngine:
             guard=guard,
         )
 
+    async def _stream(self, body: SentOnce, request: EngineRequest) -> EngineOutput:
+        """A streamed chat completion: each piece of content goes to ``request.on_text`` as vLLM sends it."""
+        assert request.on_text is not None
+        headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
+        pieces: list[str] = []
+        finish_reason, usage = "stop", {}
+        async with self._mapped_errors(self._timeout_s):
+            timeout = aiohttp.ClientTimeout(total=self._timeout_s, sock_connect=CONNECT_TIMEOUT_S)
+            url = f"{self.base_url}/v1/chat/completions"
+            async with self._client().post(url, timeout=timeout, data=body, headers=headers) as response:
+                if response.status != 200:
+                    await self._raise_for(response.status, _json_or_text(await response.text()))
+                async for line in response.content:  # server-sent events, one "data: {...}" line each
+                    if not line.startswith(b"data:"):
+                        continue  # blank lines between events, keep-alive comments
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise EngineFailure(f"the engine failed mid-stream: {_error_message(chunk)}")
+                    for choice in chunk.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content") or ""
+                        if piece:
+                            pieces.append(piece)
+                            request.on_text(piece)
+                        finish_reason = choice.get("finish_reason") or finish_reason
+                    usage = chunk.get("usage") or usage
+        if finish_reason == "abort":
+            raise EngineUnavailable("the engine aborted the request")
+        prompt_tokens = int(usage.get("prompt_tokens", 0))
+        return EngineOutput(
+            text="".join(pieces),
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            max_tokens=context_budget(request.max_tokens, self.context_length, prompt_tokens),
+            guard=request.guard,
+        )
+
     async def _call(self, method: str, path: str, timeout_s: float, **kwargs: Any) -> tuple[int, Any]:
         """Return the status and the JSON (or text) body; cancelling this coroutine closes the connection."""
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=CONNECT_TIMEOUT_S)
+        url = f"{self.base_url}{path}"
+        async with (
+            self._mapped_errors(timeout_s),
+            self._client().request(method, url, timeout=timeout, **kwargs) as response,
+        ):
+            return response.status, _json_or_text(await response.text())
+
+    @contextlib.asynccontextmanager
+    async def _mapped_errors(self, timeout_s: float) -> AsyncIterator[None]:
+        """Network failures as the engine's own: unreachable is EngineUnavailable, too slow EngineTimeout."""
         try:
-            async with self._client().request(method, f"{self.base_url}{path}", timeout=timeout, **kwargs) as response:
-                text = await response.text()
-                try:
-                    return response.status, await response.json(content_type=None)
-                except ValueError:
-                    return response.status, text
+            yield
         except aiohttp.ConnectionTimeoutError:
             self._mark_unhealthy()
             raise EngineUnavailable(f"connecting to {self.base_url} timed out") from None
@@ -297,6 +346,13 @@ def _choose_model(served: list[dict[str, Any]], requested: str, base_url: str) -
             return model
     names = ", ".join(str(model.get("id")) for model in served)
     raise EngineLoadError(f"the engine at {base_url} serves {names}, not DEEPSEEK_MODEL_NAME={requested}")
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _error_message(payload: Any) -> str:

@@ -25,6 +25,7 @@ from ocr_api.engines.base import (
     EngineTimeout,
     EngineUnavailable,
     PromptTooLong,
+    TextSink,
 )
 from ocr_api.guard import GuardSettings, banned_next_tokens
 from ocr_api.interpretation import END_OF_SENTENCE
@@ -207,6 +208,7 @@ class TransformersEngine:
                 # transformers' own MaxTimeCriteria: generation stops after this many seconds; then it is 504.
                 max_time=self._timeout_s,
                 stopping_criteria=[_cancelled_rows_criterion([item.future for item in batch])],
+                streamer=self._streamer(requests, budgets),
             )
             if self._timeout_s is not None and time.monotonic() - started >= self._timeout_s:
                 timeout = EngineTimeout(
@@ -218,6 +220,13 @@ class TransformersEngine:
             self._output(tokens, budget, prompts, guard)
             for tokens, budget, prompts, guard in zip(generated, budgets, prompt_tokens, guards, strict=True)
         ]
+
+    def _streamer(self, requests: Sequence[EngineRequest], budgets: Sequence[int]) -> Any:
+        """A streamer for the rows whose caller wants their text as it comes; None when no row does."""
+        if all(request.on_text is None for request in requests):
+            return None
+        sinks = [request.on_text for request in requests]
+        return _rows_streamer(self._processor.tokenizer, sinks, budgets, self._eos_id)
 
     def close(self) -> None:
         if self._worker is not None:
@@ -262,6 +271,51 @@ def _cancelled_rows_criterion(futures: Sequence[concurrent.futures.Future]) -> A
             return self._done.to(input_ids.device)
 
     return RowCancelled()
+
+
+def _rows_streamer(tokenizer: Any, sinks: Sequence[TextSink | None], budgets: Sequence[int], eos_id: int) -> Any:
+    """A transformers streamer for a whole batch: each row's new text goes to its sink as its tokens come.
+
+    transformers' TextStreamer takes one row only; this one keeps each row's ids and decodes incrementally as vLLM's
+    detokenizer does (a piece is handed on once it no longer ends in half a character), up to the row's end of
+    sentence or budget.
+    """
+    from transformers.generation.streamers import BaseStreamer
+
+    class RowsStreamer(BaseStreamer):
+        def __init__(self) -> None:
+            self._prompt_seen = False
+            self._ids: list[list[int]] = [[] for _ in sinks]
+            self._offsets = [(0, 0) for _ in sinks]  # (prefix, read): vLLM's incremental detokenization
+            self._open = [sink is not None for sink in sinks]
+
+        def put(self, value: Any) -> None:
+            if not self._prompt_seen:  # the first call hands over the prompts
+                self._prompt_seen = True
+                return
+            for row, token in enumerate(value.tolist()):
+                if not self._open[row]:
+                    continue
+                if token == eos_id or len(self._ids[row]) >= budgets[row]:
+                    self._open[row] = False
+                    continue
+                self._ids[row].append(token)
+                self._hand_on(row)
+
+        def end(self) -> None:
+            pass
+
+        def _hand_on(self, row: int) -> None:
+            ids, (prefix, read) = self._ids[row], self._offsets[row]
+            before = tokenizer.decode(ids[prefix:read], skip_special_tokens=False)
+            now = tokenizer.decode(ids[prefix:], skip_special_tokens=False)
+            if len(now) > len(before) and not now.endswith("\ufffd"):
+                sink = sinks[row]
+                assert sink is not None
+                sink(now[len(before) :])
+                self._offsets[row] = (read, len(ids))
+
+    return RowsStreamer()
 
 
 def _ngram_guard_processor(guards: Sequence[GuardSettings], prompt_length: int) -> Any:

@@ -127,9 +127,15 @@ class VllmEngine:
         )
         prompt = {"prompt": request.prompt, "multi_modal_data": {"image": request.image}}
         final = None
+        streamed = 0  # characters of the text handed to on_text so far (vLLM's outputs are cumulative)
         try:
             async for output in self._engine.generate(prompt, params, request_id=uuid.uuid4().hex):
                 final = output
+                if request.on_text is not None and output.outputs:
+                    text = output.outputs[0].text
+                    if len(text) > streamed:
+                        request.on_text(text[streamed:])
+                        streamed = len(text)
         except EngineDeadError:
             raise EngineUnavailable("the vLLM engine has died") from None
         except VLLMValidationError as exc:

@@ -1,0 +1,119 @@
+"""JSON request bodies: parsed strictly, and images inside them (base64, or data URLs) decoded within the limits.
+
+/ocr and /ocr/batch take ``{"image": ...}`` and ``{"images": [...]}`` with the form's fields; the chat completion
+route reads its images through ``decode_data_url``. The format of an image is decided by its bytes, as for a
+multipart upload: a data URL's declared type only has to name an image or a PDF.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ocr_api.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from ocr_api.options import FORM_FIELDS
+
+# The "API guide" style clients (../shared/reference/clients.md) send these beside the image; decoding is greedy,
+# so they change nothing, and refusing them would break those clients.
+IGNORED_FIELDS = ("temperature", "top_p", "seed")
+FLAG_FIELDS = ("figures", "annotate")
+DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<base64>;base64)?,")
+ACCEPTED_TYPES = ("image/", "application/pdf", "application/octet-stream")
+
+
+def parse_object(data: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 ``invalid_json`` for anything else (bad UTF-8, bad syntax, deep nesting)."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
+        detail = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+        raise BadRequest(f"The body is not valid JSON: {detail}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"The body must be a JSON object; got {type(body).__name__}.", code="invalid_json")
+    return body
+
+
+def decode_image(value: object, field: str, max_bytes: int) -> bytes:
+    """The bytes of an image given as base64 or as a data URL (``data:image/png;base64,...``)."""
+    if not isinstance(value, str):
+        raise BadRequest(f"'{field}' must be a base64 string or a data URL.", code="invalid_field_type")
+    if value.startswith("data:"):
+        return decode_data_url(value, field, max_bytes)
+    return _base64(value, field, max_bytes)
+
+
+def decode_data_url(url: str, field: str, max_bytes: int) -> bytes:
+    """The bytes of a base64 data URL whose declared type names an image or a PDF."""
+    match = DATA_URL.match(url[:300])
+    if match is None or not match["base64"]:
+        raise BadRequest(
+            f"'{field}' must be a base64 data URL such as data:image/png;base64,iVBOR...", code="invalid_data_url"
+        )
+    declared = (match["type"] or "").lower()
+    if declared and not declared.startswith(ACCEPTED_TYPES):
+        raise UnsupportedMediaType(
+            f"'{field}' declares {declared[:60]!r}; send an image (PNG, JPEG, WEBP, GIF, BMP, TIFF) or a PDF.",
+            code="unsupported_media_type",
+        )
+    return _base64(url[match.end() :], field, max_bytes)
+
+
+def _base64(text: str, field: str, max_bytes: int) -> bytes:
+    text = re.sub(r"\s+", "", text)  # base64 wrapped at 76 columns is still base64
+    if len(text) // 4 * 3 > max_bytes:
+        raise PayloadTooLarge(f"'{field}' decodes to more than the upload limit of {max_bytes // 2**20} MiB.")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"'{field}' is not valid base64.", code="invalid_base64") from None
+    if not data:
+        raise BadRequest(f"'{field}' is empty.", code="empty_file")
+    return data
+
+
+def ocr_request(
+    body: Mapping[str, Any], field: str, max_bytes: int, max_files: int
+) -> tuple[list[tuple[str, bytes]], dict[str, list[str]]]:
+    """The images and form fields of a JSON /ocr (``field`` "image") or /ocr/batch ("images") request.
+
+    Returns (name, bytes) per image, named after where it was in the body, and the fields in the form's shape.
+    MAX_UPLOAD_MB bounds the decoded bytes of all images together, as it bounds the body.
+    """
+    allowed = {field, *FORM_FIELDS, *IGNORED_FIELDS}
+    unknown = sorted(name for name in body if name not in allowed)
+    if unknown:
+        other = "images" if field == "image" else "image"
+        hint = " (/ocr takes 'image', /ocr/batch 'images')" if other in unknown else ""
+        raise BadRequest(f"Unknown field '{unknown[0][:40]}'{hint}.", code="unknown_field")
+    if field not in body:
+        raise BadRequest(f"Send the image as base64 or a data URL in the JSON field '{field}'.", code="missing_file")
+    if field == "image":
+        named = [("image", decode_image(body["image"], "image", max_bytes))]
+    else:
+        images = body["images"]
+        if not isinstance(images, list) or not images:
+            raise BadRequest("'images' must be a non-empty list of base64 strings or data URLs.", code="missing_file")
+        if len(images) > max_files:
+            raise BadRequest(f"A batch holds at most {max_files} files; got {len(images)}.", code="too_many_files")
+        named, total = [], 0
+        for position, value in enumerate(images):
+            name = f"images[{position}]"
+            data = decode_image(value, name, max_bytes - total)
+            total += len(data)
+            named.append((name, data))
+    return named, {name: [_form_value(name, body[name])] for name in FORM_FIELDS if body.get(name) is not None}
+
+
+def _form_value(name: str, value: object) -> str:
+    """A JSON field as the form would have carried it: strings as they are, whole numbers and flags written out."""
+    if isinstance(value, bool) and name in FLAG_FIELDS:
+        return "true" if value else "false"
+    if isinstance(value, int) and not isinstance(value, bool) and name == "max_tokens":
+        return str(value)
+    if isinstance(value, str):
+        return value
+    raise BadRequest(f"'{name}' has the wrong type ({type(value).__name__}).", code="invalid_field_type")
