@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import secrets
@@ -237,11 +238,12 @@ class Settings:
         "Let /v1/chat/completions fetch an image_url given as http(s):// (the service makes the request). Off: only "
         "data: URLs. Only public addresses are fetched, checked after DNS resolution and again on every redirect.",
     )
-    image_url_allow_private: bool = setting(
-        "IMAGE_URL_ALLOW_PRIVATE",
-        False,
-        "With IMAGE_URL_FETCH: fetch from loopback, private and link-local addresses too (images on the same "
-        "network). Cloud metadata addresses are link-local: leave this off where they can be reached.",
+    image_url_allowed_networks: str = setting(
+        "IMAGE_URL_ALLOWED_NETWORKS",
+        "",
+        "With IMAGE_URL_FETCH: networks inside yours that images may be fetched from although they are not public, "
+        "comma-separated (10.20.0.0/16,127.0.0.1/32). Empty: public addresses only. Keep cloud metadata addresses "
+        "(169.254.169.254) out of them.",
     )
     image_url_timeout_s: float = setting(
         "IMAGE_URL_TIMEOUT_S",
@@ -292,6 +294,9 @@ class Settings:
         _within("MAX_PDF_PAGES", self.max_pdf_pages, 1, 100_000)
         _within("ENGINE_BATCH_PAGES", self.engine_batch_pages, 1, 4096)
         _choice("ENGINE_IMAGE_FORMAT", self.engine_image_format, ENGINE_IMAGE_FORMATS)
+        self._validate_jobs_and_access()
+
+    def _validate_jobs_and_access(self) -> None:
         _within("JOB_MAX_UPLOAD_MB", self.job_max_upload_mb, 1, 65_536)
         _within("JOB_MAX_PAGES", self.job_max_pages, 1, 1_000_000)
         _within("JOB_MAX_FILES", self.job_max_files, 1, 100_000)
@@ -301,6 +306,13 @@ class Settings:
         _within("JOB_ENGINE_RETRIES", self.job_engine_retries, 0, 100)
         _within("JOB_RETRY_DELAY_S", self.job_retry_delay_s, 0, 86_400)
         _within("IMAGE_URL_TIMEOUT_S", self.image_url_timeout_s, 0.1, 600)
+        for network in _split_list(self.image_url_allowed_networks):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"IMAGE_URL_ALLOWED_NETWORKS: {network!r} is not a network such as 10.0.0.0/8"
+                ) from None
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
         for key in self.api_key_list:
@@ -322,6 +334,11 @@ class Settings:
     def api_key_list(self) -> tuple[str, ...]:
         """The accepted API keys; empty when keys are off."""
         return _split_list(self.api_keys)
+
+    @property
+    def image_url_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The non-public networks images may be fetched from (IMAGE_URL_ALLOWED_NETWORKS)."""
+        return tuple(ipaddress.ip_network(item, strict=False) for item in _split_list(self.image_url_allowed_networks))
 
     @property
     def cors_origin_list(self) -> tuple[str, ...]:
@@ -405,6 +422,14 @@ def _check_rate_limit(raw: str) -> None:
         parse_many(raw)
     except ValueError:
         raise ConfigError(f"RATE_LIMIT must look like 60/minute or 10/second;500/hour; got {raw!r}") from None
+
+
+def _check_networks(name: str, raw: str) -> None:
+    for network in _split_list(raw):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: {network!r} is not a network such as 10.0.0.0/8") from None
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -82,6 +82,6 @@ def _image_bytes(url: str, settings: Settings) -> bytes:
             code="image_url_fetch_disabled",
         ).naming("messages")
     limits = outbound.FetchLimits(
-        settings.max_content_length, settings.image_url_timeout_s, settings.image_url_allow_private
+        settings.max_content_length, settings.image_url_timeout_s, settings.image_url_networks
     )
     return outbound.fetch(url, limits)

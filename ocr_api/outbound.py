@@ -52,8 +52,21 @@ class Target:
         return urllib3.HTTPConnectionPool(self.address, self.port, timeout=timeout)
 
 
-def check_url(url: str, allow_private: bool, *, what: str = "The URL", refused: type[ApiError] = UrlRefused) -> Target:
-    """Parse and resolve ``url``; raise ``refused`` (a 400) when it may not be called."""
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def check_url(
+    url: str,
+    allow_private: bool,
+    *,
+    allowed_networks: tuple[Network, ...] = (),
+    what: str = "The URL",
+    refused: type[ApiError] = UrlRefused,
+) -> Target:
+    """Parse and resolve ``url``; raise ``refused`` (a 400) when it may not be called.
+
+    Every address the host resolves to must be public, or inside ``allowed_networks``, unless ``allow_private``.
+    """
     if len(url) > MAX_URL_CHARS:
         raise refused(f"{what} is longer than {MAX_URL_CHARS} characters.")
     parts = urlsplit(url)
@@ -69,7 +82,11 @@ def check_url(url: str, allow_private: bool, *, what: str = "The URL", refused: 
     addresses = [ipaddress.ip_address(entry[4][0].split("%", 1)[0]) for entry in found]
     # is_global is False for loopback, private, link-local (the cloud metadata address 169.254.169.254 among
     # them), shared, reserved and documentation ranges, in IPv4 and IPv6 alike.
-    inward = [address for address in addresses if not address.is_global]
+    inward = [
+        address
+        for address in addresses
+        if not address.is_global and not any(address in network for network in allowed_networks)
+    ]
     if inward and not allow_private:
         raise refused(
             f"{what}'s host resolves to {inward[0]}, a loopback, private, link-local or reserved address; only "
@@ -93,11 +110,11 @@ class FetchTimeout(BadRequest):
 
 @dataclass(frozen=True)
 class FetchLimits:
-    """How far ``fetch`` goes: the most bytes, the most seconds in all, whether private addresses are allowed."""
+    """How far ``fetch`` goes: the most bytes, the most seconds in all, the inside networks it may reach."""
 
     max_bytes: int
     timeout_s: float
-    allow_private: bool = False
+    allowed_networks: tuple[Network, ...] = ()  # not public, but allowed (IMAGE_URL_ALLOWED_NETWORKS)
 
 
 def fetch(url: str, limits: FetchLimits, *, what: str = "The image URL") -> bytes:
@@ -109,7 +126,7 @@ def fetch(url: str, limits: FetchLimits, *, what: str = "The image URL") -> byte
     """
     deadline = time.monotonic() + limits.timeout_s
     for _ in range(MAX_REDIRECTS + 1):
-        target = check_url(url, limits.allow_private, what=what)
+        target = check_url(url, False, allowed_networks=limits.allowed_networks, what=what)
         left = deadline - time.monotonic()
         if left <= 0:
             raise FetchTimeout(f"{what} did not answer within {limits.timeout_s:g} s.")
@@ -127,7 +144,7 @@ def fetch(url: str, limits: FetchLimits, *, what: str = "The image URL") -> byte
                         raise FetchFailed(f"{what} answered HTTP {response.status}, not 200.")
                     return _read_bounded(response, limits, deadline, what)
                 finally:
-                    response.release_conn()
+                    response.close()  # the pool is this fetch's alone: nothing to keep the connection for
         except (urllib3.exceptions.TimeoutError, TimeoutError):
             raise FetchTimeout(f"{what} did not answer within {limits.timeout_s:g} s.") from None
         except urllib3.exceptions.HTTPError as exc:

@@ -154,6 +154,22 @@ def stand_in_engine(
         process.stdout.close()
 
 
+@contextlib.contextmanager
+def serve_app(app: object) -> Iterator[str]:
+    """Serve a WSGI app (the service built in-process) on a loopback port with werkzeug's threaded server."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
 def metric(url: str, name: str) -> float:
     """Return one value from a Prometheus /metrics page."""
     for line in requests.get(f"{url}/metrics", timeout=5).text.splitlines():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 import requests
 
@@ -141,6 +143,28 @@ def test_corpus_as_one_batch_over_http(server):
             assert (result["status"], result["code"]) == expected
     assert body["succeeded"] == sum(1 for name in (e.name for e in CORPUS_IMAGES) if EXPECTED[name] == "ok")
     assert _uploads_left(server) == []
+
+
+def test_the_openai_sdk_through_start_server_on_the_tiny_model(server, tiny_model_dir):
+    """A completion and a streamed one, from the transformers engine's streamer, with the official SDK."""
+    client = openai.OpenAI(api_key="unused", base_url=f"{server.url}/v1", max_retries=0, timeout=120)
+    messages = [
+        {"role": "system", "content": "<image>\nFree OCR."},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url("hopper.png")}}]},
+    ]
+    assert client.models.list().data[0].id == str(tiny_model_dir)
+    whole = client.chat.completions.create(model="deepseek-ocr", messages=messages)
+    assert 1 <= whole.usage.completion_tokens <= 8
+    assert whole.usage.prompt_tokens == 257 + len(b"\nFree OCR.")
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    stream = client.chat.completions.create(model="deepseek-ocr", messages=messages, stream=True)
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert "".join(pieces) == whole.choices[0].message.content  # greedy: the same text, streamed
+    assert _uploads_left(server) == []
+
+
+def _data_url(name: str) -> str:
+    return "data:image/png;base64," + base64.b64encode((CORPUS / "images" / name).read_bytes()).decode()
 
 
 def test_framework_errors_are_json_over_http(server):

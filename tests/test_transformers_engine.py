@@ -5,6 +5,7 @@ Random weights prove the wiring (shapes, token counts, guard, finish reasons), n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -177,3 +178,21 @@ def test_a_checkpoint_of_another_model_is_refused_clearly(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(EngineLoadError, match="'gpt2' checkpoint"):
         TransformersEngine(str(tmp_path)).load()
+
+
+def test_streamed_rows_hand_on_their_text_as_it_is_generated(tiny_engine):
+    """Rows of one batch stream each to its own sink, piece by piece; the pieces are the text, less at most the last
+    bytes of a character not yet complete (the service sends those with the page's end)."""
+    pieces: dict[int, list[str]] = {0: [], 2: []}
+    requests = [
+        dataclasses.replace(_request(max_tokens=24, ngram_size=0), on_text=pieces[0].append),
+        _request(max_tokens=24, ngram_size=0),
+        dataclasses.replace(_request((300, 200), max_tokens=12, ngram_size=0), on_text=pieces[2].append),
+    ]
+    outputs = run_batch(tiny_engine, requests)
+    for row in (0, 2):
+        assert len(pieces[row]) > 1  # piece by piece, not the whole text at the end
+        streamed = "".join(pieces[row])
+        assert outputs[row].text.startswith(streamed)
+        assert len(outputs[row].text) - len(streamed) <= 3
+    assert len(outputs[2].token_ids) <= 12

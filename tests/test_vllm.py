@@ -8,6 +8,7 @@ batching, process topology, failures), not recognition or GPU speed. Each image 
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 import requests
 
@@ -87,6 +89,29 @@ def _metrics(engine_url: str) -> dict[str, float]:
     return values
 
 
+def _streamed_completion(url: str) -> None:
+    """A streamed chat completion with the openai SDK, as an OCR-2 server's clients send it: the text comes in
+    pieces from vLLM's own stream, and they add up to the page's raw output (the structured extension's)."""
+    client = openai.OpenAI(api_key="unused", base_url=f"{url}/v1", max_retries=0, timeout=IMAGE_TIMEOUT_S)
+    image = "data:image/png;base64," + base64.b64encode(png_bytes((320, 240))).decode()
+    stream = client.chat.completions.create(
+        model="deepseek-ocr",
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
+                                               {"type": "text", "text": "Free OCR."}]}],
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ocr": {"structured": True}},
+    )  # fmt: skip
+    chunks = list(stream)
+    pieces = [chunk.choices[0].delta.content for chunk in chunks if chunk.choices and chunk.choices[0].delta.content]
+    ocr = next(chunk.model_extra["ocr"] for chunk in chunks if (chunk.model_extra or {}).get("ocr"))
+    assert len(pieces) >= 2, chunks
+    assert "".join(pieces) == ocr["raw_output"]
+    assert chunks[-1].usage.completion_tokens == ocr["usage"]["completion_tokens"]
+    assert chunks[-1].usage.prompt_tokens > 256  # the image reached the model
+
+
 def test_in_process_engine_serves_ocr_and_a_batch(tmp_path, tiny_vllm_ocr2_dir):
     env = environment(
         tmp_path,
@@ -124,6 +149,7 @@ def test_in_process_engine_serves_ocr_and_a_batch(tmp_path, tiny_vllm_ocr2_dir):
         results = batch.json()["results"]
         assert [r["filename"] for r in results] == ["first.png", "second.png"]
         assert all(r["finish_reason"] in ("stop", "length") for r in results)
+        _streamed_completion(url)  # from AsyncLLM's output stream
         assert not any((tmp_path / "uploads").iterdir())
     finally:
         # SIGTERM to the service process alone, as `kill PID` does: it must take vLLM's processes down with it.
@@ -224,6 +250,10 @@ def test_a_job_runs_in_the_consumer_beside_the_workers_on_the_same_vllm_server(p
     assert 1 <= result["usage"]["completion_tokens"] <= 8
     assert result["usage"]["prompt_tokens"] > 256  # the image reached vLLM's model
     assert "run_job" in (production.logs / "jobs.log").read_text()  # run by the consumer process, not a worker
+
+
+def test_a_streamed_chat_completion_through_nginx_and_a_worker_from_vllms_stream(production):
+    _streamed_completion(production.url)
 
 
 def test_killing_the_engine_gives_503_the_service_recovers_and_the_script_stops_cleanly(production):
