@@ -37,16 +37,17 @@ def parse_object(data: bytes) -> dict[str, Any]:
     return body
 
 
-def decode_image(value: object, field: str, max_bytes: int) -> bytes:
-    """The bytes of an image given as base64 or as a data URL (``data:image/png;base64,...``)."""
+def decode_image(value: object, field: str, max_bytes: int, limit: int | None = None) -> bytes:
+    """The bytes of an image given as base64 or as a data URL (``data:image/png;base64,...``), at most
+    ``max_bytes`` of them (what is left of ``limit``, the upload limit the message names)."""
     if not isinstance(value, str):
         raise BadRequest(f"'{field}' must be a base64 string or a data URL.", code="invalid_field_type")
     if value.startswith("data:"):
-        return decode_data_url(value, field, max_bytes)
-    return _base64(value, field, max_bytes)
+        return decode_data_url(value, field, max_bytes, limit)
+    return _base64(value, field, max_bytes, limit)
 
 
-def decode_data_url(url: str, field: str, max_bytes: int) -> bytes:
+def decode_data_url(url: str, field: str, max_bytes: int, limit: int | None = None) -> bytes:
     """The bytes of a base64 data URL whose declared type names an image or a PDF."""
     match = DATA_URL.match(url[:300])
     if match is None or not match["base64"]:
@@ -59,13 +60,14 @@ def decode_data_url(url: str, field: str, max_bytes: int) -> bytes:
             f"'{field}' declares {declared[:60]!r}; send an image (PNG, JPEG, WEBP, GIF, BMP, TIFF) or a PDF.",
             code="unsupported_media_type",
         )
-    return _base64(url[match.end() :], field, max_bytes)
+    return _base64(url[match.end() :], field, max_bytes, limit)
 
 
-def _base64(text: str, field: str, max_bytes: int) -> bytes:
+def _base64(text: str, field: str, max_bytes: int, limit: int | None) -> bytes:
     text = re.sub(r"\s+", "", text)  # base64 wrapped at 76 columns is still base64
     if len(text) // 4 * 3 > max_bytes:
-        raise PayloadTooLarge(f"'{field}' decodes to more than the upload limit of {max_bytes // 2**20} MiB.")
+        what = f"The images up to '{field}' decode" if limit else f"'{field}' decodes"
+        raise PayloadTooLarge(f"{what} to more than the upload limit of {(limit or max_bytes) / 2**20:g} MiB.")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -102,7 +104,7 @@ def ocr_request(
         named, total = [], 0
         for position, value in enumerate(images):
             name = f"images[{position}]"
-            data = decode_image(value, name, max_bytes - total)
+            data = decode_image(value, name, max_bytes - total, max_bytes)
             total += len(data)
             named.append((name, data))
     return named, {name: [_form_value(name, body[name])] for name in FORM_FIELDS if body.get(name) is not None}

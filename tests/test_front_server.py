@@ -6,6 +6,7 @@ keys in no log, a worker killed mid-request, bad settings before anything starts
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import os
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 import requests
 
@@ -207,6 +209,28 @@ def test_errors_the_front_server_answers_itself_are_json(production):
     assert (big_header.status_code, big_header.json()["code"]) == (431, "headers_too_large")
     assert garbage.startswith("HTTP/1.1 400")
     assert '"code": "bad_request"' in garbage
+
+
+def test_the_openai_routes_stream_through_nginx_and_its_own_errors_are_in_openais_shape(production):
+    client = openai.OpenAI(api_key=KEY, base_url=f"{production.url}/v1", max_retries=0, timeout=60)
+    image = "data:image/png;base64," + base64.b64encode(png_bytes((64, 48))).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]}]
+    done_before = metric(production.engine_url, "stand_in:pages_done_total")
+    done_at_first_piece = None
+    pieces = []
+    for chunk in client.chat.completions.create(model="deepseek-ocr", messages=messages, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            if done_at_first_piece is None:  # nginx passed the first words on while the page was still decoding
+                done_at_first_piece = metric(production.engine_url, "stand_in:pages_done_total")
+            pieces.append(chunk.choices[0].delta.content)
+    assert done_at_first_piece == done_before
+    assert "".join(pieces) == "stand-in page text (40 tokens)"
+    too_big = "data:image/png;base64," + "A" * (2 << 20)  # over MAX_UPLOAD_MB: nginx answers
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": too_big}}]}]
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="deepseek-ocr", messages=messages)
+    assert (caught.value.status_code, caught.value.code) == (413, "payload_too_large")
+    assert caught.value.body["type"] == "invalid_request_error"
 
 
 def test_no_key_reaches_any_log_wherever_the_client_puts_it(production):

@@ -213,9 +213,11 @@ def test_requests_from_two_workers_are_inside_the_engine_together(production):
     assert all(r.json()["guard"]["ngram_size"] == 30 for r in responses)  # DeepSeek-OCR v1's profile
     # Both requests were running inside the one engine at the same moment: one batch, not a queue.
     assert max(s.get("vllm:num_requests_running", 0) for s in samples) >= 2, samples
-    access = (production.logs / "access.log").read_text()
-    pids = set(re.findall(r'"POST /ocr HTTP/1.1" 200 .* worker=<(\d+)>', access))
-    assert len(pids) == 2, access
+    # gunicorn writes a request's access line after its response is sent: the second may still be on its way.
+    access = production.logs / "access.log"
+    wait_until(lambda: len(re.findall(r'"POST /ocr HTTP/1.1" 200', access.read_text())) >= 2, timeout_s=30)
+    pids = set(re.findall(r'"POST /ocr HTTP/1.1" 200 .* worker=<(\d+)>', access.read_text()))
+    assert len(pids) == 2, access.read_text()
     assert not any(production.uploads.iterdir())
 
 
