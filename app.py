@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     from ocr_api.logs import configure_logging
     from ocr_api.openai_routes import openai_routes
     from ocr_api.routes import UploadRequest, job_routes, ocr_routes, probes
+    from ocr_api.web import web
     from ocr_service import get_service
 
     if settings is None:
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     configure_logging(settings)
     if service is None:
         service = get_service(settings)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the web blueprint serves the page's files
     app.request_class = UploadRequest
     app.config.update(
         SECRET_KEY=settings.secret_key,
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     app.register_blueprint(ocr_routes)
     app.register_blueprint(job_routes)
     app.register_blueprint(openai_routes)
+    app.register_blueprint(web)
     install_access_control(app, settings)
     return app
 

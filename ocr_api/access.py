@@ -15,9 +15,10 @@ from config import Settings
 from ocr_api.errors import Unauthorized
 
 # Keys and rate limits apply to every request except those of the probes blueprint (/health, /ready: probes and
-# load balancers carry no keys). A route added anywhere else is protected without being named, and so is a path
-# that matches no route (401 before 404, which tells a stranger nothing about the routes).
-OPEN_BLUEPRINTS = frozenset({"probes"})
+# load balancers carry no keys) and of the web blueprint (the page, its files and the API's description: a
+# browser loads them without headers; the page sends its key with each API call). A route added anywhere else is
+# protected without being named, and so is a path that matches no route (401 before 404).
+OPEN_BLUEPRINTS = frozenset({"probes", "web"})
 API_KEY_HEADERS = ("Authorization: Bearer", "X-API-Key")
 
 

@@ -170,6 +170,27 @@ def serve_app(app: object) -> Iterator[str]:
         server.server_close()
 
 
+@contextlib.contextmanager
+def serve_service(settings: object) -> Iterator[str]:
+    """The service built in-process from ``settings`` (its engine too), with its job consumer, on a loopback port."""
+    from app import create_app
+    from ocr_api.engines import build_engine
+    from ocr_api.jobs import jobs_of
+    from ocr_service import OcrService
+
+    service = OcrService(settings, build_engine(settings))  # type: ignore[arg-type]
+    service.start()
+    app = create_app(service=service)
+    jobs = jobs_of(app)
+    jobs.queue.start_consumer(jobs.runner())
+    try:
+        with serve_app(app) as url:
+            yield url
+    finally:
+        jobs.queue.stop_consumer()
+        service.close()
+
+
 def metric(url: str, name: str) -> float:
     """Return one value from a Prometheus /metrics page."""
     for line in requests.get(f"{url}/metrics", timeout=5).text.splitlines():

@@ -14,7 +14,9 @@ It measures how well a client feeds an engine, nothing about recognition or real
 For tests: ``POST /stand-in/mode`` with ``{"mode": ...}`` switches on a fault: ``context_error`` (400 as vLLM
 answers an over-long prompt), ``server_error`` (500), ``unhealthy`` (health and completions 503), ``slow``
 (completions answer after ``seconds``, default 3); ``GET /stand-in/last`` returns the last completion request's
-body. As vLLM's server does, a request whose client hangs up is aborted (counted in ``stand_in:aborted_total``).
+body; ``POST /stand-in/text`` with ``{"text": ...}`` makes every page's output that text (markup, hostile HTML:
+whatever a test needs the service to interpret), ``{"text": null}`` the sentence again. As vLLM's server does,
+a request whose client hangs up is aborted (counted in ``stand_in:aborted_total``).
 
     python -m ocr_dev.stand_in_engine --port 8100 --step-ms 20 --tokens-per-page 100 --max-batch 256
 """
@@ -155,6 +157,7 @@ class Handler(BaseHTTPRequestHandler):
     model = "stand-in/deepseek-ocr-2"
     mode = "normal"
     slow_s = 3.0
+    text: str | None = None  # POST /stand-in/text: every page's output, instead of the sentence
     last_body: dict[str, Any] = {}  # noqa: RUF012 - shared on purpose: what tests inspect
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -183,6 +186,9 @@ class Handler(BaseHTTPRequestHandler):
             Handler.mode = body.get("mode", "normal")
             Handler.slow_s = float(body.get("seconds", 3.0))
             self._send(200, {"mode": Handler.mode})
+        elif self.path == "/stand-in/text":
+            Handler.text = body.get("text")
+            self._send(200, {"text": Handler.text})
         elif self.path == "/v1/chat/completions":
             self._complete(body)
         else:
@@ -297,6 +303,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def _text(decoding: Decoding) -> str:
+    if Handler.text is not None:
+        return Handler.text
     return f"stand-in page text ({decoding.tokens} tokens)"
 
 

