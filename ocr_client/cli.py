@@ -1,0 +1,280 @@
+"""``deepseek-ocr``: OCR files, folders and globs through the service, with progress bars, and resume.
+
+    deepseek-ocr scans/ --out results/ --task markdown
+    deepseek-ocr 'inbox/**/*.pdf' --url http://gpu-box:5000 --api-key "$KEY"
+
+Each input gets ``<out>/<its path>.md`` and ``.json`` (the service's answer unchanged). Images go to /ocr, PDFs
+(and images over the service's upload limit) as jobs, whose pages count on the bar. A run records in
+``<out>/.deepseek-ocr-state.json`` each input's SHA-256 once its results are written, and each job's id as soon
+as it is queued: a second run skips what is done and waits on the jobs it left, so an interrupted run loses
+nothing and redoes nothing. The exit status is 1 when any input failed, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import hashlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ocr_client.client import ApiError, Client
+
+URL_VARIABLE = "DEEPSEEK_OCR_URL"
+KEY_VARIABLE = "DEEPSEEK_OCR_API_KEY"
+DEFAULT_URL = "http://localhost:5000"
+STATE_FILE = ".deepseek-ocr-state.json"
+SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".pdf"}
+PAGE_STATUSES = ("ok", "truncated", "repetitive", "failed")
+
+
+@dataclass(frozen=True)
+class Input:
+    """One file to read, and the name its results take under --out."""
+
+    path: Path
+    name: str  # relative to the folder it was found in, or its own name
+
+    @property
+    def is_document(self) -> bool:
+        return self.path.suffix.lower() == ".pdf"
+
+
+@dataclass
+class Outcome:
+    """What became of one input: its page counts, or the error that stopped it."""
+
+    name: str
+    pages: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PAGE_STATUSES, 0))
+    error: str | None = None
+    skipped: bool = False
+
+
+class State:
+    """The run's record under --out: finished inputs by SHA-256, and the jobs queued but not yet written."""
+
+    def __init__(self, out: Path):
+        self.path = out / STATE_FILE
+        self.lock = threading.Lock()
+        self.data: dict[str, dict[str, Any]] = {"done": {}, "jobs": {}}
+        if self.path.exists():
+            # The record is replaced atomically, so it is whole; one edited by hand and broken starts afresh.
+            with contextlib.suppress(ValueError):
+                self.data.update(json.loads(self.path.read_text()))
+
+    def update(self, section: str, key: str, value: Any) -> None:
+        with self.lock:
+            if value is None:
+                self.data[section].pop(key, None)
+            else:
+                self.data[section][key] = value
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(self.data, indent=1))
+            os.replace(temporary, self.path)  # atomic: a run killed here leaves the old record or the new
+
+
+def find_inputs(arguments: list[str]) -> list[Input]:
+    """Files as given, folders searched recursively, globs expanded; only the formats the service reads."""
+    found: dict[Path, Input] = {}
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and child.suffix.lower() in SUFFIXES:
+                    found.setdefault(child.resolve(), Input(child, child.relative_to(path).as_posix()))
+        elif path.is_file():
+            found.setdefault(path.resolve(), Input(path, path.name))
+        else:
+            matches = sorted(Path(match) for match in glob.glob(argument, recursive=True))
+            for match in matches:
+                if match.is_file() and match.suffix.lower() in SUFFIXES:
+                    found.setdefault(match.resolve(), Input(match, match.name))
+            if not matches:
+                raise FileNotFoundError(f"no such file, folder or match: {argument}")
+    return list(found.values())
+
+
+def _digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _pages(result: dict[str, Any]) -> dict[str, int]:
+    counts = dict.fromkeys(PAGE_STATUSES, 0)
+    for page in result.get("pages") or [result]:
+        counts[page.get("status", "failed")] = counts.get(page.get("status", "failed"), 0) + 1
+    return counts
+
+
+class Run:
+    """One invocation: the inputs, the client, the progress bars and the record."""
+
+    def __init__(self, client: Client, out: Path, fields: dict[str, str], console: Console, max_upload_mb: int):
+        self.client, self.out, self.fields, self.console = client, out, fields, console
+        self.state = State(out)
+        self.max_upload_bytes = max_upload_mb * 1024 * 1024
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=console, transient=False,
+        )  # fmt: skip
+        self.files_bar: TaskID | None = None
+
+    def read_all(self, inputs: list[Input], concurrency: int) -> list[Outcome]:
+        with self.progress:
+            self.files_bar = self.progress.add_task("files", total=len(inputs))
+            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                outcomes = list(pool.map(self.read_one, inputs))
+        return outcomes
+
+    def read_one(self, item: Input) -> Outcome:
+        outcome = Outcome(item.name)
+        try:
+            digest = _digest(item.path)
+            done = self.state.data["done"].get(digest)
+            if done and done.get("name") == item.name and self._outputs(item)[1].exists():
+                outcome.pages, outcome.skipped = done["pages"], True
+            else:
+                result = self._result(item, digest)
+                self._write(item, result)
+                outcome.pages = _pages(result)
+                self.state.update("done", digest, {"name": item.name, "pages": outcome.pages})
+                self.state.update("jobs", digest, None)
+        except ApiError as error:
+            outcome.error = str(error)
+        except (OSError, requests.RequestException) as error:
+            outcome.error = f"{type(error).__name__}: {error}"
+        assert self.files_bar is not None
+        self.progress.advance(self.files_bar)
+        return outcome
+
+    def _result(self, item: Input, digest: str) -> dict[str, Any]:
+        if not item.is_document and item.path.stat().st_size <= self.max_upload_bytes:
+            return self.client.ocr(item.path, **self.fields)
+        job_id = self.state.data["jobs"].get(digest)
+        if job_id:
+            try:
+                self.client.job(job_id)
+                self.console.print(
+                    f"{item.name}: waiting on job {job_id}, queued by an earlier run"
+                )  # still there (same service, not expired): wait on it, do not queue again
+            except ApiError as error:
+                if error.status != 404:
+                    raise
+                job_id = None
+        if not job_id:
+            job_id = self.client.submit_job(item.path, **self.fields)["id"]
+            self.state.update("jobs", digest, job_id)
+        bar = self.progress.add_task(f"  {item.name}", total=None)
+
+        def show(view: dict[str, Any]) -> None:
+            progress = view["progress"]
+            self.progress.update(bar, completed=progress["pages_done"], total=progress["pages_total"])
+
+        try:
+            view = self.client.wait_for_job(job_id, show)
+        finally:
+            self.progress.remove_task(bar)
+        if view["status"] == "cancelled":
+            self.state.update("jobs", digest, None)
+            raise ApiError(409, "job_cancelled", "The job was cancelled on the service.")
+        return self.client.job_result(job_id)
+
+    def _outputs(self, item: Input) -> tuple[Path, Path]:
+        base = self.out / item.name
+        return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
+
+    def _write(self, item: Input, result: dict[str, Any]) -> None:
+        markdown, answer = self._outputs(item)
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(result.get("markdown") or result.get("text") or "")
+        answer.write_text(json.dumps(result, indent=1, ensure_ascii=False))  # last: its presence means done
+
+
+def summary(outcomes: list[Outcome]) -> Table:
+    table = Table(title="DeepSeek-OCR")
+    for column in ("file", *PAGE_STATUSES, "note"):
+        table.add_column(column, justify="left" if column in ("file", "note") else "right")
+    for outcome in outcomes:
+        note = outcome.error or ("already done" if outcome.skipped else "")
+        table.add_row(outcome.name, *(str(outcome.pages.get(status, 0)) for status in PAGE_STATUSES), note)
+    totals = [sum(outcome.pages.get(status, 0) for outcome in outcomes) for status in PAGE_STATUSES]
+    failed = sum(outcome.error is not None for outcome in outcomes)
+    table.add_row("total", *map(str, totals), f"{failed} of {len(outcomes)} files failed" if failed else "")
+    return table
+
+
+def parser() -> argparse.ArgumentParser:
+    command = argparse.ArgumentParser(prog="deepseek-ocr", description="OCR files, folders and globs with the service.")
+    command.add_argument("inputs", nargs="+", help="files, folders (searched recursively) and globs")
+    command.add_argument("--url", default=os.environ.get(URL_VARIABLE, DEFAULT_URL),
+                         help=f"the service (default: ${URL_VARIABLE}, else {DEFAULT_URL})")  # fmt: skip
+    command.add_argument("--out", type=Path, default=Path("ocr-results"), help="where results go (ocr-results)")
+    command.add_argument("--api-key", default=os.environ.get(KEY_VARIABLE), help=f"default: ${KEY_VARIABLE}")
+    command.add_argument("--concurrency", type=int, default=4, help="files in flight at once (4)")
+    command.add_argument("--task", default="markdown", help="markdown, free, ocr, figure, describe")
+    command.add_argument("--mode", help="gundam or base")
+    command.add_argument("--pages", help="the pages of each PDF, as 1-3,7")
+    command.add_argument("--max-tokens", help="the output budget per page")
+    command.add_argument("--max-upload-mb", type=int, default=16,
+                         help="the service's MAX_UPLOAD_MB: larger images go as jobs (16)")  # fmt: skip
+    command.add_argument("--retries", type=int, default=8, help="tries again on 503 and 429, honouring Retry-After")
+    return command
+
+
+def _fields(arguments: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    for name in ("task", "mode", "pages", "max_tokens"):
+        value = getattr(arguments, name)
+        if value:
+            yield name, str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parser().parse_args(argv)
+    console = Console(stderr=True)
+    if arguments.concurrency < 1:
+        console.print("error: --concurrency must be 1 or more")
+        return 2
+    try:
+        inputs = find_inputs(arguments.inputs)
+    except FileNotFoundError as error:
+        console.print(f"error: {error}")
+        return 2
+    if not inputs:
+        console.print("error: no images or PDFs among the inputs")
+        return 2
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    client = Client(
+        arguments.url,
+        arguments.api_key,
+        retries=arguments.retries,
+        on_retry=lambda error, wait_s: console.print(f"service busy: {error}; trying again in {wait_s:g} s"),
+    )
+    try:
+        client.session.get(f"{client.base_url}/health", timeout=10).raise_for_status()
+    except requests.RequestException as error:
+        console.print(f"error: the service at {arguments.url} does not answer: {error}")
+        return 1
+    run = Run(client, arguments.out, dict(_fields(arguments)), console, arguments.max_upload_mb)
+    outcomes = run.read_all(inputs, arguments.concurrency)
+    Console().print(summary(outcomes))
+    return 1 if any(outcome.error for outcome in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""A small Python client of the service: /ocr, /ocr/batch and /jobs, retrying 503 and 429 as the service asks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+FINISHED = ("succeeded", "partial", "failed", "cancelled")
+RETRIED_STATUSES = (429, 503)  # nothing wrong with the request: the same one may succeed after Retry-After
+
+
+class ApiError(Exception):
+    """The service refused a request: its status, its code and its message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{message} ({code}, HTTP {status})")
+        self.status, self.code, self.message = status, code, message
+
+
+class Client:
+    """The service at ``base_url``; every call retries 503 and 429, waiting what Retry-After says (else backing off)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 600,
+        retries: int = 8,
+        max_wait_s: float = 60,
+        sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[ApiError, float], None] = lambda error, wait_s: None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout_s, self.retries, self.max_wait_s, self.sleep = timeout_s, retries, max_wait_s, sleep
+        self.on_retry = on_retry  # told of each refusal that is tried again, and the wait before it
+
+    def ocr(self, path: Path, **fields: str) -> dict[str, Any]:
+        """OCR one image or PDF with /ocr's fields (task, mode, pages, figures, ...)."""
+        return self._call("POST", "/ocr", files=lambda: [("file", (path.name, path.read_bytes()))], data=fields)
+
+    def ocr_batch(self, paths: Sequence[Path], **fields: str) -> dict[str, Any]:
+        """OCR several files as one batch: one result or error per file."""
+        files = lambda: [("files", (path.name, path.read_bytes())) for path in paths]  # noqa: E731
+        return self._call("POST", "/ocr/batch", files=files, data=fields)
+
+    def submit_job(self, path: Path, **fields: str) -> dict[str, Any]:
+        """Queue a job of one file; returns its view (``id``, ``status``, ``progress``)."""
+        return self._call("POST", "/jobs", files=lambda: [("file", (path.name, path.read_bytes()))], data=fields)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/jobs/{job_id}")
+
+    def job_result(self, job_id: str) -> dict[str, Any]:
+        """The finished job's result: what /ocr would have answered."""
+        return self._call("GET", f"/jobs/{job_id}/result")
+
+    def wait_for_job(
+        self, job_id: str, on_progress: Callable[[dict[str, Any]], None] = lambda view: None, poll_s: float = 0.5
+    ) -> dict[str, Any]:
+        """Poll the job until it is finished, telling ``on_progress`` each view; returns the last view."""
+        while True:
+            view = self.job(job_id)
+            on_progress(view)
+            if view["status"] in FINISHED:
+                return view
+            self.sleep(poll_s)
+
+    def _call(self, method: str, path: str, files: Callable[[], list] | None = None, **kwargs: Any) -> dict[str, Any]:
+        for attempt in range(self.retries + 1):
+            # Files are read again for each attempt: a retried upload is a new body.
+            response = self.session.request(
+                method, self.base_url + path, files=files() if files else None, timeout=self.timeout_s, **kwargs
+            )
+            if response.status_code in RETRIED_STATUSES and attempt < self.retries:
+                wait_s = self._wait(response, attempt)
+                try:
+                    self._body(response)
+                except ApiError as error:
+                    self.on_retry(error, wait_s)
+                self.sleep(wait_s)
+                continue
+            return self._body(response)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _wait(self, response: requests.Response, attempt: int) -> float:
+        """Retry-After when the service gives it (in seconds), else exponential backoff; never over max_wait_s."""
+        header = response.headers.get("Retry-After", "")
+        wait = float(header) if header.strip().isdigit() else min(2.0**attempt, 30.0)
+        return min(wait, self.max_wait_s)
+
+    @staticmethod
+    def _body(response: requests.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            body = body if isinstance(body, dict) else {}
+            error = body.get("error")
+            if isinstance(error, dict):  # OpenAI's shape
+                body, error = error, error.get("message")
+            raise ApiError(response.status_code, str(body.get("code") or "error"), str(error or response.reason))
+        if not isinstance(body, dict):
+            raise ApiError(response.status_code, "not_json", "The service answered something other than JSON.")
+        return body

@@ -1,0 +1,197 @@
+"""The command line client against a running service (in-process, the remote engine on the stand-in): a folder
+read, written and summed up; an interrupted run resumed without redoing anything; a service answering 503."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from config import Settings
+from ocr_client import ApiError, Client
+from ocr_client.cli import STATE_FILE, main
+from ocr_dev.inputs import make_pdf, png_bytes
+from ocr_dev.servers import REPO, serve_service, stand_in_engine, wait_until
+
+pytestmark = pytest.mark.slow
+
+KEY = "cli-key-0123456789abcdef"
+CLI = [str(Path(sys.executable).parent / "deepseek-ocr")]
+
+
+@pytest.fixture(scope="module")
+def stand_in() -> Iterator[str]:
+    # One page at a time, 0.2 s each: a 6-page document takes long enough to be interrupted.
+    with stand_in_engine(step_ms=20, tokens_per_page=10, extra=["--max-batch", "1"]) as url:
+        yield url
+
+
+def _settings(tmp: Path, engine_url: str, **overrides) -> Settings:
+    return Settings(
+        engine="remote",
+        engine_url=engine_url,
+        upload_folder=str(tmp / "uploads"),
+        jobs_dir=str(tmp / "jobs"),
+        api_keys=KEY,
+        max_tokens=64,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, stand_in: str) -> Iterator[tuple[str, Path]]:
+    tmp = tmp_path_factory.mktemp("cli")
+    with serve_service(_settings(tmp, stand_in)) as url:
+        yield url, tmp / "jobs"
+
+
+def jobs_queued(jobs_dir: Path) -> int:
+    """How many jobs the service has been given (each has its folder until JOB_TTL)."""
+    folder = jobs_dir / "files"
+    return len(list(folder.iterdir())) if folder.exists() else 0
+
+
+def folder_of_inputs(root: Path) -> Path:
+    (root / "sub").mkdir(parents=True)
+    (root / "a.png").write_bytes(png_bytes((320, 240)))
+    (root / "sub" / "b.jpg").write_bytes(png_bytes((200, 100), fmt="JPEG"))
+    (root / "doc.pdf").write_bytes(make_pdf(3))
+    (root / "broken.png").write_bytes(b"this is not an image")
+    (root / "notes.txt").write_text("not for OCR")
+    return root
+
+
+def test_a_folder_read_written_summarized_and_a_failure_exits_non_zero(
+    served: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, jobs_dir = served
+    inputs, out = folder_of_inputs(tmp_path / "in"), tmp_path / "out"
+    before = jobs_queued(jobs_dir)
+    assert main([str(inputs), "--url", url, "--out", str(out), "--api-key", KEY]) == 1
+    summary = capsys.readouterr().out
+    for name in ("a.png", "sub/b.jpg", "doc.pdf"):
+        assert (out / f"{name}.md").read_text().startswith("stand-in page text"), name
+        assert json.loads((out / f"{name}.json").read_text())["filename"] == Path(name).name
+    assert json.loads((out / "doc.pdf.json").read_text())["pages_total"] == 3
+    assert jobs_queued(jobs_dir) == before + 1  # the PDF went as a job, the images to /ocr
+    assert not (out / "broken.png.json").exists()
+    assert not (out / "notes.txt.json").exists()  # not a format the service reads: not sent
+    assert "unsupported_media_type" in summary
+    cells = [cell.strip() for cell in next(line for line in summary.splitlines() if "total" in line).split("│")]
+    assert cells[1:7] == ["total", "5", "0", "0", "0", "1 of 4 files failed"]  # ok, truncated, repetitive, failed
+    # Again: the finished files are not sent again, nor rewritten; the failed one is tried again and fails again.
+    written = {path: path.stat().st_mtime_ns for path in out.rglob("*.json")}
+    assert main([str(inputs), "--url", url, "--out", str(out), "--api-key", KEY]) == 1
+    assert summary.count("already done") == 0
+    assert capsys.readouterr().out.count("already done") == 3
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*.json")} == written
+    assert jobs_queued(jobs_dir) == before + 1
+
+
+def test_an_interrupted_run_resumes_without_redoing_anything(served: tuple[str, Path], tmp_path: Path) -> None:
+    url, jobs_dir = served
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    (inputs / "first.png").write_bytes(png_bytes())
+    (inputs / "long.pdf").write_bytes(make_pdf(8))  # 8 pages, one at a time: about 2 s
+    before = jobs_queued(jobs_dir)
+    command = [*CLI, str(inputs), "--url", url, "--out", str(out), "--api-key", KEY, "--concurrency", "2"]
+    log = (tmp_path / "first-run.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def image_done_and_job_queued() -> bool:
+        state = json.loads((out / STATE_FILE).read_text()) if (out / STATE_FILE).exists() else {}
+        return len(state.get("done", {})) == 1 and len(state.get("jobs", {})) == 1
+
+    try:
+        wait_until(image_done_and_job_queued, timeout_s=30, interval_s=0.05)
+        os.killpg(process.pid, signal.SIGKILL)  # as a power cut would: no chance to clean up
+    finally:
+        process.wait(timeout=10)
+        log.close()
+    assert not (out / "long.pdf.json").exists()
+    image_written = (out / "first.png.json").stat().st_mtime_ns
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "waiting on job" in second.stderr  # the first run's job, not a new one
+    assert jobs_queued(jobs_dir) == before + 1
+    assert (out / "first.png.json").stat().st_mtime_ns == image_written
+    assert json.loads((out / "long.pdf.json").read_text())["pages_total"] == 8
+    assert json.loads((out / STATE_FILE).read_text())["jobs"] == {}
+
+
+def test_a_service_answering_503_for_a_while_is_waited_for(stand_in: str, tmp_path: Path) -> None:
+    """The real admission bound: one page in flight, held by another client for 3 s; the CLI waits Retry-After."""
+    image = tmp_path / "in" / "scan.png"
+    image.parent.mkdir()
+    image.write_bytes(png_bytes())
+    with serve_service(_settings(tmp_path, stand_in, max_pages_in_flight=1)) as url:
+        requests.post(f"{stand_in}/stand-in/mode", json={"mode": "slow", "seconds": 3}, timeout=5)
+        try:
+            holder = threading.Thread(
+                target=requests.post,
+                args=(f"{url}/ocr",),
+                kwargs={"files": {"file": ("x.png", png_bytes())}, "headers": {"X-API-Key": KEY}, "timeout": 30},
+            )
+            holder.start()
+            wait_until(lambda: requests.get(f"{url}/health", timeout=5).json()["pages_in_flight"] == 1, timeout_s=10)
+            requests.post(f"{stand_in}/stand-in/mode", json={"mode": "normal"}, timeout=5)  # the held page stays slow
+            command = [
+                sys.executable,
+                "-m",
+                "ocr_client",
+                str(image.parent),
+                "--url",
+                url,
+                "--out",
+                str(tmp_path / "out"),
+            ]
+            started = time.monotonic()
+            run = subprocess.run(
+                command, capture_output=True, text=True, timeout=120, check=False,
+                env={**os.environ, "DEEPSEEK_OCR_API_KEY": KEY}, cwd=REPO,
+            )  # fmt: skip
+            holder.join()
+        finally:
+            requests.post(f"{stand_in}/stand-in/mode", json={"mode": "normal"}, timeout=5)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "service busy" in run.stderr
+    assert "overloaded, HTTP 503" in run.stderr
+    assert time.monotonic() - started >= 4  # it waited what Retry-After said (5 s), not a tight loop
+    assert (tmp_path / "out" / "scan.png.json").exists()
+
+
+def test_the_client_gives_up_with_the_api_error_after_its_retries(served: tuple[str, Path]) -> None:
+    url, _ = served
+    waits: list[float] = []
+    client = Client(url, api_key="wrong-key-0123456789", sleep=waits.append)
+    with pytest.raises(ApiError) as refused:
+        client.job("nope")
+    assert (refused.value.status, refused.value.code) == (401, "invalid_api_key")
+    assert waits == []  # a 401 is not retried
+
+
+def test_the_command_is_installed_and_refuses_bad_arguments(tmp_path: Path) -> None:
+    for command in (CLI, [sys.executable, "-m", "ocr_client"]):
+        shown = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60, check=False)
+        assert shown.returncode == 0
+        assert "--url" in shown.stdout
+    missing = subprocess.run(
+        [*CLI, str(tmp_path / "nothing-here")], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert missing.returncode == 2
+    assert "no such file" in missing.stderr
+    (tmp_path / "scan.png").write_bytes(png_bytes())
+    unreachable = [*CLI, str(tmp_path / "scan.png"), "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "o")]
+    down = subprocess.run(unreachable, capture_output=True, text=True, timeout=60, check=False)
+    assert down.returncode == 1
+    assert "does not answer" in down.stderr
