@@ -90,8 +90,9 @@ class Settings:
     api_keys: str = setting(
         "API_KEYS",
         "",
-        "Comma-separated API keys (16 characters or more each). When set, every route but /health and /ready needs "
-        "one, sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Empty: no keys.",
+        "Comma-separated API keys (16 characters or more each). When set, every route but /health, /ready and the "
+        "web page's (/, /static, /docs, /openapi.json) needs one, sent as `Authorization: Bearer <key>` or "
+        "`X-API-Key: <key>`. Empty: no keys.",
         secret=True,
     )
     cors_origins: str = setting(

@@ -63,4 +63,9 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_readme_links_point_at_existing_docs():
     for target in re.findall(r"\]\((docs/[^)]+)\)", (REPO / "README.md").read_text()):
-        assert (REPO / target).exists(), target
+        path, _, anchor = target.partition("#")
+        assert (REPO / path).exists(), target
+        if anchor:  # GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens
+            headings = re.findall(r"^#+ (.+)$", (REPO / path).read_text(), flags=re.MULTILINE)
+            slugs = {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+            assert anchor in slugs, target
