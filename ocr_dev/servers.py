@@ -171,14 +171,18 @@ def serve_app(app: object) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def serve_service(settings: object) -> Iterator[str]:
-    """The service built in-process from ``settings`` (its engine too), with its job consumer, on a loopback port."""
+def serve_service(tmp: Path, engine_url: str, **overrides: object) -> Iterator[str]:
+    """The service in-process with the remote engine on ``engine_url`` (a stand-in), files under ``tmp``, its job
+    consumer running, on a loopback port; keyword arguments override settings."""
     from app import create_app
+    from config import Settings
     from ocr_api.engines import build_engine
     from ocr_api.jobs import jobs_of
     from ocr_service import OcrService
 
-    service = OcrService(settings, build_engine(settings))  # type: ignore[arg-type]
+    defaults = {"upload_folder": str(tmp / "uploads"), "jobs_dir": str(tmp / "jobs"), "max_tokens": 64}
+    settings = Settings(engine="remote", engine_url=engine_url, **{**defaults, **overrides})  # type: ignore[arg-type]
+    service = OcrService(settings, build_engine(settings))
     service.start()
     app = create_app(service=service)
     jobs = jobs_of(app)

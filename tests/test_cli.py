@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from config import Settings
 from ocr_client import ApiError, Client
 from ocr_client.cli import STATE_FILE, main
 from ocr_dev.inputs import make_pdf, png_bytes
@@ -35,22 +34,10 @@ def stand_in() -> Iterator[str]:
         yield url
 
 
-def _settings(tmp: Path, engine_url: str, **overrides) -> Settings:
-    return Settings(
-        engine="remote",
-        engine_url=engine_url,
-        upload_folder=str(tmp / "uploads"),
-        jobs_dir=str(tmp / "jobs"),
-        api_keys=KEY,
-        max_tokens=64,
-        **overrides,
-    )
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, stand_in: str) -> Iterator[tuple[str, Path]]:
     tmp = tmp_path_factory.mktemp("cli")
-    with serve_service(_settings(tmp, stand_in)) as url:
+    with serve_service(tmp, stand_in, api_keys=KEY) as url:
         yield url, tmp / "jobs"
 
 
@@ -134,7 +121,7 @@ def test_a_service_answering_503_for_a_while_is_waited_for(stand_in: str, tmp_pa
     image = tmp_path / "in" / "scan.png"
     image.parent.mkdir()
     image.write_bytes(png_bytes())
-    with serve_service(_settings(tmp_path, stand_in, max_pages_in_flight=1)) as url:
+    with serve_service(tmp_path, stand_in, api_keys=KEY, max_pages_in_flight=1) as url:
         requests.post(f"{stand_in}/stand-in/mode", json={"mode": "slow", "seconds": 3}, timeout=5)
         try:
             holder = threading.Thread(

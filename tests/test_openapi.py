@@ -134,16 +134,7 @@ def stand_in() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, stand_in: str) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("spec")
-    settings = Settings(
-        engine="remote",
-        engine_url=stand_in,
-        upload_folder=str(tmp / "uploads"),
-        jobs_dir=str(tmp / "jobs"),
-        api_keys=KEY,
-        max_tokens=64,
-    )
-    with serve_service(settings) as url:
+    with serve_service(tmp_path_factory.mktemp("spec"), stand_in, api_keys=KEY) as url:
         yield url
 
 

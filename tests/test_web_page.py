@@ -17,7 +17,6 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from config import Settings
 from ocr_dev.inputs import make_pdf, png_bytes
 from ocr_dev.servers import REPO, serve_service, stand_in_engine
 
@@ -54,16 +53,7 @@ def stand_in() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, stand_in: str) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("web")
-    settings = Settings(
-        engine="remote",
-        engine_url=stand_in,
-        upload_folder=str(tmp / "uploads"),
-        jobs_dir=str(tmp / "jobs"),
-        api_keys=KEY,
-        max_tokens=64,
-    )
-    with serve_service(settings) as url:
+    with serve_service(tmp_path_factory.mktemp("web"), stand_in, api_keys=KEY) as url:
         yield url
 
 
