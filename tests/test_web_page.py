@@ -26,8 +26,10 @@ KEY = "web-key-0123456789abcdef"
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 GROUNDED = (
     "<|ref|>title<|/ref|><|det|>[[100,100,500,200]]<|/det|>\n# Quarterly report\n\n"
-    "<|ref|>text<|/ref|><|det|>[[100,300,900,600]]<|/det|>\nRevenue grew in every region."
+    "<|ref|>text<|/ref|><|det|>[[100,300,900,600]]<|/det|>\nRevenue grew in every region.\n\n"
+    "<|ref|>image<|/ref|><|det|>[[100,650,900,950]]<|/det|>"
 )
+BOXES = [(100, 100, 500, 200), (100, 300, 900, 600), (100, 650, 900, 950)]  # on the model's 0-999 scale
 HOSTILE = (
     "<|ref|>text<|/ref|><|det|>[[50,50,950,950]]<|/det|>\n"
     "Hostile <script>window.__pwned = 'script'</script> output "
@@ -121,6 +123,7 @@ def test_an_image_and_a_three_page_pdf_read_with_text_boxes_and_downloads(
 ) -> None:
     model_output(stand_in, GROUNDED)
     page.select_option("#task", "markdown")
+    page.check("#figures")
     page.fill("#api-key", KEY)
     page.set_input_files("#files", [str(inputs["image"]), str(inputs["pdf"])])
     page.click("#run")
@@ -147,11 +150,13 @@ def test_an_image_and_a_three_page_pdf_read_with_text_boxes_and_downloads(
     # The boxes: drawn over the page image where the blocks say (the model's 0-999 scale: 100/999 of the width).
     for card in (image, f"{pdf} .page:nth-of-type(2)"):
         drawn = sorted(boxes_on_screen(page, card), key=lambda box: box["block"])
-        assert len(drawn) == 2
-        for box, expected in zip(drawn, [(100, 100, 500, 200), (100, 300, 900, 600)], strict=True):
+        assert len(drawn) == 3
+        for box, expected in zip(drawn, BOXES, strict=True):
             for name, value in zip(("x1", "y1", "x2", "y2"), expected, strict=True):
                 assert box[name] == pytest.approx(value / 999, abs=0.01), (card, box)
     assert page.locator(f"{image} .stage img").get_attribute("src").startswith("data:image/png;base64,")
+    # figures=true: the image block's crop, shown with the markdown.
+    assert page.locator(f"{image} .markdown img.figure").get_attribute("src").startswith("data:image/png;base64,")
     # Hovering a block's text highlights its box, and the other way round.
     page.locator(f"{image} .tabs button[data-view=blocks]").click()
     page.locator(f"{image} .blocks li[data-block='1']").hover()
@@ -175,7 +180,7 @@ def test_an_image_and_a_three_page_pdf_read_with_text_boxes_and_downloads(
     assert [box for block in result["pages"][1]["blocks"] for box in block["boxes"]] == [
         [round(value * result["pages"][1]["width"] / 999) if axis % 2 == 0 else
          round(value * result["pages"][1]["height"] / 999) for axis, value in enumerate(box)]
-        for box in ([100, 100, 500, 200], [100, 300, 900, 600])
+        for box in BOXES
     ]  # fmt: skip
     with page.expect_download() as annotated:
         page.locator(f"{pdf} .downloads a", has_text="report-page-2.png").click()

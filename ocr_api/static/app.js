@@ -170,6 +170,13 @@ function pageCard(entry, title, width, height) {
   if (entry.annotated_image) stage.querySelector("img").src = entry.annotated_image;
   stage.append(overlay(entry.blocks, width, height));
   view.querySelector(".markdown").innerHTML = renderMarkdown(entry.markdown);
+  for (const figure of entry.figures || []) {  // figures=true: the image regions, cropped by the service
+    const image = document.createElement("img");
+    image.src = figure.image;
+    image.alt = `figure ${figure.figure}`;
+    image.className = "figure";
+    view.querySelector(".markdown").append(image);
+  }
   const list = view.querySelector(".blocks");
   entry.blocks.forEach((block, index) => {
     const item = document.createElement("li");
