@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of the service, built from the app itself so that it cannot drift from the code.
 
-The paths and methods come from Flask's url map, and every route must have an entry in ``OPERATIONS`` (a route
+The paths and methods come from Flask's url map, and every route must have an entry in ``_operations`` (a route
 without one, or an entry without a route, fails ``describe``, and so the tests). Which operations need a key
 comes from the blueprint, as access control decides it (ocr_api/access.py). The form fields are the ones
 ocr_api/options.py reads, the tasks and modes the ones ocr_api/prompts.py and the engines know, the limits the
@@ -23,6 +23,7 @@ from ocr_api.engines.base import RESOLUTION_MODES
 from ocr_api.jobs.store import FINISHED
 from ocr_api.options import FORM_FIELDS
 from ocr_api.prompts import TASKS
+from ocr_api.results import PAGE_SEPARATOR
 
 Schema = dict[str, Any]
 JSON = "application/json"
@@ -89,7 +90,9 @@ PAGE_FIELDS: dict[str, Schema] = {
     "code": _string(),
 }
 RESULT_HEAD: dict[str, Schema] = {
-    "text": _string("All the text; a document's pages joined with `\\n\\n<--- Page Split --->\\n\\n`."),
+    "text": _string(
+        f"All the text; a document's pages joined with `{PAGE_SEPARATOR.encode('unicode_escape').decode()}`."
+    ),
     "image_path": _string("Where the service stored the upload."),
     "prompt": _string("The prompt the model was given."),
     "task": _nullable("string"),
@@ -327,9 +330,7 @@ def _ocr_fields(settings: Settings, modes: tuple[str, ...]) -> dict[str, Schema]
         "figures": BOOLEAN,
         "annotate": BOOLEAN,
     }
-    return {
-        name: {**kinds.get(name, {"type": "string"}), "description": FIELD_DESCRIPTIONS[name]} for name in FORM_FIELDS
-    }
+    return {name: {**kinds.get(name, STRING), "description": FIELD_DESCRIPTIONS[name]} for name in FORM_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -390,11 +391,11 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
     fields = _ocr_fields(settings, modes)
     job_fields = {**fields, "callback_url": _string("Where to POST the job's view when it finishes.")}
     ocr_errors = _errors("400", "401", "413", "415", "422", "429", "503", "504")
-    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": STRING}
     after = {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}}
     limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}}
     job_errors = _errors("401", "404", "429", "503")
-    html = {"description": "An HTML page.", "content": {HTML: {"schema": {"type": "string"}}}}
+    html = {"description": "An HTML page.", "content": {HTML: {"schema": STRING}}}
     return {
         ("probes.health", "GET"): Operation(
             "Liveness: answers while the process runs", "probes", {"200": _json(_ref("Health"), "Alive.")}
@@ -421,7 +422,7 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
             "Queue a job of one or more files",
             "jobs",
             {
-                "202": _json(_ref("Job"), "Queued.", {"Location": {"schema": {"type": "string"}}}),
+                "202": _json(_ref("Job"), "Queued.", {"Location": {"schema": STRING}}),
                 **_errors("400", "401", "413", "415", "422", "429", "503", "507"),
             },
             _upload_body(job_fields, "files", True, settings.job_max_files, ""),
@@ -453,10 +454,10 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
             "Server-Sent Events: each page as it finishes, progress, then `end`",
             "jobs",
             {
-                "200": {"description": "An event stream.", "content": {SSE: {"schema": {"type": "string"}}}},
+                "200": {"description": "An event stream.", "content": {SSE: {"schema": STRING}}},
                 **job_errors,
             },
-            parameters=[job_id, after, {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}}],
+            parameters=[job_id, after, {"name": "Last-Event-ID", "in": "header", "schema": STRING}],
         ),
         ("jobs.delete_job", "DELETE"): Operation(
             "Cancel a job, or remove a finished one",
@@ -475,7 +476,7 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
             {
                 "200": {
                     "description": "A chat.completion, or with `stream: true` its chunks as Server-Sent Events.",
-                    "content": {JSON: {"schema": _ref("ChatCompletion")}, SSE: {"schema": {"type": "string"}}},
+                    "content": {JSON: {"schema": _ref("ChatCompletion")}, SSE: {"schema": STRING}},
                 },
                 **_errors("400", "401", "404", "413", "415", "422", "429", "503", "504", shape="OpenAIError"),
             },
@@ -490,7 +491,7 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
             "The web page's scripts and styles",
             "web",
             {"200": {"description": "A file."}, "404": _json(_ref("Error"), "No such file.")},
-            parameters=[{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+            parameters=[{"name": "filename", "in": "path", "required": True, "schema": STRING}],
         ),
     }
 

@@ -47,14 +47,11 @@ def protect(response: Response) -> Response:
 def page():
     """Drop files, pick the task, see each page's text, markdown and boxes."""
     service = _service()
-    settings = service.settings
-    config = {
-        "keys_required": bool(settings.api_key_list),
+    config = {  # the template's choices, and the limit past which the script sends an image as a job
+        "keys_required": bool(service.settings.api_key_list),
         "tasks": list(TASKS),
         "modes": list(service.engine.modes),
-        "max_tokens": settings.max_tokens,
-        "max_upload_mb": settings.max_upload_mb,
-        "job_max_upload_mb": settings.job_max_upload_mb,
+        "max_upload_mb": service.settings.max_upload_mb,
         "model": service.engine.model_id,
     }
     return render_template("page.html", config=config)

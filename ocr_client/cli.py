@@ -93,18 +93,24 @@ def find_inputs(arguments: list[str]) -> list[Input]:
         path = Path(argument)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in SUFFIXES:
+                if _readable(child):
                     found.setdefault(child.resolve(), Input(child, child.relative_to(path).as_posix()))
         elif path.is_file():
             found.setdefault(path.resolve(), Input(path, path.name))
         else:
             matches = sorted(Path(match) for match in glob.glob(argument, recursive=True))
             for match in matches:
-                if match.is_file() and match.suffix.lower() in SUFFIXES:
+                if _readable(match):
                     found.setdefault(match.resolve(), Input(match, match.name))
             if not matches:
                 raise FileNotFoundError(f"no such file, folder or match: {argument}")
     return list(found.values())
+
+
+def _readable(path: Path) -> bool:
+    """A file whose suffix names a format the service reads: what folders and globs contribute (a file named on
+    the command line is sent whatever its suffix)."""
+    return path.is_file() and path.suffix.lower() in SUFFIXES
 
 
 def _digest(path: Path) -> str:
@@ -118,7 +124,8 @@ def _digest(path: Path) -> str:
 def _pages(result: dict[str, Any]) -> dict[str, int]:
     counts = dict.fromkeys(PAGE_STATUSES, 0)
     for page in result.get("pages") or [result]:
-        counts[page.get("status", "failed")] = counts.get(page.get("status", "failed"), 0) + 1
+        status = page.get("status", "failed")
+        counts[status] = counts.get(status, 0) + 1
     return counts
 
 
@@ -169,10 +176,8 @@ class Run:
         job_id = self.state.data["jobs"].get(digest)
         if job_id:
             try:
-                self.client.job(job_id)
-                self.console.print(
-                    f"{item.name}: waiting on job {job_id}, queued by an earlier run"
-                )  # still there (same service, not expired): wait on it, do not queue again
+                self.client.job(job_id)  # still there (same service, not expired): wait on it, do not queue again
+                self.console.print(f"{item.name}: waiting on job {job_id}, queued by an earlier run")
             except ApiError as error:
                 if error.status != 404:
                     raise
@@ -196,8 +201,7 @@ class Run:
         return self.client.job_result(job_id)
 
     def _outputs(self, item: Input) -> tuple[Path, Path]:
-        base = self.out / item.name
-        return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
+        return self.out / f"{item.name}.md", self.out / f"{item.name}.json"
 
     def _write(self, item: Input, result: dict[str, Any]) -> None:
         markdown, answer = self._outputs(item)

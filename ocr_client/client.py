@@ -9,6 +9,7 @@ from typing import Any
 
 import requests
 
+# As ocr_api/jobs/store.py names them; not imported, so that the client needs nothing of the service installed.
 FINISHED = ("succeeded", "partial", "failed", "cancelled")
 RETRIED_STATUSES = (429, 503)  # nothing wrong with the request: the same one may succeed after Retry-After
 
@@ -19,6 +20,11 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(f"{message} ({code}, HTTP {status})")
         self.status, self.code, self.message = status, code, message
+
+
+def _parts(field: str, paths: Sequence[Path]) -> Callable[[], list[tuple[str, tuple[str, bytes]]]]:
+    """The form's file parts, read when called: each attempt of a retried upload reads them again."""
+    return lambda: [(field, (path.name, path.read_bytes())) for path in paths]
 
 
 class Client:
@@ -44,16 +50,15 @@ class Client:
 
     def ocr(self, path: Path, **fields: str) -> dict[str, Any]:
         """OCR one image or PDF with /ocr's fields (task, mode, pages, figures, ...)."""
-        return self._call("POST", "/ocr", files=lambda: [("file", (path.name, path.read_bytes()))], data=fields)
+        return self._call("POST", "/ocr", files=_parts("file", [path]), data=fields)
 
     def ocr_batch(self, paths: Sequence[Path], **fields: str) -> dict[str, Any]:
         """OCR several files as one batch: one result or error per file."""
-        files = lambda: [("files", (path.name, path.read_bytes())) for path in paths]  # noqa: E731
-        return self._call("POST", "/ocr/batch", files=files, data=fields)
+        return self._call("POST", "/ocr/batch", files=_parts("files", paths), data=fields)
 
     def submit_job(self, path: Path, **fields: str) -> dict[str, Any]:
         """Queue a job of one file; returns its view (``id``, ``status``, ``progress``)."""
-        return self._call("POST", "/jobs", files=lambda: [("file", (path.name, path.read_bytes()))], data=fields)
+        return self._call("POST", "/jobs", files=_parts("file", [path]), data=fields)
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/jobs/{job_id}")
@@ -81,10 +86,7 @@ class Client:
             )
             if response.status_code in RETRIED_STATUSES and attempt < self.retries:
                 wait_s = self._wait(response, attempt)
-                try:
-                    self._body(response)
-                except ApiError as error:
-                    self.on_retry(error, wait_s)
+                self.on_retry(self._error(response), wait_s)
                 self.sleep(wait_s)
                 continue
             return self._body(response)
@@ -96,18 +98,28 @@ class Client:
         wait = float(header) if header.strip().isdigit() else min(2.0**attempt, 30.0)
         return min(wait, self.max_wait_s)
 
-    @staticmethod
-    def _body(response: requests.Response) -> dict[str, Any]:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+    @classmethod
+    def _body(cls, response: requests.Response) -> dict[str, Any]:
         if response.status_code >= 400:
-            body = body if isinstance(body, dict) else {}
-            error = body.get("error")
-            if isinstance(error, dict):  # OpenAI's shape
-                body, error = error, error.get("message")
-            raise ApiError(response.status_code, str(body.get("code") or "error"), str(error or response.reason))
+            raise cls._error(response)
+        body = _json_of(response)
         if not isinstance(body, dict):
             raise ApiError(response.status_code, "not_json", "The service answered something other than JSON.")
         return body
+
+    @staticmethod
+    def _error(response: requests.Response) -> ApiError:
+        """The refusal in a response: ``{error, code}``, or OpenAI's ``{error: {message, code}}``."""
+        body = _json_of(response)
+        body = body if isinstance(body, dict) else {}
+        error = body.get("error")
+        if isinstance(error, dict):  # OpenAI's shape
+            body, error = error, error.get("message")
+        return ApiError(response.status_code, str(body.get("code") or "error"), str(error or response.reason))
+
+
+def _json_of(response: requests.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 
@@ -14,6 +15,11 @@ def png_bytes(size: tuple[int, int] = (64, 48), color: str = "white", mode: str 
     buffer = io.BytesIO()
     Image.new(mode, size, color).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def data_url(data: bytes, declared: str = "image/png") -> str:
+    """Return ``data`` as a base64 data URL of the declared type, as chat clients send images."""
+    return f"data:{declared};base64,{base64.b64encode(data).decode()}"
 
 
 A4 = (595, 842)  # points

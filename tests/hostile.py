@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocr_dev.inputs import make_pdf, png_bytes
+from ocr_dev.inputs import data_url, make_pdf, png_bytes
 
 BOUNDARY = "hostile-boundary-7d1f"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -273,10 +273,6 @@ CHAT = "/v1/chat/completions"
 
 def _json(value: object) -> bytes:
     return json.dumps(value).encode()
-
-
-def data_url(data: bytes, declared: str = "image/png") -> str:
-    return f"data:{declared};base64,{base64.b64encode(data).decode()}"
 
 
 def chat_body(*parts: dict, model: str = "deepseek-ocr", **extra: object) -> bytes:

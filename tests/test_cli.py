@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from ocr_api.jobs.store import FINISHED as SERVICE_FINISHED
 from ocr_client import ApiError, Client
 from ocr_client.cli import STATE_FILE, main
+from ocr_client.client import FINISHED as CLIENT_FINISHED
 from ocr_dev.inputs import make_pdf, png_bytes
 from ocr_dev.servers import REPO, serve_service, stand_in_engine, wait_until
 
@@ -165,6 +167,10 @@ def test_the_client_gives_up_with_the_api_error_after_its_retries(served: tuple[
         client.job("nope")
     assert (refused.value.status, refused.value.code) == (401, "invalid_api_key")
     assert waits == []  # a 401 is not retried
+
+
+def test_the_client_knows_the_finished_statuses_the_service_has() -> None:
+    assert CLIENT_FINISHED == SERVICE_FINISHED
 
 
 def test_the_command_is_installed_and_refuses_bad_arguments(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ keys in no log, a worker killed mid-request, bad settings before anything starts
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import os
@@ -22,7 +21,7 @@ import openai
 import pytest
 import requests
 
-from ocr_dev.inputs import make_pdf, png_bytes
+from ocr_dev.inputs import data_url, make_pdf, png_bytes
 from ocr_dev.servers import (
     Production,
     dribble,
@@ -213,7 +212,7 @@ def test_errors_the_front_server_answers_itself_are_json(production):
 
 def test_the_openai_routes_stream_through_nginx_and_its_own_errors_are_in_openais_shape(production):
     client = openai.OpenAI(api_key=KEY, base_url=f"{production.url}/v1", max_retries=0, timeout=60)
-    image = "data:image/png;base64," + base64.b64encode(png_bytes((64, 48))).decode()
+    image = data_url(png_bytes((64, 48)))
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]}]
     done_before = metric(production.engine_url, "stand_in:pages_done_total")
     done_at_first_piece = None

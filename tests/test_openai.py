@@ -24,7 +24,7 @@ from config import Settings
 from ocr_api.chat import served_names
 from ocr_api.engines import build_engine
 from ocr_api.results import PAGE_SEPARATOR
-from ocr_dev.inputs import make_pdf, png_bytes
+from ocr_dev.inputs import data_url, make_pdf, png_bytes
 from ocr_dev.servers import metric, serve_app, stand_in_engine, wait_until
 from ocr_service import OcrService
 
@@ -80,10 +80,6 @@ def _serve(tmp_path: Path, engine_url: str, **overrides) -> Iterator[Served]:
 def served(tmp_path_factory, stand_in) -> Iterator[Served]:
     with _serve(tmp_path_factory.mktemp("openai"), stand_in) as served:
         yield served
-
-
-def data_url(data: bytes, kind: str = "image/png") -> str:
-    return f"data:{kind};base64,{base64.b64encode(data).decode()}"
 
 
 def ocr2_messages(url: str, instruction: str = "<|grounding|>Convert the document to markdown.") -> list[dict]:

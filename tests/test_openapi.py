@@ -28,7 +28,7 @@ from app import create_app
 from config import Settings
 from ocr_api import openapi
 from ocr_api.options import FORM_FIELDS
-from ocr_dev.inputs import make_pdf, png_bytes
+from ocr_dev.inputs import data_url, make_pdf, png_bytes
 from ocr_dev.servers import serve_service, stand_in_engine
 from ocr_service import OcrService
 from tests.fakes import FakeEngine
@@ -194,7 +194,7 @@ def test_real_answers_match_the_description(served: str, stand_in: str) -> None:
         check("/v1/models", "get", requests.get(f"{served}/v1/models", headers=AUTH, timeout=10))
         chat = {
             "model": "deepseek-ocr",
-            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(image)}}]}],
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}}]}],
             "ocr": {"structured": True},
         }
         response = requests.post(f"{served}/v1/chat/completions", headers=AUTH, json=chat, timeout=60)
@@ -204,12 +204,6 @@ def test_real_answers_match_the_description(served: str, stand_in: str) -> None:
         check("/v1/chat/completions", "post", response)
     finally:
         requests.post(f"{stand_in}/stand-in/text", json={"text": None}, timeout=5)
-
-
-def _data_url(data: bytes) -> str:
-    import base64
-
-    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 def test_a_field_the_description_does_not_name_fails_validation(client: FlaskClient) -> None:

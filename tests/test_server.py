@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import openai
 import pytest
 import requests
 
+from ocr_dev.inputs import data_url
 from ocr_dev.servers import environment, running
 from tests.conftest import CORPUS, CORPUS_IMAGES, REPO
 from tests.test_preparation import EXPECTED
@@ -164,7 +164,7 @@ def test_the_openai_sdk_through_start_server_on_the_tiny_model(server, tiny_mode
 
 
 def _data_url(name: str) -> str:
-    return "data:image/png;base64," + base64.b64encode((CORPUS / "images" / name).read_bytes()).decode()
+    return data_url((CORPUS / "images" / name).read_bytes())
 
 
 def test_framework_errors_are_json_over_http(server):

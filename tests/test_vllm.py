@@ -8,7 +8,6 @@ batching, process topology, failures), not recognition or GPU speed. Each image 
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import signal
@@ -21,7 +20,7 @@ import openai
 import pytest
 import requests
 
-from ocr_dev.inputs import png_bytes
+from ocr_dev.inputs import data_url, png_bytes
 from ocr_dev.servers import (
     Production,
     environment,
@@ -93,7 +92,7 @@ def _streamed_completion(url: str) -> None:
     """A streamed chat completion with the openai SDK, as an OCR-2 server's clients send it: the text comes in
     pieces from vLLM's own stream, and they add up to the page's raw output (the structured extension's)."""
     client = openai.OpenAI(api_key="unused", base_url=f"{url}/v1", max_retries=0, timeout=IMAGE_TIMEOUT_S)
-    image = "data:image/png;base64," + base64.b64encode(png_bytes((320, 240))).decode()
+    image = data_url(png_bytes((320, 240)))
     stream = client.chat.completions.create(
         model="deepseek-ocr",
         messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},

@@ -97,7 +97,6 @@ function showError(card, error) {
   const line = card.querySelector(".error");
   line.textContent = error.message;
   line.hidden = false;
-  card.querySelector("progress").value = 0;
   setState(card, "failed", 0, 1);
 }
 
@@ -188,14 +187,12 @@ function pageCard(entry, title, width, height) {
     list.append(item);
   });
   view.querySelector(".raw").textContent = entry.raw_output;
-  view.addEventListener("mouseover", (event) => {
+  const hover = (on) => (event) => {
     const index = event.target.closest("[data-block]")?.dataset.block;
-    if (index !== undefined) highlight(view, index, true);
-  });
-  view.addEventListener("mouseout", (event) => {
-    const index = event.target.closest("[data-block]")?.dataset.block;
-    if (index !== undefined) highlight(view, index, false);
-  });
+    if (index !== undefined) highlight(view, index, on);
+  };
+  view.addEventListener("mouseover", hover(true));
+  view.addEventListener("mouseout", hover(false));
   view.querySelectorAll(".tabs button").forEach((button) =>
     button.addEventListener("click", () => {
       view.querySelectorAll(".tabs button").forEach((other) => other.classList.toggle("on", other === button));
