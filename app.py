@@ -30,8 +30,10 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     from ocr_api.access import install_access_control
     from ocr_api.errors import register_error_handlers
     from ocr_api.logs import configure_logging
+    from ocr_api.metrics import install_metrics
     from ocr_api.openai_routes import openai_routes
     from ocr_api.routes import UploadRequest, job_routes, ocr_routes, probes
+    from ocr_api.tracking import install_request_tracking
     from ocr_api.web import web
     from ocr_service import get_service
 
@@ -53,11 +55,13 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     app.json.sort_keys = False
     app.extensions["ocr_service"] = service
     register_error_handlers(app)
+    install_request_tracking(app)  # first: every request has its id before keys and limits are checked
     app.register_blueprint(probes)
     app.register_blueprint(ocr_routes)
     app.register_blueprint(job_routes)
     app.register_blueprint(openai_routes)
     app.register_blueprint(web)
+    install_metrics(app)
     install_access_control(app, settings)
     return app
 

@@ -19,6 +19,7 @@ DEVICE_PREFIXES = ("auto", "cpu", "cuda", "mps")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 ENGINE_IMAGE_FORMATS = ("jpeg", "png")  # ocr_api.preparation.data_url encodes them
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 MIN_API_KEY_CHARS = 16
 
 # Pillow refuses images above twice this count as decompression bombs; our limit must stay below it.
@@ -53,7 +54,8 @@ class Settings:
     engine_url: str = setting(
         "OCR_ENGINE_URL",
         "",
-        "remote engine: base URL of an OpenAI-compatible vLLM server, e.g. http://127.0.0.1:8000. "
+        "remote engine: base URL of an OpenAI-compatible vLLM server, e.g. http://127.0.0.1:8000, or several, "
+        "comma-separated: each page goes to the healthy one with the fewest pages in flight. "
         "start_production.sh sets it to the server it starts unless it is set already.",
     )
     engine_api_key: str = setting(
@@ -79,6 +81,24 @@ class Settings:
         64,
         "remote engine: connections one service process keeps to the engine; raised to MAX_PAGES_IN_FLIGHT when "
         "below it, as every page at the engine is one request on its own connection.",
+    )
+    gpu_memory_utilization: float = setting(
+        "GPU_MEMORY_UTILIZATION",
+        0.9,
+        "vLLM engine: share of each GPU's memory vLLM may take for weights, activations and its KV cache "
+        "(--gpu-memory-utilization). Lower it when something else shares the GPU.",
+    )
+    tensor_parallel_size: int = setting(
+        "TENSOR_PARALLEL_SIZE",
+        1,
+        "vLLM engine: GPUs one copy of the model is split across (--tensor-parallel-size). DeepSeek-OCR-2 fits one "
+        "GPU; use DATA_PARALLEL_SIZE for more pages per second.",
+    )
+    data_parallel_size: int = setting(
+        "DATA_PARALLEL_SIZE",
+        1,
+        "vLLM engine: copies of the model behind one vLLM server, one per GPU (--data-parallel-size); the server "
+        "spreads pages over them. GPUs used: TENSOR_PARALLEL_SIZE x DATA_PARALLEL_SIZE.",
     )
     vllm_extra_args: str = setting(
         "VLLM_EXTRA_ARGS",
@@ -134,6 +154,12 @@ class Settings:
         "already running finish. start_production.sh creates it on SIGTERM. Empty: no drain.",
     )
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    log_format: str = setting(
+        "LOG_FORMAT",
+        "text",
+        "text: one line per record, `time level logger [request id]: message`; json: one JSON object per line "
+        "(time, level, logger, message, request_id, and each request's summary fields). See docs/DEPLOYMENT.md.",
+    )
     host: str = setting("HOST", "0.0.0.0", "Address `python app.py` and the start scripts bind to.")
     port: int = setting("PORT", 5000, "Port `python app.py` and the start scripts listen on.")
     max_upload_mb: int = setting("MAX_UPLOAD_MB", 16, "Largest request body in MiB; larger ones get 413.")
@@ -269,12 +295,21 @@ class Settings:
         _choice("OCR_ENGINE", self.engine, ENGINE_CHOICES)
         if self.engine == "remote" and not self.engine_url:
             raise ConfigError("OCR_ENGINE=remote needs OCR_ENGINE_URL, the vLLM server's base URL")
-        if self.engine_url and not self.engine_url.startswith(("http://", "https://")):
-            raise ConfigError(f"OCR_ENGINE_URL must start with http:// or https://; got {self.engine_url!r}")
+        if self.engine == "remote" and not self.engine_urls:
+            raise ConfigError("OCR_ENGINE_URL names no server; give one base URL or several, comma-separated")
+        for url in self.engine_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"OCR_ENGINE_URL: every server must start with http:// or https://; got {url!r}")
+        if len(set(self.engine_urls)) != len(self.engine_urls):
+            raise ConfigError("OCR_ENGINE_URL names the same server twice")
+        _within("GPU_MEMORY_UTILIZATION", self.gpu_memory_utilization, 0.05, 1.0)
+        _within("TENSOR_PARALLEL_SIZE", self.tensor_parallel_size, 1, 64)
+        _within("DATA_PARALLEL_SIZE", self.data_parallel_size, 1, 64)
         _within("ENGINE_TIMEOUT_S", self.engine_timeout_s, 1, 86_400)
         _within("ENGINE_CONNECTIONS", self.engine_connections, 1, 4096)
         _within("CLIENT_TIMEOUT_S", self.client_timeout_s, 1, 3600)
         _choice("LOG_LEVEL", self.log_level, LOG_LEVELS)
+        _choice("LOG_FORMAT", self.log_format, LOG_FORMATS)
         _choice("TORCH_DTYPE", self.torch_dtype, DTYPE_CHOICES)
         if self.torch_device.split(":")[0] not in DEVICE_PREFIXES:
             raise ConfigError(f"TORCH_DEVICE must be one of auto, cpu, cuda, cuda:N, mps; got {self.torch_device!r}")
@@ -335,6 +370,11 @@ class Settings:
     def api_key_list(self) -> tuple[str, ...]:
         """The accepted API keys; empty when keys are off."""
         return _split_list(self.api_keys)
+
+    @property
+    def engine_urls(self) -> tuple[str, ...]:
+        """The vLLM servers of the remote engine, without trailing slashes; empty when none is set."""
+        return tuple(url.rstrip("/") for url in _split_list(self.engine_url))
 
     @property
     def image_url_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -29,6 +29,11 @@ trap 'rm -rf "$run_dir"' EXIT
 # While this file exists the workers refuse new OCR requests with 503 and /ready answers 503.
 export DRAIN_FILE="${DRAIN_FILE:-$log_dir/draining}"
 rm -f "$DRAIN_FILE"
+# prometheus_client's multiprocess mode: the workers and the consumer write their samples here, and a scrape of
+# /metrics from any worker adds them up. New with each run, so counters start at zero with the processes. Not
+# given to vLLM, which keeps its own metrics (its /metrics on VLLM_PORT).
+metrics_dir="$run_dir/metrics"
+mkdir -p "$metrics_dir"
 
 say() { echo "start_production: $*" >&2; }
 
@@ -49,7 +54,8 @@ start_gunicorn() {
   # free thread instead of behind a busy one. THREADS=1 is a sync worker. Only nginx connects, through the
   # socket in the run directory.
   local threads="${THREADS:-16}"
-  "$VENV/bin/gunicorn" \
+  PROMETHEUS_MULTIPROC_DIR="$metrics_dir" "$VENV/bin/gunicorn" \
+    --config python:ocr_api.gunicorn_hooks \
     --workers "${WORKERS:-4}" \
     --threads "$threads" \
     --worker-connections "$threads" \
@@ -69,7 +75,7 @@ start_gunicorn() {
 start_consumer() {
   # Document jobs run here, beside the workers and on the same engine; SIGTERM stops each at its next page and
   # queues it again, so the next start goes on where it stopped.
-  "$VENV/bin/python" -m ocr_api.jobs.consumer >>"$log_dir/jobs.log" 2>&1 &
+  PROMETHEUS_MULTIPROC_DIR="$metrics_dir" "$VENV/bin/python" -m ocr_api.jobs.consumer >>"$log_dir/jobs.log" 2>&1 &
   consumer_pid=$!
   say "job consumer started (pid $consumer_pid, log $log_dir/jobs.log)"
 }
@@ -140,8 +146,15 @@ stop_front() {
 
 start_service() {
   start_gunicorn
-  start_consumer
+  # JOB_CONSUMER=0: jobs run elsewhere (a consumer of their own, sharing REDIS_URL and JOBS_DIR).
+  [ "${JOB_CONSUMER:-1}" = 0 ] || start_consumer
   start_front
+}
+
+watched_pids() {
+  # The processes the main loop waits on: the job consumer only where this script runs one.
+  watched=("$gunicorn_pid" "$front_pid" "$@")
+  [ -z "$consumer_pid" ] || watched+=("$consumer_pid")
 }
 
 port_is_free() {
@@ -223,12 +236,13 @@ if [ -n "${OCR_ENGINE_URL:-}" ]; then
   start_service
   while true; do
     exited=""
-    wait -n -p exited "$gunicorn_pid" "$front_pid" "$consumer_pid" || true
+    watched_pids
+    wait -n -p exited "${watched[@]}" || true
     if [ "$stopping" = 1 ]; then
       stop_service
       exit 0
     fi
-    if [ "$exited" = "$consumer_pid" ] && restart_consumer; then
+    if [ -n "$consumer_pid" ] && [ "$exited" = "$consumer_pid" ] && restart_consumer; then
       continue
     fi
     [ "$exited" = "$gunicorn_pid" ] && gunicorn_pid="" && say "error: gunicorn exited; stopping"
@@ -263,14 +277,15 @@ start_service
 restarts=0
 while true; do
   exited=""
-  wait -n -p exited "$engine_pid" "$gunicorn_pid" "$front_pid" "$consumer_pid" || true
+  watched_pids "$engine_pid"
+  wait -n -p exited "${watched[@]}" || true
   if [ "$stopping" = 1 ]; then
     say "stopping: nginx and gunicorn first (in-flight requests finish), then the engine"
     stop_service
     stop_engine
     exit 0
   fi
-  if [ "$exited" = "$consumer_pid" ]; then
+  if [ -n "$consumer_pid" ] && [ "$exited" = "$consumer_pid" ]; then
     restart_consumer && continue
     stop_service
     stop_engine

@@ -19,6 +19,9 @@ from ocr_api.errors import Unauthorized
 # browser loads them without headers; the page sends its key with each API call). A route added anywhere else is
 # protected without being named, and so is a path that matches no route (401 before 404).
 OPEN_BLUEPRINTS = frozenset({"probes", "web"})
+# Open to clients on loopback (a Prometheus beside the service), behind a key for others; never rate-limited.
+LOOPBACK_BLUEPRINTS = frozenset({"metrics"})
+LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 API_KEY_HEADERS = ("Authorization: Bearer", "X-API-Key")
 
 
@@ -47,7 +50,7 @@ def install_access_control(app: Flask, settings: Settings) -> None:
             identity,
             app=app,
             default_limits=[settings.rate_limit],
-            default_limits_exempt_when=lambda: request.blueprint in OPEN_BLUEPRINTS,
+            default_limits_exempt_when=lambda: request.blueprint in OPEN_BLUEPRINTS | LOOPBACK_BLUEPRINTS,
             storage_uri=settings.rate_limit_storage_uri,
             headers_enabled=True,
             key_prefix="deepseek-ocr",
@@ -60,6 +63,8 @@ def install_access_control(app: Flask, settings: Settings) -> None:
 def require_api_key(keys: list[bytes]) -> None:
     """Refuse a protected request without a valid key; every key is compared, each in constant time."""
     if request.blueprint in OPEN_BLUEPRINTS or request.method == "OPTIONS":
+        return
+    if request.blueprint in LOOPBACK_BLUEPRINTS and request.remote_addr in LOOPBACK_ADDRESSES:
         return
     presented = presented_key()
     if presented is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from ocr_api.errors import Overloaded
+from ocr_api.metrics import ADMISSION_REFUSALS, PAGES_IN_FLIGHT
 
 
 class Admission:
@@ -31,13 +32,17 @@ class Admission:
             if self.in_flight >= self.limit:
                 return False
             self.in_flight += 1
-            return True
+        PAGES_IN_FLIGHT.inc()
+        return True
 
     def release(self, slots: int) -> None:
         with self._lock:
             self.in_flight -= slots
+        PAGES_IN_FLIGHT.dec(slots)
 
     def refusal(self) -> Overloaded:
+        """The 503 a request gets when it cannot send its first page (counted)."""
+        ADMISSION_REFUSALS.inc()
         return Overloaded(
             f"The service is at capacity: {self.in_flight} of {self.limit} pages are at the OCR engine in this "
             "process. Try again after the time in Retry-After."

@@ -7,6 +7,8 @@ import logging
 from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ocr_api.tracking import note_error
+
 logger = logging.getLogger(__name__)
 
 
@@ -176,6 +178,7 @@ OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429:
 def error_response(error: ApiError) -> tuple[Response, int]:
     """Render ``error`` as its JSON body with its status and headers (OpenAI's shape on the /v1/ routes)."""
     openai_route = has_request_context() and request.path.startswith(OPENAI_PREFIX)
+    note_error(error.code)
     response = jsonify(error.to_openai() if openai_route else error.to_dict())
     response.headers.update(error.headers)
     return response, error.status

@@ -17,8 +17,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gunicorn.glogging import Logger as BaseGunicornLogger
+from pythonjsonlogger.json import JsonFormatter
 
 from config import ConfigError, Settings
+from ocr_api.tracking import RequestIdFilter
 
 REDACTED = "[redacted]"
 
@@ -52,6 +54,9 @@ class RedactSecrets(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
+        request_id = getattr(record, "request_id", None)
+        if isinstance(request_id, str):  # a client chooses it: it could be anything, a key included
+            record.request_id = self.redact(request_id)
         return True
 
     def redact(self, text: str) -> str:
@@ -70,13 +75,30 @@ def secrets_of(settings: Settings) -> list[str]:
     return [value for value in values if value]
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+JSON_FIELDS = {"asctime": "time", "levelname": "level", "name": "logger"}
+
+
 def configure_logging(settings: Settings) -> None:
-    """Send records to stderr with timestamps (once per process) through a filter that redacts secrets."""
+    """Send records to stderr (once per process), as text or JSON lines, through filters that redact secrets and
+    name the request each record was written for."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.basicConfig(stream=sys.stderr)
     root.setLevel(settings.log_level)
+    for handler in root.handlers:
+        handler.setFormatter(formatter_for(settings.log_format))
+        if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
+            handler.addFilter(RequestIdFilter())
     _replace_filter(root.handlers, RedactSecrets(secrets_of(settings)))
+
+
+def formatter_for(log_format: str) -> logging.Formatter:
+    """LOG_FORMAT's formatter: a line of text, or one JSON object (time, level, logger, message, request_id and a
+    request's summary fields)."""
+    if log_format == "json":
+        return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s", rename_fields=JSON_FIELDS)
+    return logging.Formatter(TEXT_FORMAT)
 
 
 class GunicornLogger(BaseGunicornLogger):

@@ -405,6 +405,18 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
             "probes",
             {"200": _json(_ref("Ready"), "Ready."), **_errors("503")},
         ),
+        ("metrics.scrape", "GET"): Operation(
+            "Prometheus metrics of every process of this node",
+            "metrics",
+            {
+                "200": {
+                    "description": "Prometheus' text format (docs/DEPLOYMENT.md lists the metrics).",
+                    "content": {"text/plain": {"schema": STRING}},
+                },
+                **_errors("401"),
+            },
+            description="Open to clients on loopback; others need a key when API_KEYS is set. Never rate-limited.",
+        ),
         ("ocr.ocr", "POST"): Operation(
             "OCR one image or PDF",
             "ocr",

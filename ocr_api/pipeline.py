@@ -42,8 +42,10 @@ from ocr_api.errors import (
     InferenceFailed,
     UnprocessableFile,
 )
+from ocr_api.metrics import ADMISSION_WAIT_SECONDS
 from ocr_api.preparation import RenderedPage
 from ocr_api.reading import PageReading, read_page
+from ocr_api.tracking import count_engine_answer, count_page
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ class PageStream:
         self._slots = 0  # admission slots this request holds: its pages at the engine, and one being handed on
         self._outcomes: dict[tuple[int, int], PageOutcome] = {}
         self._rendered_all = False  # every job has been rendered once (or failed to)
+        self._waiting_since: float | None = None  # when a page ready to send first found the process full
         self.engine_ms = 0.0  # from the first page sent to the last answered
 
     def run(self, jobs: Iterable[PageJob]) -> dict[tuple[int, int], PageOutcome]:
@@ -170,9 +173,14 @@ class PageStream:
             return True
         if self._admission.try_take():
             self._slots += 1
+            waited = time.monotonic() - self._waiting_since if self._waiting_since is not None else 0.0
+            ADMISSION_WAIT_SECONDS.observe(waited)
+            self._waiting_since = None
             return True
         if self._slots == 0 and not self._rules.wait_for_room:  # not one page sent, and none can be: refused
             raise self._admission.refusal()
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
         return False  # the process is full; this request goes on with the slots it has (a job waits for one)
 
     def _give_back_spare_slots(self) -> None:
@@ -195,7 +203,7 @@ class PageStream:
         try:
             return job.render()
         except ApiError as error:  # this page alone fails; the request's other pages go on
-            self._outcomes[job.key] = PageOutcome(error=error)
+            self._done(job.key, PageOutcome(error=error))
             return None
 
     def _submit(self, job: PageJob, page: RenderedPage, attempt: int) -> None:
@@ -218,16 +226,18 @@ class PageStream:
                 output = future.result()
             except PromptTooLong as exc:  # this page's image and prompt leave no room: the page fails
                 error = UnprocessableFile(str(exc), code="prompt_too_long_for_context")
-                self._outcomes[sending.job.key] = PageOutcome(sending.size, error=error, attempts=sending.attempt)
+                self._done(sending.job.key, PageOutcome(sending.size, error=error, attempts=sending.attempt))
                 continue
             except Exception as exc:  # noqa: BLE001 - the engine itself failed: the whole request does
                 raise _request_error(exc, self._engine.name) from None
+            count_engine_answer(time.monotonic() - sending.sent_at, output.prompt_tokens, output.completion_tokens)
             self._finish(sending, output)
 
     def _finish(self, sending: _Sending, output: EngineOutput) -> None:
         reading = read_page(output, sending.size)
         if sending.attempt < self._rules.attempts and self._rules.ran_away(reading):
             logger.info("page %s ran away (%s); again with a stronger guard", sending.job.key, reading.status)
+            count_page("retried")
             self._again.append((sending.job, sending.attempt + 1))
             return
         pictures: dict[str, Any] = {}
@@ -235,8 +245,12 @@ class PageStream:
             page = self._render(sending.job)  # the pixels were not kept while the page was at the engine
             if page is not None:
                 pictures = self._rules.draw(page.image, reading)
-        self._outcomes[sending.job.key] = PageOutcome(sending.size, reading, attempts=sending.attempt,
-                                                      pictures=pictures)  # fmt: skip
+        self._done(sending.job.key, PageOutcome(sending.size, reading, attempts=sending.attempt, pictures=pictures))
+
+    def _done(self, key: tuple[int, int], outcome: PageOutcome) -> None:
+        """A page's last word: kept until yielded, and counted (its status; failed when it has an error)."""
+        self._outcomes[key] = outcome
+        count_page(outcome.reading.status if outcome.reading is not None else "failed")
 
     def _check_deadlines(self) -> None:
         limit = self._rules.timeout_s + BACKSTOP_S

@@ -15,7 +15,8 @@ For tests: ``POST /stand-in/mode`` with ``{"mode": ...}`` switches on a fault: `
 answers an over-long prompt), ``server_error`` (500), ``unhealthy`` (health and completions 503), ``slow``
 (completions answer after ``seconds``, default 3); ``GET /stand-in/last`` returns the last completion request's
 body; ``POST /stand-in/text`` with ``{"text": ...}`` makes every page's output that text (markup, hostile HTML:
-whatever a test needs the service to interpret), ``{"text": null}`` the sentence again. As vLLM's server does,
+whatever a test needs the service to interpret), ``{"text": null}`` the sentence again; ``GET /stand-in/request-ids``
+the X-Request-Id header of the last thousand completion requests. As vLLM's server does,
 a request whose client hangs up is aborted (counted in ``stand_in:aborted_total``).
 
     python -m ocr_dev.stand_in_engine --port 8100 --step-ms 20 --tokens-per-page 100 --max-batch 256
@@ -159,6 +160,7 @@ class Handler(BaseHTTPRequestHandler):
     slow_s = 3.0
     text: str | None = None  # POST /stand-in/text: every page's output, instead of the sentence
     last_body: dict[str, Any] = {}  # noqa: RUF012 - shared on purpose: what tests inspect
+    request_ids: list[str] = []  # noqa: RUF012 - the X-Request-Id of every completion request, as vLLM logs them
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: thousands of requests
@@ -170,6 +172,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {"data": [{"id": self.model, "root": self.model, "max_model_len": 8192}]})
         elif self.path == "/stand-in/last":
             self._send(200, Handler.last_body)
+        elif self.path == "/stand-in/request-ids":
+            self._send(200, {"request_ids": Handler.request_ids[-1000:]})
         elif self.path == "/metrics":
             self._send_text(200, self.engine.metrics())
         else:
@@ -196,6 +200,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _complete(self, body: dict[str, Any]) -> None:
         Handler.last_body = body
+        Handler.request_ids.append(self.headers.get("X-Request-Id", ""))
         if Handler.mode == "slow":
             deadline = time.monotonic() + Handler.slow_s
             while time.monotonic() < deadline:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import openai
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from ocr_dev.inputs import data_url, make_pdf, png_bytes
 from ocr_dev.servers import (
@@ -134,6 +136,57 @@ def test_as_many_requests_as_threads_are_spread_over_every_worker(production):
     workers = [line.rsplit("worker=", 1)[1] for line in access if "/ocr?spread=" in line]
     # Each worker accepts only as many connections as it has threads: two each, none queued behind a busy one.
     assert sorted(workers.count(worker) for worker in set(workers)) == [2, 2], access
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = requests.get(f"{url}/metrics", timeout=5)  # from loopback: open without a key
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_from_both_workers_add_up_to_what_was_sent(production):
+    answered = ("ocr_requests_total", (("code", ""), ("method", "POST"), ("route", "/ocr"), ("status", "200")))
+    refused = ("ocr_requests_total", (("code", "missing_api_key"), ("method", "POST"), ("route", "/ocr"),
+                                      ("status", "401")))  # fmt: skip
+    pages = ("ocr_pages_total", (("status", "ok"),))
+    before = _scrape(production.url)
+    responses: dict[int, requests.Response] = {}
+
+    def send(number: int) -> None:
+        url = f"{production.url}/ocr?counted={number}"
+        headers = {**HEADERS, "X-Request-ID": f"counted-{number}"}
+        responses[number] = requests.post(url, files={"file": ("p.png", png_bytes())}, headers=headers, timeout=60)
+
+    senders = [threading.Thread(target=send, args=(number,)) for number in range(4)]  # 2 workers x 2 threads
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    for _ in range(2):
+        assert requests.post(f"{production.url}/ocr", files={"file": ("p.png", b"x")}, timeout=10).status_code == 401
+    assert [responses[number].status_code for number in range(4)] == [200] * 4
+    assert [responses[number].headers["X-Request-ID"] for number in range(4)] == [f"counted-{n}" for n in range(4)]
+    access = (production.logs / "access.log").read_text().splitlines()
+    assert len({line.rsplit("worker=", 1)[1] for line in access if "/ocr?counted=" in line}) == 2  # both workers
+
+    def grown(after, key) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    # Requests are counted once their answer is closed, a moment after the client has it.
+    wait_until(lambda: grown(_scrape(production.url), answered) == 4, timeout_s=5)
+    for _ in range(6):  # whichever worker answers the scrape, it adds up every process's samples
+        after = _scrape(production.url)
+        assert (grown(after, answered), grown(after, refused), grown(after, pages)) == (4, 2, 4)
+        assert after[("ocr_pages_in_flight", ())] == 0
+    # The id went on to the engine with the page, and names the request's summary line in the workers' log.
+    sent_on = requests.get(f"{production.engine_url}/stand-in/request-ids", timeout=5).json()["request_ids"]
+    assert {sent.rsplit(".", 1)[0] for sent in sent_on} >= {f"counted-{n}" for n in range(4)}
+    error_log = (production.logs / "error.log").read_text()
+    assert re.search(r"INFO ocr_api\.requests \[counted-0\]: POST /ocr 200 code=- pages=1 tokens=\d+\+40 ", error_log)
 
 
 def test_a_client_that_hangs_up_stops_its_pages_at_the_engine(production):

@@ -183,7 +183,7 @@ def test_engine_dropping_mid_request_is_503(settings, engine_url):
 
     client, service = _client(settings, engine_url)
     assert service.is_ready()  # healthy, and remembered for a second
-    service.engine.base_url = f"http://127.0.0.1:{port}"  # so the request itself meets the dropping server
+    service.engine.servers[0].url = f"http://127.0.0.1:{port}"  # so the request itself meets the dropping server
     dropper = threading.Thread(target=drop_connections, daemon=True)
     dropper.start()
     try:

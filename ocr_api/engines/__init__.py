@@ -46,7 +46,7 @@ def build_engine(settings: Settings) -> OcrEngine:
         from ocr_api.engines.remote_engine import RemoteEngine
 
         return RemoteEngine(
-            settings.engine_url,
+            settings.engine_urls,
             settings.model_name,
             timeout_s=settings.engine_timeout_s,
             # Fewer connections than admitted pages would queue pages in the pool while they count as at the engine.

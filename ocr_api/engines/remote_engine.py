@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import json
 import logging
 import threading
-import time
 import weakref
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from ocr_api import tracking
 from ocr_api.engines.base import (
     EngineFailure,
     EngineLoadError,
@@ -30,6 +32,7 @@ from ocr_api.engines.base import (
     EngineTimeout,
     EngineUnavailable,
     PromptTooLong,
+    TextSink,
     context_budget,
 )
 from ocr_api.guard import GuardSettings
@@ -41,7 +44,8 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_TIMEOUT_S = 2.0
 METADATA_TIMEOUT_S = 30.0
-HEALTH_CACHE_S = 1.0  # readiness is asked on every request; one probe a second is plenty
+HEALTH_EVERY_S = 1.0  # how often every server's /health is asked, by each process
+REQUEST_ID = "X-Request-Id"
 # Phrases vLLM uses when prompt and image tokens do not fit the context.
 CONTEXT_ERRORS = ("maximum model length", "maximum context length", "context length")
 
@@ -66,15 +70,32 @@ class SentOnce:
         return self._data.pop()
 
 
+@dataclass(eq=False)  # compared by identity: its counts change while it is in lists
+class EngineServer:
+    """One vLLM server of the remote engine: its health as last seen, and the pages this process has there."""
+
+    url: str
+    healthy: bool = False
+    in_flight: int = 0
+    sent: int = 0  # pages ever sent: between servers equally busy, the one sent fewer gets the next
+
+
 class RemoteEngine:
-    """Talks to a vLLM OpenAI server: chat completions with the image as a data URL and the guard per request."""
+    """Talks to vLLM OpenAI servers: chat completions with the image as a data URL and the guard per request.
+
+    With several servers (OCR_ENGINE_URL a list) each page goes to the healthy one with the fewest of this process's
+    pages in flight. A server that fails a call (unreachable, 502/503/504, an aborted request) or its health check
+    is left out until its health check passes again (each server is asked every HEALTH_EVERY_S), and the page it
+    failed is sent to another; only when every server has failed it does the page fail with EngineUnavailable.
+    All servers must serve the same checkpoint: its facts are read from the first that answers.
+    """
 
     name = "remote"
     modes = ("gundam",)  # vLLM's DeepSeek-OCR processors hard-code it
 
     def __init__(
         self,
-        base_url: str,
+        base_urls: str | Sequence[str],
         model_name: str = "",
         *,
         timeout_s: float = 240.0,
@@ -82,7 +103,8 @@ class RemoteEngine:
         api_key: str = "",
         image_format: str = "jpeg",
     ):
-        self.base_url = base_url.rstrip("/")
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        self.servers = [EngineServer(url.rstrip("/")) for url in urls]
         self.model_id = model_name
         self.profile: ModelProfile = profile_for_checkpoint(model_name)
         self.whitelist_token_ids: frozenset[int] = frozenset()
@@ -91,56 +113,71 @@ class RemoteEngine:
         self._connections = connections
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._image_format = image_format
+        self._call_numbers = itertools.count(1)
         self.context_length = self.profile.context_length
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-calls", daemon=True)
         self._thread.start()
-        # Holds the one session once made (a list, so that the finalizer below sees it): an engine dropped without
-        # close() (a failed start, a test) still closes its session and loop thread.
+        # Holds the one session once made and the health watcher (lists, so that the finalizer below sees them): an
+        # engine dropped without close() (a failed start, a test) still closes its session and loop thread.
         self._sessions: list[aiohttp.ClientSession] = []
-        self._shut_down = weakref.finalize(self, _shut_down, self._loop, self._thread, self._sessions)
-        self._lock = threading.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._shut_down = weakref.finalize(self, _shut_down, self._loop, self._thread, self._sessions, self._tasks)
         self._metadata_loaded = False
-        self._healthy = False
-        self._checked_at = 0.0
+
+    @property
+    def base_url(self) -> str:
+        """The first server's URL (the one server, mostly)."""
+        return self.servers[0].url
 
     def load(self) -> None:
-        """Learn the served model, its context and the guard's whitelist; an unreachable server is retried later."""
-        try:
-            self._load_metadata()
-        except EngineUnavailable as exc:
-            # The server may still be starting or restarting: /ready says 503 until it answers.
-            logger.warning("remote engine at %s not reachable yet (%s); will retry", self.base_url, exc)
+        """Ask every server's health, learn the served model from one, and keep watching their health.
+
+        An unreachable server is asked again every HEALTH_EVERY_S: /ready says 503 until one answers.
+        """
+        self._run(self._check_health(), timeout=HEALTH_TIMEOUT_S + CONNECT_TIMEOUT_S + METADATA_TIMEOUT_S)
+        if not self._metadata_loaded:
+            logger.warning("remote engine at %s not reachable yet; will retry", self._urls())
+        if not self._tasks:
+            self._loop.call_soon_threadsafe(self._start_watching)
 
     def is_ready(self) -> bool:
-        """Return True when the server answers its health check (cached for a second) and metadata is known."""
-        with self._lock:
-            if time.monotonic() - self._checked_at < HEALTH_CACHE_S:
-                return self._healthy and self._metadata_loaded
-        healthy = self._probe_health()
-        if healthy and not self._metadata_loaded:
-            try:
-                self._load_metadata()
-            except (EngineUnavailable, EngineLoadError) as exc:
-                logger.warning("remote engine metadata not available: %s", exc)
-        with self._lock:
-            self._healthy, self._checked_at = healthy, time.monotonic()
-            return healthy and self._metadata_loaded
+        """True when some server passed its last health check (or call) and the model's facts are known."""
+        return self._metadata_loaded and any(server.healthy for server in self.servers)
 
     def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
         """Send one page as a chat completion; the call has its own ENGINE_TIMEOUT_S."""
         if not self._metadata_loaded:
-            self._load_metadata()
-        # Encoded here, in the caller's thread, not on the loop thread all calls share. The call holds only the
-        # request's JSON bytes, and only until they are sent: a page waiting for its answer holds nothing.
+            self._run(self._check_health(), timeout=HEALTH_TIMEOUT_S + CONNECT_TIMEOUT_S + METADATA_TIMEOUT_S)
+            if not self._metadata_loaded:
+                raise EngineUnavailable(f"no engine server answers ({self._urls()})")
+        # Encoded here, in the caller's thread, not on the loop thread all calls share. With one server the call holds
+        # only the request's JSON bytes, and only until they are sent; with several it keeps them until the answer,
+        # to send them again to another server if this one fails.
         chat = self._chat_body(request, data_url(request.image, self._image_format))
-        if request.on_text is None:
-            return self._submit(self._complete(SentOnce(json.dumps(chat).encode()), request.max_tokens, request.guard))
-        chat.update(stream=True, stream_options={"include_usage": True})
-        return self._submit(self._stream(SentOnce(json.dumps(chat).encode()), request))
+        if request.on_text is not None:
+            chat.update(stream=True, stream_options={"include_usage": True})
+        bodies = [json.dumps(chat).encode()]
+        del chat
+        # vLLM takes X-Request-Id as its own request's id (--enable-request-id-headers): unique per call.
+        call_id = f"{tracking.current_request_id()}.{next(self._call_numbers)}"
+        # The calls keep what they need of the request, not the request: its image is not held while at the engine.
+        max_tokens, guard, on_text = request.max_tokens, request.guard, request.on_text
+        if on_text is None:
+            call = self._on_some_server(lambda server, body: self._complete(server, body, call_id, max_tokens, guard))
+        else:
+            call = self._on_some_server(
+                lambda server, body: self._stream(
+                    server, body, call_id, max_tokens=max_tokens, guard=guard, on_text=on_text
+                )
+            )
+        return self._submit(_attributed(tracking.current_record(), call, bodies))
 
     def close(self) -> None:
         self._shut_down()  # once: a second call, or the collection of a closed engine, does nothing
+
+    def _urls(self) -> str:
+        return ", ".join(server.url for server in self.servers)
 
     def _submit(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -154,6 +191,61 @@ class RemoteEngine:
             connector = aiohttp.TCPConnector(limit=self._connections)
             self._sessions.append(aiohttp.ClientSession(connector=connector, headers=self._headers))
         return self._sessions[0]
+
+    def _start_watching(self) -> None:
+        # The watcher holds the engine only weakly, so that an engine nobody keeps is still collected.
+        self._tasks.append(self._loop.create_task(_watch_health(weakref.ref(self))))
+
+    async def _check_health(self) -> None:
+        """Ask every server's /health at once; learn the model's facts from the first healthy one if not yet known."""
+        verdicts = await asyncio.gather(*(self._healthy_now(server) for server in self.servers))
+        for server, healthy in zip(self.servers, verdicts, strict=True):
+            if healthy != server.healthy:
+                log = logger.info if healthy else logger.warning
+                log("engine server %s is %s", server.url, "healthy" if healthy else "down")
+            server.healthy = healthy
+        if not self._metadata_loaded:
+            for server in self.servers:
+                if server.healthy:
+                    try:
+                        await self._load_metadata(server)
+                        break
+                    except EngineUnavailable as exc:
+                        logger.warning("remote engine metadata not available from %s: %s", server.url, exc)
+
+    def _on_some_server(
+        self, call: Callable[[EngineServer, SentOnce], Awaitable[EngineOutput]]
+    ) -> Callable[[list[bytes]], Awaitable[EngineOutput]]:
+        """``call`` on the healthy server with the fewest pages in flight; on EngineUnavailable, on the next.
+
+        It is given the body in a list: with one server the body is taken out, so that once sent nothing holds it.
+        """
+
+        async def on_some_server(bodies: list[bytes]) -> EngineOutput:
+            tried: list[EngineServer] = []
+            keep = len(self.servers) > 1
+            while True:
+                server = self._pick(tried)
+                tried.append(server)
+                server.in_flight += 1
+                server.sent += 1
+                try:
+                    return await call(server, SentOnce(bodies[0] if keep else bodies.pop()))
+                except EngineUnavailable as exc:
+                    retryable = not isinstance(exc, _AlreadyStreamed) and len(tried) < len(self.servers)
+                    if not retryable:
+                        raise
+                    logger.warning("engine server %s failed a page (%s); sending it to another", server.url, exc)
+                finally:
+                    server.in_flight -= 1
+
+        return on_some_server
+
+    def _pick(self, tried: list[EngineServer]) -> EngineServer:
+        untried = [server for server in self.servers if server not in tried]
+        # A server marked down may be back before its next health check: tried when no other is left.
+        candidates = [server for server in untried if server.healthy] or untried
+        return min(candidates, key=lambda server: (server.in_flight, server.sent))
 
     def _chat_body(self, request: EngineRequest, image_url: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -177,18 +269,22 @@ class RemoteEngine:
             body["vllm_xargs"] = xargs
         return body
 
-    async def _complete(self, body: SentOnce, max_tokens: int, guard: GuardSettings) -> EngineOutput:
+    async def _complete(
+        self, server: EngineServer, body: SentOnce, call_id: str, max_tokens: int, guard: GuardSettings
+    ) -> EngineOutput:
         # With its length given, aiohttp sends the body as it is, not chunked.
-        headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
-        status, payload = await self._call("POST", "/v1/chat/completions", self._timeout_s, data=body, headers=headers)
+        headers = {"Content-Type": "application/json", "Content-Length": str(body.length), REQUEST_ID: call_id}
+        status, payload = await self._call(
+            server, "POST", "/v1/chat/completions", self._timeout_s, data=body, headers=headers
+        )
         if status != 200:
-            await self._raise_for(status, payload)
+            await self._raise_for(server, status, payload)
         choice = payload["choices"][0]
         usage = payload.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens", 0))
         finish_reason = choice.get("finish_reason") or "stop"
         if finish_reason == "abort":
-            raise EngineUnavailable("the engine aborted the request")
+            raise EngineUnavailable(f"the engine at {server.url} aborted the request")
         return EngineOutput(
             text=choice["message"].get("content") or "",
             finish_reason=finish_reason,
@@ -198,133 +294,176 @@ class RemoteEngine:
             guard=guard,
         )
 
-    async def _stream(self, body: SentOnce, request: EngineRequest) -> EngineOutput:
-        """A streamed chat completion: each piece of content goes to ``request.on_text`` as vLLM sends it."""
-        assert request.on_text is not None
-        headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
+    async def _stream(
+        self, server: EngineServer, body: SentOnce, call_id: str, *, max_tokens: int, guard: GuardSettings,
+        on_text: TextSink,
+    ) -> EngineOutput:  # fmt: skip
+        """A streamed chat completion: each piece of content goes to ``on_text`` as vLLM sends it."""
+        headers = {"Content-Type": "application/json", "Content-Length": str(body.length), REQUEST_ID: call_id}
         pieces: list[str] = []
-        finish_reason, usage = "stop", {}
-        async with self._mapped_errors(self._timeout_s):
-            timeout = aiohttp.ClientTimeout(total=self._timeout_s, sock_connect=CONNECT_TIMEOUT_S)
-            url = f"{self.base_url}/v1/chat/completions"
-            async with self._client().post(url, timeout=timeout, data=body, headers=headers) as response:
-                if response.status != 200:
-                    await self._raise_for(response.status, _json_or_text(await response.text()))
-                async for line in response.content:  # server-sent events, one "data: {...}" line each
-                    if not line.startswith(b"data:"):
-                        continue  # blank lines between events, keep-alive comments
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise EngineFailure(f"the engine failed mid-stream: {_error_message(chunk)}")
-                    for choice in chunk.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content") or ""
-                        if piece:
-                            pieces.append(piece)
-                            request.on_text(piece)
-                        finish_reason = choice.get("finish_reason") or finish_reason
-                    usage = chunk.get("usage") or usage
-        if finish_reason == "abort":
-            raise EngineUnavailable("the engine aborted the request")
+
+        def keep(piece: str) -> None:
+            pieces.append(piece)
+            on_text(piece)
+
+        try:
+            async with self._mapped_errors(server, self._timeout_s):
+                timeout = aiohttp.ClientTimeout(total=self._timeout_s, sock_connect=CONNECT_TIMEOUT_S)
+                url = f"{server.url}/v1/chat/completions"
+                async with self._client().post(url, timeout=timeout, data=body, headers=headers) as response:
+                    if response.status != 200:
+                        await self._raise_for(server, response.status, _json_or_text(await response.text()))
+                    finish_reason, usage = await _read_events(response.content, keep)
+            if finish_reason == "abort":
+                raise EngineUnavailable(f"the engine at {server.url} aborted the request")
+        except EngineUnavailable as exc:
+            if pieces:  # text already handed on cannot be taken back: this page is not sent again
+                raise _AlreadyStreamed(str(exc)) from None
+            raise
         prompt_tokens = int(usage.get("prompt_tokens", 0))
         return EngineOutput(
             text="".join(pieces),
             finish_reason=finish_reason,
             prompt_tokens=prompt_tokens,
             completion_tokens=int(usage.get("completion_tokens", 0)),
-            max_tokens=context_budget(request.max_tokens, self.context_length, prompt_tokens),
-            guard=request.guard,
+            max_tokens=context_budget(max_tokens, self.context_length, prompt_tokens),
+            guard=guard,
         )
 
-    async def _call(self, method: str, path: str, timeout_s: float, **kwargs: Any) -> tuple[int, Any]:
+    async def _call(
+        self, server: EngineServer, method: str, path: str, timeout_s: float, **kwargs: Any
+    ) -> tuple[int, Any]:
         """Return the status and the JSON (or text) body; cancelling this coroutine closes the connection."""
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=CONNECT_TIMEOUT_S)
-        url = f"{self.base_url}{path}"
+        url = f"{server.url}{path}"
         async with (
-            self._mapped_errors(timeout_s),
+            self._mapped_errors(server, timeout_s),
             self._client().request(method, url, timeout=timeout, **kwargs) as response,
         ):
             return response.status, _json_or_text(await response.text())
 
     @contextlib.asynccontextmanager
-    async def _mapped_errors(self, timeout_s: float) -> AsyncIterator[None]:
+    async def _mapped_errors(self, server: EngineServer, timeout_s: float) -> AsyncIterator[None]:
         """Network failures as the engine's own: unreachable is EngineUnavailable, too slow EngineTimeout."""
         try:
             yield
         except aiohttp.ConnectionTimeoutError:
-            self._mark_unhealthy()
-            raise EngineUnavailable(f"connecting to {self.base_url} timed out") from None
+            server.healthy = False
+            raise EngineUnavailable(f"connecting to {server.url} timed out") from None
         except asyncio.TimeoutError:
             # Leaving the block closed the connection, which makes vLLM abort the request.
             raise EngineTimeout(f"the engine did not answer within {timeout_s:g} s") from None
         except aiohttp.ClientError as exc:
-            self._mark_unhealthy()
-            raise EngineUnavailable(f"cannot reach the engine at {self.base_url}: {type(exc).__name__}") from None
+            server.healthy = False
+            raise EngineUnavailable(f"cannot reach the engine at {server.url}: {type(exc).__name__}") from None
 
-    async def _raise_for(self, status: int, payload: Any) -> None:
+    async def _raise_for(self, server: EngineServer, status: int, payload: Any) -> None:
         message = _error_message(payload)
         if status == 400 and any(phrase in message.lower() for phrase in CONTEXT_ERRORS):
             raise PromptTooLong(message)
-        if status in (502, 503, 504) or not await self._healthy_now():
-            self._mark_unhealthy()
-            raise EngineUnavailable(f"the engine answered {status}: {message}")
+        if status in (502, 503, 504) or not await self._healthy_now(server):
+            server.healthy = False
+            raise EngineUnavailable(f"the engine at {server.url} answered {status}: {message}")
         raise EngineFailure(f"the engine answered {status}: {message}")
 
-    async def _healthy_now(self) -> bool:
+    async def _healthy_now(self, server: EngineServer) -> bool:
         try:
-            status, _ = await self._call("GET", "/health", HEALTH_TIMEOUT_S)
+            status, _ = await self._call(server, "GET", "/health", HEALTH_TIMEOUT_S)
         except EngineFailure:
             return False
         return status == 200
 
-    def _probe_health(self) -> bool:
-        return self._run(self._healthy_now(), timeout=HEALTH_TIMEOUT_S + CONNECT_TIMEOUT_S)
-
-    def _mark_unhealthy(self) -> None:
-        with self._lock:
-            self._healthy, self._checked_at = False, time.monotonic()
-
-    def _load_metadata(self) -> None:
-        status, payload = self._run(self._call("GET", "/v1/models", METADATA_TIMEOUT_S), timeout=METADATA_TIMEOUT_S + 1)
+    async def _load_metadata(self, server: EngineServer) -> None:
+        status, payload = await self._call(server, "GET", "/v1/models", METADATA_TIMEOUT_S)
         if status != 200 or not isinstance(payload, dict):
             raise EngineUnavailable(f"GET /v1/models answered {status}")
         served = payload.get("data") or []
         if not served:
-            raise EngineLoadError(f"the engine at {self.base_url} serves no model")
-        chosen = _choose_model(served, self._requested_model, self.base_url)
+            raise EngineLoadError(f"the engine at {server.url} serves no model")
+        chosen = _choose_model(served, self._requested_model, server.url)
         self.model_id = chosen["id"]
         self.profile = profile_for_checkpoint(str(chosen.get("root") or chosen["id"]))
         self.context_length = int(chosen.get("max_model_len") or self.profile.context_length)
-        token_ids = [self._single_token_id(token) for token in self.profile.whitelist_tokens]
+        token_ids = [await self._single_token_id(server, token) for token in self.profile.whitelist_tokens]
         self.whitelist_token_ids = frozenset(token_id for token_id in token_ids if token_id is not None)
         self._metadata_loaded = True
         logger.info(
             "remote engine %s serves %s (%s, context %d)",
-            self.base_url,
+            server.url,
             self.model_id,
             self.profile.family,
             self.context_length,
         )
 
-    def _single_token_id(self, token: str) -> int | None:
+    async def _single_token_id(self, server: EngineServer, token: str) -> int | None:
         body = {"model": self.model_id, "prompt": token, "add_special_tokens": False}
-        status, payload = self._run(
-            self._call("POST", "/tokenize", METADATA_TIMEOUT_S, json=body), timeout=METADATA_TIMEOUT_S + 1
-        )
+        status, payload = await self._call(server, "POST", "/tokenize", METADATA_TIMEOUT_S, json=body)
         if status != 200 or not isinstance(payload, dict):
             return None
         tokens = payload.get("tokens") or []
         return int(tokens[0]) if len(tokens) == 1 else None
 
 
+async def _read_events(lines: AsyncIterator[bytes], on_text: TextSink) -> tuple[str, dict[str, Any]]:
+    """Hand on each piece of a chat completion's server-sent events; return its finish reason and usage."""
+    finish_reason, usage = "stop", {}
+    async for line in lines:  # one "data: {...}" line per event
+        if not line.startswith(b"data:"):
+            continue  # blank lines between events, keep-alive comments
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            break
+        chunk = json.loads(data)
+        if "error" in chunk:
+            raise EngineFailure(f"the engine failed mid-stream: {_error_message(chunk)}")
+        for choice in chunk.get("choices") or []:
+            piece = (choice.get("delta") or {}).get("content") or ""
+            if piece:
+                on_text(piece)
+            finish_reason = choice.get("finish_reason") or finish_reason
+        usage = chunk.get("usage") or usage
+    return finish_reason, usage
+
+
+class _AlreadyStreamed(EngineUnavailable):
+    """The server failed after some of the page's text was handed on: the page cannot be sent elsewhere."""
+
+
+async def _attributed(
+    record: tracking.RequestRecord | None, call: Callable[[list[bytes]], Awaitable[EngineOutput]], bodies: list[bytes]
+) -> EngineOutput:
+    """Run a page's call with its request's record, so that what the engine thread logs names the request."""
+    tracking.adopt(record)  # in this call's own task context
+    return await call(bodies)
+
+
+async def _watch_health(engine_ref: weakref.ReferenceType[RemoteEngine]) -> None:
+    """Ask every server's health every HEALTH_EVERY_S until the engine is closed or collected."""
+    while True:
+        await asyncio.sleep(HEALTH_EVERY_S)
+        engine = engine_ref()
+        if engine is None:
+            return
+        try:
+            await engine._check_health()
+        except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one failed round
+            logger.warning("engine health check failed: %s: %s", type(exc).__name__, exc)
+        del engine  # not held while sleeping
+
+
 def _shut_down(
-    loop: asyncio.AbstractEventLoop, thread: threading.Thread, sessions: list[aiohttp.ClientSession]
+    loop: asyncio.AbstractEventLoop,
+    thread: threading.Thread,
+    sessions: list[aiohttp.ClientSession],
+    tasks: list[asyncio.Task[None]],
 ) -> None:
-    """Close the sessions, then stop the loop thread; safe from any thread, the loop's own included."""
+    """Stop the health watcher, close the sessions, then stop the loop thread; safe from any thread."""
 
     async def close_then_stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for session in sessions:
             await session.close()
         loop.stop()

@@ -31,13 +31,29 @@ def model_for(settings: Settings) -> str:
     return settings.model_name or DEFAULT_CHECKPOINTS["vllm"]
 
 
+# The GPU settings by their vLLM flags, with vLLM's own defaults: a flag is passed only when its setting differs,
+# so that a CPU build (which has no GPU memory to share) and vLLM's own later defaults are left alone.
+GPU_FLAGS: tuple[tuple[str, str, float], ...] = (
+    ("gpu_memory_utilization", "--gpu-memory-utilization", 0.9),
+    ("tensor_parallel_size", "--tensor-parallel-size", 1),
+    ("data_parallel_size", "--data-parallel-size", 1),
+)
+
+
 def engine_flags(settings: Settings) -> list[str]:
-    """Return the engine flags: model, recipe, context length, then VLLM_EXTRA_ARGS (later flags win)."""
+    """Return the engine flags: model, recipe, context length, GPU settings, then VLLM_EXTRA_ARGS (later flags win)."""
     try:
         extra = shlex.split(settings.vllm_extra_args)
     except ValueError as exc:
         raise ConfigError(f"VLLM_EXTRA_ARGS cannot be split into flags: {exc}") from None
-    return ["--model", model_for(settings), *RECIPE_FLAGS, "--max-model-len", str(settings.max_model_len), *extra]
+    gpu = []
+    for name, flag, vllm_default in GPU_FLAGS:
+        value = getattr(settings, name)
+        if value != vllm_default:
+            gpu += [flag, f"{value:g}"]
+    return [
+        "--model", model_for(settings), *RECIPE_FLAGS, "--max-model-len", str(settings.max_model_len), *gpu, *extra
+    ]  # fmt: skip
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ from ocr_api.jobs.store import Job, JobFile, JobStore
 from ocr_api.pipeline import PageJob, PageOutcome
 from ocr_api.results import FinishedPage
 from ocr_api.sources import Source
+from ocr_api.tracking import working_for
 
 if TYPE_CHECKING:
     from ocr_service import OcrService
@@ -42,6 +43,10 @@ class JobRunner:
 
     def __call__(self, job_id: str, retries_left: int, stopping: Callable[[], bool]) -> Job | None:
         """Run the job; return it when it must be queued again (the consumer stopped), else None."""
+        with working_for(f"job:{job_id}"):  # its log lines name the job, as a request's name the request
+            return self._run(job_id, retries_left, stopping)
+
+    def _run(self, job_id: str, retries_left: int, stopping: Callable[[], bool]) -> Job | None:
         job = self.store.get(job_id)
         if job is None or job.finished:
             return None
