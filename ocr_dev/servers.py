@@ -138,6 +138,15 @@ def stand_in_engine(
     step_ms: float = 50, tokens_per_page: int = 10, port: int | None = None, extra: Sequence[str] = ()
 ) -> Iterator[str]:
     """Run ocr_dev/stand_in_engine.py (a STAND-IN for vLLM's server, no model) and yield its URL."""
+    with stand_in_process(step_ms, tokens_per_page, port, extra) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def stand_in_process(
+    step_ms: float = 50, tokens_per_page: int = 10, port: int | None = None, extra: Sequence[str] = ()
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The stand-in engine's URL and its process, for tests that kill it; it is killed afterwards if still alive."""
     port = port or free_port()
     command = [sys.executable, "-m", "ocr_dev.stand_in_engine", "--port", str(port), "--step-ms", str(step_ms)]
     command += ["--tokens-per-page", str(tokens_per_page), *extra]
@@ -147,7 +156,7 @@ def stand_in_engine(
         assert process.stdout is not None
         assert b"STAND-IN ENGINE" in process.stdout.readline()
         wait_until(lambda: requests.get(f"{url}/health", timeout=1).ok, timeout_s=10)
-        yield url
+        yield url, process
     finally:
         process.kill()
         process.wait()

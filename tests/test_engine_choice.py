@@ -66,8 +66,33 @@ def test_engine_flags_put_the_recipe_first_and_extra_args_last():
     assert engine_flags(Settings())[1] == "deepseek-ai/DeepSeek-OCR-2"
 
 
-def _print_flags(extra_args: str) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "DEEPSEEK_MODEL_NAME": "/m", "VLLM_EXTRA_ARGS": extra_args}
+def test_the_gpu_settings_become_vllm_flags_when_they_differ_from_vllms_defaults():
+    defaults = engine_flags(Settings())
+    for flag in ("--gpu-memory-utilization", "--tensor-parallel-size", "--data-parallel-size"):
+        assert flag not in defaults  # vLLM's own default then, on a GPU and on its CPU build alike
+    settings = Settings(gpu_memory_utilization=0.55, tensor_parallel_size=2, data_parallel_size=4,
+                        vllm_extra_args="--data-parallel-size 8")  # fmt: skip
+    flags = engine_flags(settings)
+    assert flags[flags.index("--gpu-memory-utilization") + 1] == "0.55"
+    assert flags[flags.index("--tensor-parallel-size") + 1] == "2"
+    assert flags[flags.index("--data-parallel-size") + 1] == "4"
+    assert flags[-2:] == ["--data-parallel-size", "8"]  # VLLM_EXTRA_ARGS comes last, and argparse keeps the last
+
+
+def test_the_gpu_settings_reach_the_shell_from_their_variables():
+    env = {"GPU_MEMORY_UTILIZATION": "0.8", "MAX_MODEL_LEN": "4096", "MAX_TOKENS": "2048",
+           "TENSOR_PARALLEL_SIZE": "1", "DATA_PARALLEL_SIZE": "2"}  # fmt: skip
+    run = _print_flags("", **env)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[lines.index("--max-model-len") + 1] == "4096"
+    assert lines[lines.index("--gpu-memory-utilization") + 1] == "0.8"
+    assert lines[lines.index("--data-parallel-size") + 1] == "2"
+    assert "--tensor-parallel-size" not in lines
+
+
+def _print_flags(extra_args: str, **more: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "DEEPSEEK_MODEL_NAME": "/m", "VLLM_EXTRA_ARGS": extra_args, **more}
     command = [sys.executable, "-m", "ocr_api.engines.vllm_flags"]
     return subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True)
 

@@ -8,9 +8,11 @@ batching, process topology, failures), not recognition or GPU speed. Each image 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -306,6 +308,27 @@ def test_killing_the_engine_gives_503_the_service_recovers_and_the_script_stops_
 
 def _script_log(production: Production) -> str:
     return (production.logs.parent / "production.log").read_text()
+
+
+def test_vllms_own_parser_reads_the_gpu_settings_as_the_service_passes_them():
+    # The flags as start_production.sh gets them from the variables, parsed by vLLM's engine argument parser.
+    env = {"PATH": "/usr/bin:/bin", "DEEPSEEK_MODEL_NAME": "/m", "GPU_MEMORY_UTILIZATION": "0.5",
+           "TENSOR_PARALLEL_SIZE": "2", "DATA_PARALLEL_SIZE": "4", "MAX_MODEL_LEN": "4096",
+           "MAX_TOKENS": "2048"}  # fmt: skip
+    code = (
+        "import json, subprocess, sys; "
+        "from vllm.engine.arg_utils import AsyncEngineArgs; "
+        "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+        "flags = subprocess.run([sys.executable, '-m', 'ocr_api.engines.vllm_flags'], check=True, "
+        "capture_output=True, text=True).stdout.split(); "
+        "args = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(exit_on_error=False)).parse_args(flags); "
+        "print(json.dumps([args.gpu_memory_utilization, args.tensor_parallel_size, args.data_parallel_size, "
+        "args.max_model_len, args.enable_prefix_caching]))"
+    )
+    run = subprocess.run([str(VLLM_PYTHON), "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == [0.5, 2, 4, 4096, False]
 
 
 def test_the_tile_grid_the_service_sends_for_is_vllms_for_both_generations():
