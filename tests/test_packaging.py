@@ -1,0 +1,221 @@
+"""The deployment files under deploy/, checked as far as this machine allows: parsed, their commands and variables
+held against the repository's scripts and settings, the systemd units by systemd-analyze. Not checked here: building
+the images and running the compose file (no Docker daemon, no `docker compose`, no hadolint on these machines)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config import documented_settings
+from tests.conftest import REPO
+
+DEPLOY = REPO / "deploy"
+UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
+INSTALLED_AT = "/opt/deepseek-ocr-api"  # where the units expect the checkout
+# Variables read by neither the service nor the start scripts, but by what they run.
+OTHERS_READ = {"HF_HOME"}
+# The longest a drained stop may take: DRAIN_SECONDS + GUNICORN_GRACEFUL_TIMEOUT + the engine's 30 s (defaults).
+LONGEST_STOP_S = 5 + 30 + 30
+
+
+def known_variables() -> set[str]:
+    """The settings (config.py) and the start scripts' own variables (their table in docs/CONFIGURATION.md)."""
+    table = (REPO / "docs" / "CONFIGURATION.md").read_text().split("## Start-script settings", 1)[1]
+    script_variables = set(re.findall(r"^\| `([A-Z_]+)` \|", table, flags=re.MULTILINE))
+    return {env for env, _, _ in documented_settings()} | script_variables | OTHERS_READ
+
+
+def dockerfile(name: str) -> list[tuple[str, str]]:
+    """(instruction, arguments) of each line of a Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / name).read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]  # type: ignore[misc]
+
+
+def unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit's sections, each key with every value it is given (systemd allows repeats)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+        elif line:
+            key, value = line.split("=", 1)
+            current.setdefault(key, []).append(value)
+    return sections
+
+
+def in_repo(path: str) -> Path:
+    """A path the deployment names, in this checkout."""
+    return REPO / path.removeprefix(INSTALLED_AT).lstrip("/").removeprefix("./")
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and bool(path.stat().st_mode & stat.S_IXUSR)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.api", "Dockerfile.engine"])
+def test_each_image_runs_a_script_of_ours_as_an_unprivileged_user_with_a_health_check(name):
+    instructions = dockerfile(name)
+    known = {"FROM", "RUN", "COPY", "WORKDIR", "USER", "ENV", "EXPOSE", "HEALTHCHECK", "CMD", "ENTRYPOINT"}
+    assert {instruction for instruction, _ in instructions} <= known
+    kinds = [instruction for instruction, _ in instructions]
+    users = [arguments for instruction, arguments in instructions if instruction == "USER"]
+    assert users
+    assert users[-1] not in ("root", "0")
+    start = max(index for index, kind in enumerate(kinds) if kind in ("CMD", "ENTRYPOINT"))
+    assert kinds.index("USER") < start
+    command = next(
+        arguments for instruction, arguments in reversed(instructions) if instruction in ("CMD", "ENTRYPOINT")
+    )
+    script = yaml.safe_load(command)[0]  # the exec form is a JSON (so YAML) list
+    assert _executable(in_repo(script)), script
+    assert "HEALTHCHECK" in kinds
+    for instruction, arguments in instructions:
+        if instruction == "COPY":
+            sources = [part for part in arguments.split() if not part.startswith("--")][:-1]
+            assert all((REPO / source).exists() for source in sources), arguments
+
+
+def test_the_engine_image_is_vllms_of_the_pinned_version():
+    pinned = re.search(r"^vllm==(\S+)", (REPO / "requirements-vllm.txt").read_text(), flags=re.MULTILINE)
+    assert pinned
+    (base,) = [arguments for instruction, arguments in dockerfile("Dockerfile.engine") if instruction == "FROM"]
+    assert base == f"vllm/vllm-openai:v{pinned[1]}"
+
+
+def test_the_api_image_has_the_front_server():
+    runs = " ".join(arguments for instruction, arguments in dockerfile("Dockerfile.api") if instruction == "RUN")
+    assert "apt-get install" in runs
+    assert " nginx" in runs
+    envs = " ".join(arguments for instruction, arguments in dockerfile("Dockerfile.api") if instruction == "ENV")
+    assert "NGINX=/usr/sbin/nginx" in envs
+
+
+def test_what_the_engine_image_copies_is_enough_to_start_the_engine(tmp_path):
+    # The files the image copies, alone in a directory: the flags print, and start_engine.sh runs the server with
+    # them (a stand-in interpreter records the command instead of starting vLLM).
+    app = tmp_path / "app"
+    for instruction, arguments in dockerfile("Dockerfile.engine"):
+        if instruction == "COPY":
+            *sources, target = [part for part in arguments.split() if not part.startswith("--")]
+            destination = app / target.removeprefix("/app").strip("/")
+            for source in sources:  # as COPY does: a directory's contents into the target, a file into it
+                if (REPO / source).is_dir():
+                    shutil.copytree(REPO / source, destination, dirs_exist_ok=True)
+                else:
+                    destination.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(REPO / source, destination)
+    recorded = tmp_path / "command"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$2" = vllm.entrypoints.openai.api_server ]; then echo "$@" > {recorded}; exit 0; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    fake_python.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "ENGINE_PYTHON": str(fake_python), "VLLM_HOST": "0.0.0.0",
+           "VLLM_PORT": "8123", "DATA_PARALLEL_SIZE": "2", "OCR_ENGINE_API_KEY": "engine-key"}  # fmt: skip
+    run = subprocess.run([str(app / "scripts" / "start_engine.sh")], env=env, capture_output=True, text=True,
+                         timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    command = recorded.read_text().split()
+    assert command[:4] == ["-m", "vllm.entrypoints.openai.api_server", "--host", "0.0.0.0"]
+    assert command[command.index("--port") + 1] == "8123"
+    assert command[command.index("--model") + 1] == "deepseek-ai/DeepSeek-OCR-2"
+    assert command[command.index("--data-parallel-size") + 1] == "2"
+    assert command[-2:] == ["--api-key", "engine-key"]
+    assert "--logits-processors" in command
+
+
+def _compose() -> dict:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def test_compose_runs_the_engine_the_api_a_consumer_and_redis_each_with_a_health_check():
+    services = _compose()["services"]
+    assert set(services) == {"engine", "api", "consumer", "redis"}
+    for name, service in services.items():
+        assert service["healthcheck"]["test"], name
+        assert service.get("user") in (None, "ocr", "redis"), name  # the images' own unprivileged users
+        if "build" in service:
+            assert (REPO / service["build"]["dockerfile"]).exists()
+    assert services["api"]["command"] == ["./start_production.sh"]  # nginx in front of gunicorn, as everywhere
+    assert services["consumer"]["command"] == ["./scripts/start_consumer.sh"]
+    for name in ("api", "consumer"):
+        assert _executable(in_repo(services[name]["command"][0]))
+        conditions = {dependency: wait["condition"] for dependency, wait in services[name]["depends_on"].items()}
+        assert conditions == {"engine": "service_healthy", "redis": "service_healthy"}
+    assert services["api"]["environment"]["JOB_CONSUMER"] == "0"
+
+
+def test_compose_shares_redis_the_jobs_volume_and_the_engine_between_api_and_consumer():
+    services = _compose()["services"]
+    known = known_variables()
+    for name, service in services.items():
+        if name != "redis":
+            assert set(service["environment"]) <= known, (name, set(service["environment"]) - known)
+    for name in ("api", "consumer"):
+        environment = services[name]["environment"]
+        assert environment["REDIS_URL"].startswith("redis://redis:6379/")
+        assert environment["OCR_ENGINE_URL"] == f"http://engine:{services['engine']['environment']['VLLM_PORT']}"
+        assert f"jobs:{environment['JOBS_DIR']}" in services[name]["volumes"]
+    assert services["engine"]["environment"]["VLLM_HOST"] == "0.0.0.0"  # reachable from the other containers
+    for name in ("api", "consumer"):
+        grace = int(services[name]["stop_grace_period"].removesuffix("s"))
+        assert grace >= LONGEST_STOP_S
+    assert set(_compose()["volumes"]) >= {"jobs", "redis", "models"}
+
+
+@pytest.mark.parametrize("path", UNITS, ids=lambda path: path.name)
+def test_each_unit_runs_a_script_of_ours_unprivileged_and_stops_in_time(path):
+    service = unit(path)["Service"]
+    assert service["User"][0] not in ("root", "0")
+    (start,) = service["ExecStart"]
+    assert start.startswith(INSTALLED_AT)
+    assert _executable(in_repo(start.split()[0])), start
+    assert service["WorkingDirectory"] == [INSTALLED_AT]
+    assert int(service["TimeoutStopSec"][0]) >= (LONGEST_STOP_S if "engine" not in path.name else 30)
+    if "engine" not in path.name:
+        assert service["KillMode"] == ["mixed"]  # SIGTERM to the script alone: it stops the rest in order
+    assert service["EnvironmentFile"] == ["/etc/deepseek-ocr/deepseek-ocr.env"]
+    for assignment in service.get("Environment", []):
+        assert {pair.split("=", 1)[0] for pair in assignment.split()} <= known_variables()
+
+
+def test_the_units_environment_file_names_only_known_variables():
+    names = {
+        line.split("=", 1)[0]
+        for line in (DEPLOY / "systemd" / "deepseek-ocr.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert names <= known_variables(), names - known_variables()
+    assert {"OCR_ENGINE_URL", "REDIS_URL", "JOBS_DIR", "DATA_PARALLEL_SIZE", "GPU_MEMORY_UTILIZATION"} <= names
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_accepts_the_units(tmp_path):
+    # Installed where this checkout is, so that systemd finds the commands they run; every key must be known.
+    env_file = DEPLOY / "systemd" / "deepseek-ocr.env"
+    for path in UNITS:
+        text = (
+            path.read_text()
+            .replace(INSTALLED_AT, str(REPO))
+            .replace("/etc/deepseek-ocr/deepseek-ocr.env", str(env_file))
+        )
+        (tmp_path / path.name).write_text(text)
+    run = subprocess.run(["systemd-analyze", "verify", "--man=no", *sorted(map(str, tmp_path.glob("*.service")))],
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    problems = [line for line in (run.stdout + run.stderr).splitlines() if "Special user" not in line]
+    assert run.returncode == 0, problems
+    assert not [line for line in problems if "Unknown" in line or "ignoring" in line], problems
