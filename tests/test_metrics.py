@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -197,3 +198,14 @@ def test_log_format_is_validated(log_format):
             Settings.from_env({"LOG_FORMAT": log_format})
     else:
         assert Settings.from_env({"LOG_FORMAT": log_format}).log_format == "text"
+
+
+def test_the_dashboard_asks_only_for_metrics_the_service_serves(make_client):
+    client = make_client()
+    _ocr(client, png_bytes())
+    served = {name for name, _ in scrape(client)}
+    dashboard = json.loads((Path(__file__).parent.parent / "docs" / "grafana-dashboard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    wanted = {name for expression in expressions for name in re.findall(r"\bocr_[a-z_]+", expression)}
+    assert len(wanted) >= 10
+    assert wanted - served == set()

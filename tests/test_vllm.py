@@ -222,6 +222,17 @@ def test_requests_from_two_workers_are_inside_the_engine_together(production):
     assert not any(production.uploads.iterdir())
 
 
+def test_the_dashboards_vllm_metrics_are_the_real_servers_and_the_services_own_add_up(production):
+    exposed = requests.get(f"{production.engine_url}/metrics", timeout=5).text
+    dashboard = (REPO / "docs" / "grafana-dashboard.json").read_text()
+    wanted = set(re.findall(r"vllm:[a-z_]+", dashboard))
+    assert wanted
+    assert {name for name in wanted if not re.search(rf"^{name}[{{ ]", exposed, flags=re.MULTILINE)} == set()
+    # The workers' own /metrics beside it, through nginx from loopback: the pages vLLM ran are counted.
+    service = requests.get(f"{production.url}/metrics", timeout=5).text
+    assert re.search(r'^ocr_requests_total\{.*route="/ocr".*status="200".*\} [1-9]', service, flags=re.MULTILINE)
+
+
 def test_a_client_that_hangs_up_is_aborted_inside_vllm(production):
     vllm_log = production.logs / "vllm.log"
     aborts_before = vllm_log.read_text().count("Aborted request")
