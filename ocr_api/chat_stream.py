@@ -9,6 +9,7 @@ engine are aborted.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import queue
@@ -55,7 +56,9 @@ class StreamedCompletion:
 
     def start(self) -> None:
         """Start the pages; raise the request's error if it fails before its first piece of text."""
-        threading.Thread(target=self._work, name="chat-stream", daemon=True).start()
+        # In a copy of this context: the pages' log lines and counts belong to this request (ocr_api/tracking.py).
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(self._work,), name="chat-stream", daemon=True).start()
         first = self._events.get()
         if first[0] == "end":
             failure = first[1].error if isinstance(first[1], FileError) else first[1]

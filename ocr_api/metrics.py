@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import (
@@ -91,6 +92,7 @@ def install_metrics(app: Flask) -> None:
     else:
         registry.register(_ProcessRegistry())
     registry.register(JobQueueCollector(app))
+    registry.register(EngineServersCollector(app))
     app.extensions["ocr_metrics"] = registry
     app.register_blueprint(metrics_routes)
 
@@ -137,3 +139,30 @@ class JobQueueCollector:
         job = queue.store.get(str(waiting[0].args[0]))
         age = time.time() - job.created_at if job is not None else 0.0
         return queue.queue_depth(), round(max(0.0, age), 3)
+
+
+class EngineServersCollector:
+    """Each vLLM server of the remote engine: healthy or not, as the process answering the scrape last saw it."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        servers = getattr(self.app.extensions["ocr_service"].engine, "servers", None)
+        if not servers:
+            return
+        healthy = GaugeMetricFamily(
+            "ocr_engine_server_healthy", "1 while a vLLM server passes its health checks and calls.", labels=["server"]
+        )
+        for server in servers:
+            healthy.add_metric([without_credentials(server.url)], 1.0 if server.healthy else 0.0)
+        yield healthy
+
+
+def without_credentials(url: str) -> str:
+    """The URL without a user or password in it (they stay out of the metrics)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
+    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()

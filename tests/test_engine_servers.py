@@ -80,6 +80,9 @@ def test_a_server_killed_mid_document_loses_no_page_and_ready_stays_200(tmp_path
         assert _pages_done(first) - done_before == 64
         assert readiness
         assert set(readiness) == {200}
+        scrape = requests.get(f"{url}/metrics", timeout=5).text
+        assert f'ocr_engine_server_healthy{{server="{first}"}} 1.0' in scrape
+        assert f'ocr_engine_server_healthy{{server="{second}"}} 0.0' in scrape
 
         # It comes back on the same port: the health check sees it and it gets pages again.
         with stand_in_process(STEP_MS, TOKENS, port=port) as (again, _):

@@ -3,6 +3,7 @@ start_production.sh is in tests/test_front_server.py)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -209,3 +210,25 @@ def test_the_dashboard_asks_only_for_metrics_the_service_serves(make_client):
     wanted = {name for expression in expressions for name in re.findall(r"\bocr_[a-z_]+", expression)}
     assert len(wanted) >= 10
     assert wanted - served == set()
+
+
+def test_a_streamed_chat_completion_is_summed_up_with_its_pages(make_client, caplog):
+    client = make_client()
+    caplog.set_level(logging.INFO, logger="ocr_api.requests")
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    content = [{"type": "image_url", "image_url": {"url": image}}]
+    body = {"model": "deepseek-ocr", "stream": True, "messages": [{"role": "user", "content": content}]}
+    response = client.post("/v1/chat/completions", json=body, headers={REQUEST_ID_HEADER: "streamed"}, buffered=True)
+    assert response.status_code == 200
+    assert b"[DONE]" in response.data
+    (record,) = [r for r in caplog.records if r.name == "ocr_api.requests" and r.request_id == "streamed"]
+    assert (record.summary["route"], record.summary["pages"], record.summary["completion_tokens"]) == (
+        "/v1/chat/completions", 1, 12)  # fmt: skip
+
+
+def test_engine_server_urls_lose_their_credentials_in_the_metrics():
+    from ocr_api.metrics import without_credentials
+
+    assert without_credentials("http://user:pw@gpu-1:8000") == "http://gpu-1:8000"
+    assert without_credentials("https://token@gpu-2") == "https://gpu-2"
+    assert without_credentials("http://gpu-3:8000") == "http://gpu-3:8000"
