@@ -24,6 +24,7 @@ from ocr_api.jobs.store import Job, JobStore
 logger = logging.getLogger(__name__)
 
 QUEUE_NAME = "deepseek-ocr-jobs"
+RUN_JOB_TASK = "run_job"  # the task that runs a job; the queue also holds callbacks to deliver
 HEARTBEAT_S = 2.0  # how often a running job says it is alive
 STALE_S = 15.0  # a running job silent this long lost its consumer (killed): the warden runs it again
 WARDEN_EVERY_S = 5.0
@@ -62,7 +63,7 @@ class JobQueue:
         self._stopping = threading.Event()
         self._lock_file: IO[str] | None = None
         self.run_job = self.huey.task(
-            retries=settings.job_engine_retries, retry_delay=settings.job_retry_delay_s, context=True, name="run_job"
+            retries=settings.job_engine_retries, retry_delay=settings.job_retry_delay_s, context=True, name=RUN_JOB_TASK
         )(self._run_job)
         self.deliver_callback = self.huey.task(
             retries=CALLBACK_RETRIES, retry_delay=2, retry_backoff=4, context=True, name="deliver_callback"
