@@ -116,7 +116,7 @@ class RemoteEngine:
         self._call_numbers = itertools.count(1)
         self.context_length = self.profile.context_length
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="engine-calls", daemon=True)
+        self._thread = threading.Thread(target=_run_until_stopped, args=(self._loop,), name="engine-calls", daemon=True)
         self._thread.start()
         # Holds the one session once made and the health watcher (lists, so that the finalizer below sees them): an
         # engine dropped without close() (a failed start, a test) still closes its session and loop thread.
@@ -473,8 +473,15 @@ def _shut_down(
     asyncio.run_coroutine_threadsafe(close_then_stop(), loop)
     if threading.current_thread() is not thread:  # a collection can run on the loop thread too: no waiting there
         thread.join(timeout=5)
-        if not thread.is_alive():
-            loop.close()
+
+
+def _run_until_stopped(loop: asyncio.AbstractEventLoop) -> None:
+    """The loop thread: run the calls until the loop is stopped, then close it here, whoever stopped it (the
+    engine may be collected on this very thread, when the health watcher lets go of it)."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 def _choose_model(served: list[dict[str, Any]], requested: str, base_url: str) -> dict[str, Any]:
