@@ -14,6 +14,7 @@ is counted by the process's admission bound while the page is at the engine.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections import deque
@@ -242,9 +243,10 @@ class PageStream:
             return
         pictures: dict[str, Any] = {}
         if self._rules.draw is not None:
-            page = self._render(sending.job)  # the pixels were not kept while the page was at the engine
-            if page is not None:
-                pictures = self._rules.draw(page.image, reading)
+            # The pixels were not kept while the page was at the engine. Rendered once, should it fail now (its time
+            # is up), the reading stands without pictures.
+            with contextlib.suppress(ApiError):
+                pictures = self._rules.draw(sending.job.render().image, reading)
         self._done(sending.job.key, PageOutcome(sending.size, reading, attempts=sending.attempt, pictures=pictures))
 
     def _done(self, key: tuple[int, int], outcome: PageOutcome) -> None:

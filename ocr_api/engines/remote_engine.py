@@ -160,7 +160,8 @@ class RemoteEngine:
         bodies = [json.dumps(chat).encode()]
         del chat
         # vLLM takes X-Request-Id as its own request's id (--enable-request-id-headers): unique per call.
-        call_id = f"{tracking.current_request_id()}.{next(self._call_numbers)}"
+        record = tracking.current_record()
+        call_id = f"{record.request_id if record is not None else 'ocr'}.{next(self._call_numbers)}"
         # The calls keep what they need of the request, not the request: its image is not held while at the engine.
         max_tokens, guard, on_text = request.max_tokens, request.guard, request.on_text
         if on_text is None:
@@ -171,7 +172,7 @@ class RemoteEngine:
                     server, body, call_id, max_tokens=max_tokens, guard=guard, on_text=on_text
                 )
             )
-        return self._submit(_attributed(tracking.current_record(), call, bodies))
+        return self._submit(_attributed(record, call, bodies))
 
     def close(self) -> None:
         self._shut_down()  # once: a second call, or the collection of a closed engine, does nothing
