@@ -232,3 +232,14 @@ def test_engine_server_urls_lose_their_credentials_in_the_metrics():
     assert without_credentials("http://user:pw@gpu-1:8000") == "http://gpu-1:8000"
     assert without_credentials("https://token@gpu-2") == "https://gpu-2"
     assert without_credentials("http://gpu-3:8000") == "http://gpu-3:8000"
+
+
+def test_a_queue_that_cannot_be_read_leaves_the_other_metrics_answering(make_client, caplog):
+    from ocr_dev.servers import free_port
+
+    client = make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nobody listens there
+    _ocr(client, png_bytes())
+    samples = scrape(client)
+    assert ("ocr_jobs_queued", ()) not in samples
+    assert value(samples, "ocr_requests_total", route="/ocr", method="POST", status="200", code="") >= 1
+    assert "the job queue cannot be read" in caplog.text
