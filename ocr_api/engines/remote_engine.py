@@ -19,6 +19,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_TIMEOUT_S = 2.0
 METADATA_TIMEOUT_S = 30.0
+CHECK_TIMEOUT_S = HEALTH_TIMEOUT_S + CONNECT_TIMEOUT_S + METADATA_TIMEOUT_S  # health, then the model's facts
 HEALTH_EVERY_S = 1.0  # how often every server's /health is asked, by each process
 REQUEST_ID = "X-Request-Id"
 # Phrases vLLM uses when prompt and image tokens do not fit the context.
@@ -125,17 +127,12 @@ class RemoteEngine:
         self._shut_down = weakref.finalize(self, _shut_down, self._loop, self._thread, self._sessions, self._tasks)
         self._metadata_loaded = False
 
-    @property
-    def base_url(self) -> str:
-        """The first server's URL (the one server, mostly)."""
-        return self.servers[0].url
-
     def load(self) -> None:
         """Ask every server's health, learn the served model from one, and keep watching their health.
 
         An unreachable server is asked again every HEALTH_EVERY_S: /ready says 503 until one answers.
         """
-        self._run(self._check_health(), timeout=HEALTH_TIMEOUT_S + CONNECT_TIMEOUT_S + METADATA_TIMEOUT_S)
+        self._run(self._check_health(), timeout=CHECK_TIMEOUT_S)
         if not self._metadata_loaded:
             logger.warning("remote engine at %s not reachable yet; will retry", self._urls())
         if not self._tasks:
@@ -148,7 +145,7 @@ class RemoteEngine:
     def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
         """Send one page as a chat completion; the call has its own ENGINE_TIMEOUT_S."""
         if not self._metadata_loaded:
-            self._run(self._check_health(), timeout=HEALTH_TIMEOUT_S + CONNECT_TIMEOUT_S + METADATA_TIMEOUT_S)
+            self._run(self._check_health(), timeout=CHECK_TIMEOUT_S)
             if not self._metadata_loaded:
                 raise EngineUnavailable(f"no engine server answers ({self._urls()})")
         # Encoded here, in the caller's thread, not on the loop thread all calls share. With one server the call holds
@@ -164,15 +161,12 @@ class RemoteEngine:
         call_id = f"{record.request_id if record is not None else 'ocr'}.{next(self._call_numbers)}"
         # The calls keep what they need of the request, not the request: its image is not held while at the engine.
         max_tokens, guard, on_text = request.max_tokens, request.guard, request.on_text
+        call: Callable[[EngineServer, SentOnce], Awaitable[EngineOutput]]
         if on_text is None:
-            call = self._on_some_server(lambda server, body: self._complete(server, body, call_id, max_tokens, guard))
+            call = partial(self._complete, call_id=call_id, max_tokens=max_tokens, guard=guard)
         else:
-            call = self._on_some_server(
-                lambda server, body: self._stream(
-                    server, body, call_id, max_tokens=max_tokens, guard=guard, on_text=on_text
-                )
-            )
-        return self._submit(_attributed(record, call, bodies))
+            call = partial(self._stream, call_id=call_id, max_tokens=max_tokens, guard=guard, on_text=on_text)
+        return self._submit(self._on_some_server(record, call, bodies))
 
     def close(self) -> None:
         self._shut_down()  # once: a second call, or the collection of a closed engine, does nothing
@@ -214,33 +208,34 @@ class RemoteEngine:
                     except EngineUnavailable as exc:
                         logger.warning("remote engine metadata not available from %s: %s", server.url, exc)
 
-    def _on_some_server(
-        self, call: Callable[[EngineServer, SentOnce], Awaitable[EngineOutput]]
-    ) -> Callable[[list[bytes]], Awaitable[EngineOutput]]:
+    async def _on_some_server(
+        self,
+        record: tracking.RequestRecord | None,
+        call: Callable[[EngineServer, SentOnce], Awaitable[EngineOutput]],
+        bodies: list[bytes],
+    ) -> EngineOutput:
         """``call`` on the healthy server with the fewest pages in flight; on EngineUnavailable, on the next.
 
-        It is given the body in a list: with one server the body is taken out, so that once sent nothing holds it.
+        It runs for ``record``'s request, so that what the engine thread logs names the request. It is given the body
+        in a list: with one server the body is taken out, so that once sent nothing holds it.
         """
-
-        async def on_some_server(bodies: list[bytes]) -> EngineOutput:
-            tried: list[EngineServer] = []
-            keep = len(self.servers) > 1
-            while True:
-                server = self._pick(tried)
-                tried.append(server)
-                server.in_flight += 1
-                server.sent += 1
-                try:
-                    return await call(server, SentOnce(bodies[0] if keep else bodies.pop()))
-                except EngineUnavailable as exc:
-                    retryable = not isinstance(exc, _AlreadyStreamed) and len(tried) < len(self.servers)
-                    if not retryable:
-                        raise
-                    logger.warning("engine server %s failed a page (%s); sending it to another", server.url, exc)
-                finally:
-                    server.in_flight -= 1
-
-        return on_some_server
+        tracking.adopt(record)  # in this call's own task context
+        tried: list[EngineServer] = []
+        keep = len(self.servers) > 1
+        while True:
+            server = self._pick(tried)
+            tried.append(server)
+            server.in_flight += 1
+            server.sent += 1
+            try:
+                return await call(server, SentOnce(bodies[0] if keep else bodies.pop()))
+            except EngineUnavailable as exc:
+                retryable = not isinstance(exc, _AlreadyStreamed) and len(tried) < len(self.servers)
+                if not retryable:
+                    raise
+                logger.warning("engine server %s failed a page (%s); sending it to another", server.url, exc)
+            finally:
+                server.in_flight -= 1
 
     def _pick(self, tried: list[EngineServer]) -> EngineServer:
         untried = [server for server in self.servers if server not in tried]
@@ -271,7 +266,7 @@ class RemoteEngine:
         return body
 
     async def _complete(
-        self, server: EngineServer, body: SentOnce, call_id: str, max_tokens: int, guard: GuardSettings
+        self, server: EngineServer, body: SentOnce, *, call_id: str, max_tokens: int, guard: GuardSettings
     ) -> EngineOutput:
         # With its length given, aiohttp sends the body as it is, not chunked.
         headers = {"Content-Type": "application/json", "Content-Length": str(body.length), REQUEST_ID: call_id}
@@ -296,7 +291,7 @@ class RemoteEngine:
         )
 
     async def _stream(
-        self, server: EngineServer, body: SentOnce, call_id: str, *, max_tokens: int, guard: GuardSettings,
+        self, server: EngineServer, body: SentOnce, *, call_id: str, max_tokens: int, guard: GuardSettings,
         on_text: TextSink,
     ) -> EngineOutput:  # fmt: skip
         """A streamed chat completion: each piece of content goes to ``on_text`` as vLLM sends it."""
@@ -428,14 +423,6 @@ async def _read_events(lines: AsyncIterator[bytes], on_text: TextSink) -> tuple[
 
 class _AlreadyStreamed(EngineUnavailable):
     """The server failed after some of the page's text was handed on: the page cannot be sent elsewhere."""
-
-
-async def _attributed(
-    record: tracking.RequestRecord | None, call: Callable[[list[bytes]], Awaitable[EngineOutput]], bodies: list[bytes]
-) -> EngineOutput:
-    """Run a page's call with its request's record, so that what the engine thread logs names the request."""
-    tracking.adopt(record)  # in this call's own task context
-    return await call(bodies)
 
 
 async def _watch_health(engine_ref: weakref.ReferenceType[RemoteEngine]) -> None:
