@@ -127,20 +127,17 @@ class JobQueueCollector:
 
     def _read(self) -> tuple[int, float]:
         from ocr_api.jobs import jobs_of
-        from ocr_api.jobs.queue import RUN_JOB_TASK
 
         settings = self.app.extensions["ocr_service"].settings
         # A node that never had a job has no queue file: a scrape does not make one.
         if not settings.redis_url and not (Path(settings.jobs_dir) / "queue.db").exists():
             return 0, 0.0
         queue = jobs_of(self.app).queue
-        # Jobs only: the queue also holds callbacks waiting to be delivered.
-        waiting = [task for task in queue.huey.pending() if task.name == RUN_JOB_TASK]
+        waiting = queue.waiting_job_ids()
         if not waiting:
             return 0, 0.0
-        first = queue.store.get(
-            str(waiting[0].args[0])
-        )  # first in line: the oldest, the queue being first in, first out
+        # The first in line is the oldest: the queue is first in, first out.
+        first = queue.store.get(waiting[0])
         age = time.time() - first.created_at if first is not None else 0.0
         return len(waiting), round(max(0.0, age), 3)
 

@@ -204,6 +204,17 @@ def serve_service(tmp: Path, engine_url: str, **overrides: object) -> Iterator[s
         service.close()
 
 
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text page by its name and its sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def metric(url: str, name: str) -> float:
     """Return one value from a Prometheus /metrics page."""
     for line in requests.get(f"{url}/metrics", timeout=5).text.splitlines():

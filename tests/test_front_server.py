@@ -21,7 +21,6 @@ from pathlib import Path
 import openai
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from ocr_dev.inputs import data_url, make_pdf, png_bytes
 from ocr_dev.servers import (
@@ -31,6 +30,7 @@ from ocr_dev.servers import (
     gunicorn_socket_of,
     gunicorn_workers,
     metric,
+    metric_samples,
     running,
     stand_in_engine,
     stop,
@@ -141,11 +141,7 @@ def test_as_many_requests_as_threads_are_spread_over_every_worker(production):
 def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = requests.get(f"{url}/metrics", timeout=5)  # from loopback: open without a key
     assert response.status_code == 200, response.text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    return metric_samples(response.text)
 
 
 def test_metrics_from_both_workers_add_up_to_what_was_sent(production):

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ocr_api.engines import PromptTooLong
 from ocr_api.logs import formatter_for
 from ocr_api.tracking import REQUEST_ID_HEADER
 from ocr_dev.inputs import make_pdf, png_bytes
+from ocr_dev.servers import metric_samples
 from tests.fakes import FakeEngine
 
 KEY = "metrics-test-key-0123456789"
@@ -29,11 +29,7 @@ def scrape(client, **kwargs) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     response = client.get("/metrics", **kwargs)
     assert response.status_code == 200, response.data
     assert response.content_type.startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.get_data(as_text=True)):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
+    return metric_samples(response.get_data(as_text=True))
 
 
 def value(samples, name: str, **labels: str) -> float:

@@ -86,6 +86,10 @@ class JobQueue:
     def queue_depth(self) -> int:
         return self.huey.pending_count()
 
+    def waiting_job_ids(self) -> list[str]:
+        """The jobs waiting for a consumer, first in line first (not the callbacks waiting to be delivered)."""
+        return [str(task.args[0]) for task in self.huey.pending() if task.name == RUN_JOB_TASK]
+
     def _run_job(self, job_id: str, task: Task) -> None:
         if self.runner is None:
             raise RuntimeError("this process queues jobs but does not run them")
