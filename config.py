@@ -342,13 +342,7 @@ class Settings:
         _within("JOB_ENGINE_RETRIES", self.job_engine_retries, 0, 100)
         _within("JOB_RETRY_DELAY_S", self.job_retry_delay_s, 0, 86_400)
         _within("IMAGE_URL_TIMEOUT_S", self.image_url_timeout_s, 0.1, 600)
-        for network in _split_list(self.image_url_allowed_networks):
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ConfigError(
-                    f"IMAGE_URL_ALLOWED_NETWORKS: {network!r} is not a network such as 10.0.0.0/8"
-                ) from None
+        _check_networks("IMAGE_URL_ALLOWED_NETWORKS", self.image_url_allowed_networks)
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
         for key in self.api_key_list:

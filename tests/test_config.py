@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -93,3 +94,11 @@ def test_transformers_engine_is_built_with_the_settings():
 def test_transformers_engine_default_checkpoint_is_the_native_one():
     engine = build_engine(Settings(engine="transformers"))
     assert engine.model_id == "deepseek-community/DeepSeek-OCR-2"
+
+
+def test_image_url_allowed_networks_are_checked_one_by_one():
+    with pytest.raises(
+        ConfigError, match=re.escape("IMAGE_URL_ALLOWED_NETWORKS: 'nope' is not a network such as 10.0.0.0/8")
+    ):
+        Settings.from_env({"IMAGE_URL_ALLOWED_NETWORKS": "10.0.0.0/8,nope"})
+    assert len(Settings.from_env({"IMAGE_URL_ALLOWED_NETWORKS": "10.0.0.0/8, 127.0.0.1/32"}).image_url_networks) == 2
