@@ -208,16 +208,21 @@ def test_too_many_pages_and_bad_selection_are_clear_errors(make_client):
 
 
 class FullWindowEngine(FakeEngine):
-    """Answers a page only once ``window`` pages are at it (the oldest first), or when no page came for 0.3 s.
+    """Answers a page only once ``window`` pages are at it (the oldest first), and the rest once all ``pages`` came.
 
-    A service that waited for a group's slowest page would get its pages answered only by the 0.3 s fallback. It
-    keeps no image; ``alive_at_submit`` says how many images of pages already answered the service still held
-    each time a page arrived.
+    A service that waited for a group's slowest page would never fill the window again; so that such a service
+    fails the test instead of hanging it, the engine answers everything it holds when no page has come for
+    ``STALL_SECONDS`` and counts that in ``stalls``. It keeps no image; ``alive_at_submit`` says how many images of
+    pages already answered the service still held each time a page arrived.
     """
 
-    def __init__(self, window: int) -> None:
+    STALL_SECONDS = 5.0
+
+    def __init__(self, window: int, pages: int) -> None:
         super().__init__()
         self.window = window
+        self.pages = pages
+        self.stalls = 0
         self.at_engine: list[tuple[concurrent.futures.Future, EngineOutput, weakref.ref]] = []
         self.at_engine_when_sent: list[int] = []
         self.answered: list[weakref.ref] = []
@@ -225,7 +230,7 @@ class FullWindowEngine(FakeEngine):
         self.last_sent = time.monotonic()
         self._held = threading.Lock()
         self._stop = threading.Event()
-        threading.Thread(target=self._answer_the_tail, daemon=True).start()
+        threading.Thread(target=self._answer_a_stall, daemon=True).start()
 
     def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
         gc.collect()
@@ -235,7 +240,9 @@ class FullWindowEngine(FakeEngine):
             self.at_engine_when_sent.append(len(self.at_engine))
             self.at_engine.append((future, self.answer(request), weakref.ref(request.image)))
             self.last_sent = time.monotonic()
-            if len(self.at_engine) == self.window:
+            if len(self.at_engine_when_sent) == self.pages:
+                self._answer_all()
+            elif len(self.at_engine) == self.window:
                 self._answer_oldest()
         return future
 
@@ -244,25 +251,31 @@ class FullWindowEngine(FakeEngine):
         self.answered.append(image)
         future.set_result(output)
 
-    def _answer_the_tail(self) -> None:
-        while not self._stop.wait(0.05):
+    def _answer_all(self) -> None:
+        while self.at_engine:
+            self._answer_oldest()
+
+    def _answer_a_stall(self) -> None:
+        while not self._stop.wait(0.1):
             with self._held:
-                if self.at_engine and time.monotonic() - self.last_sent > 0.3:
-                    self._answer_oldest()
+                if self.at_engine and time.monotonic() - self.last_sent > self.STALL_SECONDS:
+                    self.stalls += 1
+                    self._answer_all()
 
     def close(self) -> None:
         self._stop.set()
 
 
 def test_the_engine_always_has_a_full_window_and_no_answered_page_stays_in_memory(make_client):
-    engine = FullWindowEngine(window=4)
+    engine = FullWindowEngine(window=4, pages=40)
     client = make_client(engine=engine, max_pdf_pages=200, engine_batch_pages=4)
     response = _post(client, [("long.pdf", make_pdf(40))])
     engine.close()
     assert response.status_code == 200
     assert len(response.get_json()["pages"]) == 40
-    # The next page is sent the moment one is answered: after the first four, always three others at the engine.
-    assert engine.at_engine_when_sent == [0, 1, 2] + [3] * 37
+    # The next page is sent the moment one is answered: after the first four, always three others at the engine,
+    # and the service never stopped sending while pages were at the engine.
+    assert (engine.at_engine_when_sent, engine.stalls) == ([0, 1, 2] + [3] * 37, 0)
     # The service drops a page's pixels once it is sent: no answered page's image is ever still alive.
     assert engine.alive_at_submit == [0] * 40
     assert client.application.extensions["ocr_service"].admission.in_flight == 0
