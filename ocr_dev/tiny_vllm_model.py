@@ -16,6 +16,17 @@ from ocr_dev.tiny_model import build_tokenizer
 TEXT_WIDTH = 128
 CONTEXT = 4096
 
+# vLLM engine flags for such a directory on CPU (VLLM_EXTRA_ARGS; the in-process engine and the server take the
+# same string). Memory is a share of NUMA node 0; profiling five full-size images is skipped (it is OOM-killed
+# otherwise). float32: vLLM's CPU build otherwise downcasts to bfloat16, which a CPU without AVX-512 emulates
+# (docs/PERFORMANCE.md, bench/vllm_cpu_dtype.py: an image 4x slower on a 2-core AMD EPYC with AVX2 only).
+CPU_TRIAL_FLAGS = (
+    "--load-format dummy --dtype float32 --gpu-memory-utilization 0.2 --skip-mm-profiling "
+    "--limit-mm-per-prompt.image 1 --max-num-batched-tokens 2048 --max-model-len 4096"
+)
+# vLLM's CPU build keeps one of the two cores for its front end by default, which halves the vision tower's speed.
+CPU_TRIAL_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
 
 # vLLM architecture and the width its vision tower hands the projector.
 ARCHITECTURES = {"v1": ("DeepseekOCRForCausalLM", 2048), "v2": ("DeepseekOCR2ForCausalLM", 896)}
