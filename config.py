@@ -191,6 +191,14 @@ class Settings:
         "NGRAM_SIZE", 0, "No-repeat n-gram guard size. 0: the model's default (docs/CONFIGURATION.md)."
     )
     ngram_window: int = setting("NGRAM_WINDOW", 0, "Window of the n-gram guard in tokens. 0: the model's default.")
+    allow_unguarded_engine: bool = setting(
+        "ALLOW_UNGUARDED_ENGINE",
+        False,
+        "DANGEROUS. Use an engine whose start-up check finds no repetition guard (a vLLM started without "
+        "NGramPerReqLogitsProcessor, or on a model runner that does not load it) instead of refusing it: pages can "
+        "then loop until the token limit. Off: such an engine is refused (in-process: the start fails; remote: "
+        "/ready answers 503 engine_unguarded).",
+    )
     runaway_retries: int = setting(
         "RUNAWAY_RETRIES",
         1,

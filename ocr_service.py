@@ -20,10 +20,10 @@ from config import Settings
 from ocr_api.admission import Admission, Share
 from ocr_api.documents import PdfLimits
 from ocr_api.engines import EngineLoadError, EngineRequest, OcrEngine, build_engine
-from ocr_api.engines.base import StopCheck
-from ocr_api.errors import ApiError, EngineNotReady, ShuttingDown
+from ocr_api.engines.base import GUARD_MISSING, StopCheck
+from ocr_api.errors import ApiError, EngineNotReady, EngineUnguarded, ShuttingDown
 from ocr_api.figures import annotate, crop_figures
-from ocr_api.guard import GuardSettings
+from ocr_api.guard import UNGUARDED_ADVICE, GuardSettings
 from ocr_api.interpretation import parse_blocks
 from ocr_api.options import OcrOptions, OptionRules, parse_options
 from ocr_api.pipeline import PageJob, PageOutcome, PageStream, StreamRules
@@ -107,6 +107,16 @@ class OcrService:
     def is_ready(self) -> bool:
         return self.state == "ready" and self.engine.is_ready()
 
+    def unguarded(self) -> EngineUnguarded | None:
+        """The error for an engine that is not ready because its guard check found no guard; None otherwise."""
+        unguarded = [place for place, check in self.engine.guard_checks().items() if check.state == GUARD_MISSING]
+        if self.state != "ready" or not unguarded or self.engine.is_ready():
+            return None
+        return EngineUnguarded(
+            f"The OCR engine ({', '.join(unguarded)}) generates without the repetition guard, so pages could loop to "
+            f"the token limit; the service sends it no pages. {UNGUARDED_ADVICE}"
+        )
+
     def is_draining(self) -> bool:
         """True while the drain file exists: the server is being stopped and takes no new work."""
         return bool(self.settings.drain_file) and os.path.exists(self.settings.drain_file)
@@ -128,6 +138,10 @@ class OcrService:
             "draining": self.is_draining(),
             "pages_in_flight": self.admission.in_flight,
             "max_pages_in_flight": self.admission.limit,
+            "guard": {
+                "required": not self.settings.allow_unguarded_engine,
+                "checks": {place: check.to_dict() for place, check in self.engine.guard_checks().items()},
+            },
         }
 
     def options_from(self, form: Mapping[str, list[str]]) -> OcrOptions:
@@ -158,7 +172,7 @@ class OcrService:
         if self.is_draining():
             raise ShuttingDown()
         if not self.is_ready():
-            raise EngineNotReady()
+            raise self.unguarded() or EngineNotReady()
         self.admission.check_room()
         started = time.perf_counter()
         with self._store.session() as uploads, ExitStack() as open_files:

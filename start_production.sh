@@ -163,9 +163,11 @@ port_is_free() {
 }
 
 start_engine() {
-  # Its own process group, so that stopping it also stops the engine-core processes it spawns.
-  setsid "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
-    --host 127.0.0.1 --port "$engine_port" "${engine_flags[@]}" >>"$log_dir/vllm.log" 2>&1 &
+  # Its own process group, so that stopping it also stops the engine-core processes it spawns. The server is
+  # scripts/start_engine.sh's, as on a GPU host of its own: the same flags and environment (it execs vLLM in the end,
+  # so the process id is the server's).
+  setsid env ENGINE_PYTHON="$VENV/bin/python" VLLM_HOST=127.0.0.1 VLLM_PORT="$engine_port" scripts/start_engine.sh \
+    >>"$log_dir/vllm.log" 2>&1 &
   engine_pid=$!
   # Written whole, then renamed: whoever reads the file never sees it empty.
   echo "$engine_pid" >"$log_dir/vllm.pid.new" && mv -f "$log_dir/vllm.pid.new" "$log_dir/vllm.pid"
@@ -256,9 +258,9 @@ use_environment vllm
 engine_port="${VLLM_PORT:-8000}"
 export OCR_ENGINE=remote OCR_ENGINE_URL="http://127.0.0.1:$engine_port"
 check_settings
-# The same flags as the in-process engine, VLLM_EXTRA_ARGS included; refuses a checkpoint vLLM cannot load.
-flags_text=$("$VENV/bin/python" -m ocr_api.engines.vllm_flags)
-mapfile -t engine_flags <<<"$flags_text"
+# The engine's flags are checked before anything starts: a checkpoint vLLM cannot load, or VLLM_EXTRA_ARGS that
+# cannot be split, is one line and status 1 here rather than in vllm.log.
+"$VENV/bin/python" -m ocr_api.engines.vllm_flags >/dev/null || exit 1
 if ! port_is_free "$engine_port"; then
   say "error: port $engine_port is in use; set VLLM_PORT to a free port for the vLLM server"
   exit 1

@@ -133,6 +133,14 @@ class EngineNotReady(ServiceUnavailable):
     message = "The OCR engine is not ready yet; try again shortly."
 
 
+class EngineUnguarded(ServiceUnavailable):
+    """The engine answered the guard's check as an engine without the guard does; the service sends it no pages."""
+
+    code = "engine_unguarded"
+    message = "The OCR engine generates without the repetition guard, so the service sends it no pages."
+    retry_after = 30
+
+
 class Overloaded(ServiceUnavailable):
     code = "overloaded"
     message = "The service is at capacity; try again after the time in Retry-After."

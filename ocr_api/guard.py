@@ -10,6 +10,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+# The start-up check's request: vLLM's NGramPerReqLogitsProcessor refuses a non-positive ``ngram_size`` when it
+# admits a request (its validate_params), and a vLLM without the processor ignores the request's extra arguments and
+# answers. So a refusal naming ``ngram_size`` proves the guard is loaded, and an answer proves it is not.
+GUARD_PROBE_ARGS: dict[str, object] = {"ngram_size": 0}
+GUARD_PROBE_PROMPT = "guard check"
+# What an operator is told when an engine lacks the guard.
+UNGUARDED_ADVICE = (
+    "Start vLLM with the service's flags and environment (scripts/start_engine.sh; by hand: VLLM_USE_V2_MODEL_RUNNER=0 "
+    "and --logits-processors vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor, see "
+    "docs/DEPLOYMENT.md), or set ALLOW_UNGUARDED_ENGINE=1 to use it anyway (dangerous: pages can loop to the token "
+    "limit)."
+)
+
+
+def probe_refused_by_guard(message: str) -> bool:
+    """True when an error answering the probe is the guard's refusal of its ``ngram_size``."""
+    return "ngram_size" in message
+
 
 @dataclass(frozen=True)
 class GuardSettings:

@@ -18,7 +18,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import (
@@ -33,6 +32,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
+
+from ocr_api.engines.base import GUARD_VERIFIED, without_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def install_metrics(app: Flask) -> None:
     else:
         registry.register(_ProcessRegistry())
     registry.register(JobQueueCollector(app))
-    registry.register(EngineServersCollector(app))
+    registry.register(EngineCollector(app))
     app.extensions["ocr_metrics"] = registry
     app.register_blueprint(metrics_routes)
 
@@ -142,28 +143,31 @@ class JobQueueCollector:
         return len(waiting), round(max(0.0, age), 3)
 
 
-class EngineServersCollector:
-    """Each vLLM server of the remote engine: healthy or not, as the process answering the scrape last saw it."""
+class EngineCollector:
+    """The engine as the process answering the scrape last saw it: each vLLM server of the remote engine healthy or
+    not, and the repetition guard's start-up check wherever pages are generated."""
 
     def __init__(self, app: Flask):
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
-        servers = getattr(self.app.extensions["ocr_service"].engine, "servers", None)
-        if not servers:
-            return
-        healthy = GaugeMetricFamily(
-            "ocr_engine_server_healthy", "1 while a vLLM server passes its health checks and calls.", labels=["server"]
+        engine = self.app.extensions["ocr_service"].engine
+        servers = getattr(engine, "servers", None)
+        if servers:
+            healthy = GaugeMetricFamily(
+                "ocr_engine_server_healthy",
+                "1 while a vLLM server passes its health checks and calls.",
+                labels=["server"],
+            )
+            for server in servers:
+                healthy.add_metric([without_credentials(server.url)], 1.0 if server.healthy else 0.0)
+            yield healthy
+        guarded = GaugeMetricFamily(
+            "ocr_engine_guard_verified",
+            "1 once the engine refused the guard check's request (ngram_size 0) as only the repetition guard does; "
+            "0 while it answered it (no guard) or was not checked. server: a vLLM server's URL, or in-process.",
+            labels=["server"],
         )
-        for server in servers:
-            healthy.add_metric([without_credentials(server.url)], 1.0 if server.healthy else 0.0)
-        yield healthy
-
-
-def without_credentials(url: str) -> str:
-    """The URL without a user or password in it (they stay out of the metrics)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
-    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
+        for place, check in engine.guard_checks().items():
+            guarded.add_metric([without_credentials(place)], 1.0 if check.state == GUARD_VERIFIED else 0.0)
+        yield guarded

@@ -280,6 +280,19 @@ _ENGINE_STATE: dict[str, Schema] = {
     "draining": BOOLEAN,
     "pages_in_flight": INTEGER,
     "max_pages_in_flight": INTEGER,
+    "guard": _object(
+        {
+            "required": BOOLEAN,
+            "checks": {
+                "type": "object",
+                "description": "Per vLLM server URL, or in-process: the start-up check of the repetition guard.",
+                "additionalProperties": _object(
+                    {"state": {"enum": ["verified", "missing", "unchecked"]}, "check": _string()}, ("state", "check")
+                ),
+            },
+        },
+        ("required", "checks"),
+    ),
 }
 
 

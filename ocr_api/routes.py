@@ -95,7 +95,7 @@ def ready():
     if service.is_draining():
         raise ShuttingDown("This server is shutting down; it takes no new requests.")
     if not service.is_ready():
-        raise EngineNotReady(f"The OCR engine is not ready (state: {service.state}).")
+        raise service.unguarded() or EngineNotReady(f"The OCR engine is not ready (state: {service.state}).")
     return jsonify(status="ready", **service.describe())
 
 

@@ -1,15 +1,15 @@
 """A STAND-IN for a vLLM OpenAI server: no model, only the timing of batched GPU decoding.
 
 It answers the endpoints the remote engine uses (``/health``, ``/v1/models``, ``/tokenize``,
-``/v1/chat/completions``, ``/metrics``) and models continuous batching: one decoding step every ``step_ms``
-whatever the batch size up to ``max_batch`` requests, each running request gaining one token per step, a page
-done after ``tokens_per_page`` tokens. Requests past the cap wait, as in vLLM. Its text is a fixed sentence.
-With ``--median-tokens`` the pages' lengths follow a long tail instead, as real documents do: lognormal around
-that median, and a share of them (``--runaway-share``) running to the request's ``max_tokens`` (a repetition
-loop, answered ``finish_reason: length``); drawn from a seeded generator, in arrival order
-(``POST /stand-in/reset`` with ``{"seed": ...}`` starts the sequence again). With ``"stream": true`` the text comes
-as server-sent events, a word at a time as its share of the page's tokens is decoded, as vLLM streams.
-It measures how well a client feeds an engine, nothing about recognition or real GPU speed.
+``/v1/chat/completions``, ``/v1/completions``, ``/metrics``) and models continuous batching: one decoding step every
+``step_ms`` whatever the batch size up to ``max_batch`` requests, each running request gaining one token per step, a
+page done after ``tokens_per_page`` tokens. Requests past the cap wait, as in vLLM. Its text is a fixed sentence.
+With ``--median-tokens`` the pages' lengths follow a long tail instead, as real documents do: lognormal around that
+median, and a share of them (``--runaway-share``) running to the request's ``max_tokens`` (a repetition loop,
+answered ``finish_reason: length``); drawn from a seeded generator, in arrival order (``POST /stand-in/reset`` with
+``{"seed": ...}`` starts the sequence again). With ``"stream": true`` the text comes as server-sent events, a word
+at a time as its share of the page's tokens is decoded, as vLLM streams. It measures how well a client feeds an
+engine, nothing about recognition or real GPU speed.
 
 For tests: ``POST /stand-in/mode`` with ``{"mode": ...}`` switches on a fault: ``context_error`` (400 as vLLM
 answers an over-long prompt), ``server_error`` (500), ``unhealthy`` (health and completions 503), ``slow``
@@ -18,6 +18,10 @@ body; ``POST /stand-in/text`` with ``{"text": ...}`` makes every page's output t
 whatever a test needs the service to interpret), ``{"text": null}`` the sentence again; ``GET /stand-in/request-ids``
 the X-Request-Id header of the last thousand completion requests. As vLLM's server does,
 a request whose client hangs up is aborted (counted in ``stand_in:aborted_total``).
+
+Like a vLLM started with the DeepSeek recipe's ``NGramPerReqLogitsProcessor``, it refuses a request whose
+``vllm_xargs`` carry a non-positive ``ngram_size`` (400, vLLM's message); started with ``--unguarded``, or after
+``POST /stand-in/guard`` with ``{"guarded": false}``, it ignores ``vllm_xargs`` as a vLLM without the processor does.
 
     python -m ocr_dev.stand_in_engine --port 8100 --step-ms 20 --tokens-per-page 100 --max-batch 256
 """
@@ -159,6 +163,7 @@ class Handler(BaseHTTPRequestHandler):
     mode = "normal"
     slow_s = 3.0
     text: str | None = None  # POST /stand-in/text: every page's output, instead of the sentence
+    guarded = True  # POST /stand-in/guard: validates vllm_xargs as vLLM's NGramPerReqLogitsProcessor does
     last_body: dict[str, Any] = {}  # noqa: RUF012 - shared on purpose: what tests inspect
     request_ids: list[str] = []  # noqa: RUF012 - the X-Request-Id of every completion request, as vLLM logs them
 
@@ -193,10 +198,29 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/stand-in/text":
             Handler.text = body.get("text")
             self._send(200, {"text": Handler.text})
+        elif self.path == "/stand-in/guard":
+            Handler.guarded = bool(body.get("guarded", True))
+            self._send(200, {"guarded": Handler.guarded})
+        elif self.path in ("/v1/chat/completions", "/v1/completions") and self._refused_by_guard(body):
+            return
         elif self.path == "/v1/chat/completions":
             self._complete(body)
+        elif self.path == "/v1/completions":
+            text = "stand-in"
+            self._send(200, {"object": "text_completion", "model": self.model,
+                             "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
+                             "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}})  # fmt: skip
         else:
             self._send(404, {"error": {"message": "not found"}})
+
+    def _refused_by_guard(self, body: dict[str, Any]) -> bool:
+        """Refuse (400) what NGramPerReqLogitsProcessor.validate_params refuses, when guarded; True when refused."""
+        ngram_size = (body.get("vllm_xargs") or {}).get("ngram_size")
+        if not Handler.guarded or ngram_size is None or (isinstance(ngram_size, int) and ngram_size > 0):
+            return False
+        message = f"`ngram_size` has to be a strictly positive integer, got {ngram_size}."
+        self._send(400, {"error": {"message": message, "type": "BadRequestError", "code": 400}})
+        return True
 
     def _complete(self, body: dict[str, Any]) -> None:
         Handler.last_body = body
@@ -359,7 +383,9 @@ def main() -> None:
     parser.add_argument("--median-tokens", type=int, default=0, help="long-tailed page lengths around this median")
     parser.add_argument("--runaway-share", type=float, default=0.0, help="with --median-tokens: share at max_tokens")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unguarded", action="store_true", help="ignore vllm_xargs, as vLLM without the guard does")
     args = parser.parse_args()
+    Handler.guarded = not args.unguarded
     lengths = PageLengths(args.median_tokens, args.runaway_share, args.seed) if args.median_tokens else None
     serve(args.port, args.step_ms, args.tokens_per_page, args.max_batch, lengths=lengths)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 
-from ocr_api.engines import EngineLoadError, EngineOutput, EngineRequest
+from ocr_api.engines import EngineLoadError, EngineOutput, EngineRequest, GuardCheck
+from ocr_api.engines.base import GUARD_VERIFIED
 from ocr_api.models import PROFILES
 
 
@@ -35,6 +36,9 @@ class FakeEngine:
 
     def is_ready(self) -> bool:
         return self.ready
+
+    def guard_checks(self) -> dict[str, GuardCheck]:
+        return {"in-process": GuardCheck(GUARD_VERIFIED, "a fake engine: nothing is generated")}
 
     def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
         with self._lock:

@@ -223,7 +223,7 @@ def test_a_streamed_chat_completion_is_summed_up_with_its_pages(make_client, cap
 
 
 def test_engine_server_urls_lose_their_credentials_in_the_metrics():
-    from ocr_api.metrics import without_credentials
+    from ocr_api.engines.base import without_credentials
 
     assert without_credentials("http://user:pw@gpu-1:8000") == "http://gpu-1:8000"
     assert without_credentials("https://token@gpu-2") == "https://gpu-2"

@@ -116,11 +116,13 @@ def test_what_the_engine_image_copies_is_enough_to_start_the_engine(tmp_path):
                 else:
                     destination.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(REPO / source, destination)
-    recorded = tmp_path / "command"
+    recorded, recorded_env = tmp_path / "command", tmp_path / "environment"
     fake_python = tmp_path / "python"
     fake_python.write_text(
         "#!/bin/sh\n"
-        f'if [ "$2" = vllm.entrypoints.openai.api_server ]; then echo "$@" > {recorded}; exit 0; fi\n'
+        'if [ "$2" = vllm.entrypoints.openai.api_server ]; then\n'
+        f'  echo "$@" > {recorded}; env > {recorded_env}; exit 0\n'
+        "fi\n"
         f'exec {sys.executable} "$@"\n'
     )
     fake_python.chmod(0o755)
@@ -136,6 +138,18 @@ def test_what_the_engine_image_copies_is_enough_to_start_the_engine(tmp_path):
     assert command[command.index("--data-parallel-size") + 1] == "2"
     assert command[-2:] == ["--api-key", "engine-key"]
     assert "--logits-processors" in command
+    # The model runner that applies the guard (ocr_api/engines/vllm_flags.py ENGINE_ENVIRONMENT).
+    assert "VLLM_USE_V2_MODEL_RUNNER=0" in recorded_env.read_text().splitlines()
+
+
+def test_every_vllm_the_scripts_start_is_start_engine_shs():
+    # One command line and one environment for vLLM: start_production.sh runs the engine through start_engine.sh.
+    production = (REPO / "start_production.sh").read_text()
+    assert "vllm.entrypoints" not in production
+    assert "scripts/start_engine.sh" in production
+    for script in [*(REPO / "scripts").glob("*.sh"), REPO / "start_server.sh"]:
+        if script.name != "start_engine.sh":
+            assert "vllm.entrypoints" not in script.read_text(), script
 
 
 def _compose() -> dict:

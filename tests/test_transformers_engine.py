@@ -196,3 +196,19 @@ def test_streamed_rows_hand_on_their_text_as_it_is_generated(tiny_engine):
         assert outputs[row].text.startswith(streamed)
         assert len(outputs[row].text) - len(streamed) <= 3
     assert len(outputs[2].token_ids) <= 12
+
+
+def test_the_engine_says_its_guard_was_checked_and_refuses_to_load_when_the_check_fails(tiny_model_dir, monkeypatch):
+    from ocr_api.engines import GuardMissing, transformers_engine
+
+    engine = TransformersEngine(str(tiny_model_dir), "cpu")
+    engine.load()
+    assert engine.guard_checks()["in-process"].state == "verified"
+    engine.close()
+    monkeypatch.setattr(transformers_engine, "banned_next_tokens", lambda *args, **kwargs: set())
+    with pytest.raises(GuardMissing, match="guard check failed"):
+        TransformersEngine(str(tiny_model_dir), "cpu").load()
+    unguarded = TransformersEngine(str(tiny_model_dir), "cpu", require_guard=False)
+    unguarded.load()  # ALLOW_UNGUARDED_ENGINE: it loads, and says so
+    assert unguarded.guard_checks()["in-process"].state == "unchecked"
+    unguarded.close()

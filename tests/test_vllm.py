@@ -126,6 +126,8 @@ def test_in_process_engine_serves_ocr_and_a_batch(tmp_path, tiny_vllm_ocr2_dir):
         wait_ready(url, process, log, START_TIMEOUT_S)
         health = requests.get(f"{url}/health", timeout=10).json()
         assert (health["engine"], health["model"], health["ready"]) == ("vllm", str(tiny_vllm_ocr2_dir), True)
+        # The start-up check: AsyncLLM refused the probe as only NGramPerReqLogitsProcessor does.
+        assert health["guard"]["checks"]["in-process"]["state"] == "verified", health["guard"]
 
         response = _ocr(url, _hopper(), task="markdown")
         assert response.status_code == 200, response.text
@@ -227,6 +229,11 @@ def test_the_dashboards_vllm_metrics_are_the_real_servers_and_the_services_own_a
     assert {name for name in wanted if not re.search(rf"^{name}[{{ ]", exposed, flags=re.MULTILINE)} == set()
     # The workers' own /metrics beside it, through nginx from loopback, counting what went through them.
     assert requests.get(f"{production.url}/ready", timeout=5).status_code == 200
+    # The server start_engine.sh started applies the guard, as the start-up check found.
+    checks = requests.get(f"{production.url}/health", timeout=5).json()["guard"]["checks"]
+    assert {check["state"] for check in checks.values()} == {"verified"}, checks
+    served = requests.get(f"{production.url}/metrics", timeout=5).text
+    assert re.search(r'^ocr_engine_guard_verified\{server="http://127.0.0.1:\d+"\} 1.0$', served, flags=re.MULTILINE)
     counted = r'^ocr_requests_total\{.*route="/ready".*status="200".*\} [1-9]'
     wait_until(
         lambda: re.search(counted, requests.get(f"{production.url}/metrics", timeout=5).text, flags=re.MULTILINE),

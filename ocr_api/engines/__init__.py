@@ -12,6 +12,8 @@ from ocr_api.engines.base import (
     EngineRequest,
     EngineTimeout,
     EngineUnavailable,
+    GuardCheck,
+    GuardMissing,
     OcrEngine,
     PromptTooLong,
     run_batch,
@@ -25,6 +27,8 @@ __all__ = [
     "EngineRequest",
     "EngineTimeout",
     "EngineUnavailable",
+    "GuardCheck",
+    "GuardMissing",
     "OcrEngine",
     "PromptTooLong",
     "build_engine",
@@ -53,12 +57,17 @@ def build_engine(settings: Settings) -> OcrEngine:
             connections=max(settings.engine_connections, settings.max_pages_in_flight),
             api_key=settings.engine_api_key,
             image_format=settings.engine_image_format,
+            require_guard=not settings.allow_unguarded_engine,
         )
     if name == "vllm":
         from ocr_api.engines.vllm_engine import VllmEngine
         from ocr_api.engines.vllm_flags import engine_flags
 
-        return VllmEngine(engine_flags(settings), timeout_s=settings.engine_timeout_s)
+        return VllmEngine(
+            engine_flags(settings),
+            timeout_s=settings.engine_timeout_s,
+            require_guard=not settings.allow_unguarded_engine,
+        )
     from ocr_api.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(
@@ -68,4 +77,5 @@ def build_engine(settings: Settings) -> OcrEngine:
         max_model_len=settings.max_model_len,
         timeout_s=settings.engine_timeout_s,
         max_batch=settings.engine_batch_pages,
+        require_guard=not settings.allow_unguarded_engine,
     )

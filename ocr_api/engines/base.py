@@ -6,6 +6,7 @@ import concurrent.futures
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -78,6 +79,26 @@ def context_budget(requested: int, context_length: int, prompt_tokens: int) -> i
     return max(0, min(requested, context_length - prompt_tokens))
 
 
+GUARD_VERIFIED = "verified"  # the engine refused the probe as only the guard does: it is in effect
+GUARD_MISSING = "missing"  # the engine answered the probe: it generates without the guard
+GUARD_UNCHECKED = "unchecked"  # not known yet (the engine is down, or its answer said neither)
+
+
+@dataclass(frozen=True)
+class GuardCheck:
+    """What the start-up check found of the repetition guard on one place pages are generated, and how."""
+
+    state: str  # GUARD_VERIFIED, GUARD_MISSING or GUARD_UNCHECKED
+    detail: str  # what was asked and what came back, for /health and the logs
+
+    def to_dict(self) -> dict[str, str]:
+        return {"state": self.state, "check": self.detail}
+
+
+class GuardMissing(EngineLoadError):
+    """The engine generates without the repetition guard, and ALLOW_UNGUARDED_ENGINE is not set."""
+
+
 @runtime_checkable
 class OcrEngine(Protocol):
     """An OCR engine: loads once, then takes one page at a time and answers each with a future.
@@ -97,7 +118,14 @@ class OcrEngine(Protocol):
         """Load weights and tokenizer; raise EngineLoadError with an actionable message on failure."""
 
     def is_ready(self) -> bool:
-        """Return True when the engine can serve requests now."""
+        """Return True when the engine can serve requests now (a guard found missing counts as not ready, unless
+        ALLOW_UNGUARDED_ENGINE)."""
+
+    def guard_checks(self) -> dict[str, GuardCheck]:
+        """Return what the guard's check found where pages are generated: per vLLM server URL, or "in-process".
+
+        Checked when the engine loads, and for a server again each time it comes back after being down.
+        """
 
     def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
         """Start one page and return at once; the future holds its output or an EngineFailure.
@@ -121,3 +149,12 @@ def run_batch(engine: OcrEngine, requests: Sequence[EngineRequest]) -> list[Engi
     if failure is not None:
         raise failure
     return [future.result() for future in futures]
+
+
+def without_credentials(url: str) -> str:
+    """The URL without a user or password in it: how an engine server is named in /health, logs and metrics."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
+    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()

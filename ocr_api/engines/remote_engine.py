@@ -26,17 +26,22 @@ import aiohttp
 
 from ocr_api import tracking
 from ocr_api.engines.base import (
+    GUARD_MISSING,
+    GUARD_UNCHECKED,
+    GUARD_VERIFIED,
     EngineFailure,
     EngineLoadError,
     EngineOutput,
     EngineRequest,
     EngineTimeout,
     EngineUnavailable,
+    GuardCheck,
     PromptTooLong,
     TextSink,
     context_budget,
+    without_credentials,
 )
-from ocr_api.guard import GuardSettings
+from ocr_api.guard import GUARD_PROBE_ARGS, GUARD_PROBE_PROMPT, UNGUARDED_ADVICE, GuardSettings, probe_refused_by_guard
 from ocr_api.models import ModelProfile, profile_for_checkpoint
 from ocr_api.preparation import data_url
 
@@ -72,12 +77,17 @@ class SentOnce:
         return self._data.pop()
 
 
+NOT_CHECKED_YET = GuardCheck(GUARD_UNCHECKED, "not checked yet: checked once the server answers its health check")
+
+
 @dataclass(eq=False)  # compared by identity: its counts change while it is in lists
 class EngineServer:
-    """One vLLM server of the remote engine: its health as last seen, and the pages this process has there."""
+    """One vLLM server of the remote engine: its health as last seen, its guard as last checked, and the pages this
+    process has there."""
 
     url: str
     healthy: bool = False
+    guard: GuardCheck = NOT_CHECKED_YET  # checked again each time the server comes back from a failed health check
     in_flight: int = 0
     sent: int = 0  # pages ever sent: between servers equally busy, the one sent fewer gets the next
 
@@ -90,6 +100,10 @@ class RemoteEngine:
     is left out until its health check passes again (each server is asked every HEALTH_EVERY_S), and the page it
     failed is sent to another; only when every server has failed it does the page fail with EngineUnavailable.
     All servers must serve the same checkpoint: its facts are read from the first that answers.
+
+    A server gets pages only once it has proven that it applies the repetition guard (``_check_guard``), when it is
+    first healthy and again each time it comes back after failing a health check; ``require_guard=False``
+    (ALLOW_UNGUARDED_ENGINE) uses it whatever the check found.
     """
 
     name = "remote"
@@ -104,6 +118,7 @@ class RemoteEngine:
         connections: int = 64,
         api_key: str = "",
         image_format: str = "jpeg",
+        require_guard: bool = True,
     ):
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         self.servers = [EngineServer(url.rstrip("/")) for url in urls]
@@ -115,6 +130,7 @@ class RemoteEngine:
         self._connections = connections
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._image_format = image_format
+        self._require_guard = require_guard
         self._call_numbers = itertools.count(1)
         self.context_length = self.profile.context_length
         self._loop = asyncio.new_event_loop()
@@ -139,8 +155,12 @@ class RemoteEngine:
             self._loop.call_soon_threadsafe(self._start_watching)
 
     def is_ready(self) -> bool:
-        """True when some server passed its last health check (or call) and the model's facts are known."""
-        return self._metadata_loaded and any(server.healthy for server in self.servers)
+        """True when some server passed its last health check (or call) and its guard check, and the model's facts
+        are known."""
+        return self._metadata_loaded and any(self._usable(server) for server in self.servers)
+
+    def guard_checks(self) -> dict[str, GuardCheck]:
+        return {without_credentials(server.url): server.guard for server in self.servers}
 
     def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
         """Send one page as a chat completion; the call has its own ENGINE_TIMEOUT_S."""
@@ -192,13 +212,16 @@ class RemoteEngine:
         self._tasks.append(self._loop.create_task(_watch_health(weakref.ref(self))))
 
     async def _check_health(self) -> None:
-        """Ask every server's /health at once; learn the model's facts from the first healthy one if not yet known."""
+        """Ask every server's /health at once; learn the model's facts from the first healthy one if not yet known;
+        check the guard of every healthy server whose guard is not known."""
         verdicts = await asyncio.gather(*(self._healthy_now(server) for server in self.servers))
         for server, healthy in zip(self.servers, verdicts, strict=True):
             if healthy != server.healthy:
                 log = logger.info if healthy else logger.warning
                 log("engine server %s is %s", server.url, "healthy" if healthy else "down")
             server.healthy = healthy
+            if not healthy:  # it may come back as another server (restarted, other flags): checked again then
+                server.guard = NOT_CHECKED_YET
         if not self._metadata_loaded:
             for server in self.servers:
                 if server.healthy:
@@ -207,6 +230,35 @@ class RemoteEngine:
                         break
                     except EngineUnavailable as exc:
                         logger.warning("remote engine metadata not available from %s: %s", server.url, exc)
+        if self._metadata_loaded:
+            unknown = [server for server in self.servers if server.healthy and server.guard.state == GUARD_UNCHECKED]
+            await asyncio.gather(*(self._check_guard(server) for server in unknown))
+
+    async def _check_guard(self, server: EngineServer) -> None:
+        """Send the probe (ocr_api/guard.py): a server with the guard refuses it, one without answers it."""
+        body = {"model": self.model_id, "prompt": GUARD_PROBE_PROMPT, "max_tokens": 1, "temperature": 0.0,
+                "vllm_xargs": dict(GUARD_PROBE_ARGS)}  # fmt: skip
+        asked = f"POST /v1/completions with vllm_xargs {GUARD_PROBE_ARGS}"
+        try:
+            status, payload = await self._call(server, "POST", "/v1/completions", METADATA_TIMEOUT_S, json=body)
+        except EngineFailure as exc:
+            server.guard = GuardCheck(GUARD_UNCHECKED, f"{asked} failed: {exc}")
+            return
+        message = _error_message(payload) if status != 200 else ""
+        if status == 400 and probe_refused_by_guard(message):
+            server.guard = GuardCheck(GUARD_VERIFIED, f"{asked} was refused by the guard's validation: {message}")
+            logger.info("engine server %s applies the repetition guard", server.url)
+        elif status == 200:
+            server.guard = GuardCheck(GUARD_MISSING, f"{asked} was answered (200): the server loads no n-gram guard")
+            use = "using it anyway (ALLOW_UNGUARDED_ENGINE)" if not self._require_guard else "it gets no pages"
+            logger.warning("engine server %s runs without the repetition guard; %s. %s", server.url, use,
+                           UNGUARDED_ADVICE)  # fmt: skip
+        else:
+            server.guard = GuardCheck(GUARD_UNCHECKED, f"{asked} answered {status}: {message}; asked again")
+
+    def _usable(self, server: EngineServer) -> bool:
+        """A server that gets pages: healthy, and proven to apply the guard unless that is not required."""
+        return server.healthy and (server.guard.state == GUARD_VERIFIED or not self._require_guard)
 
     async def _on_some_server(
         self,
@@ -239,8 +291,13 @@ class RemoteEngine:
 
     def _pick(self, tried: list[EngineServer]) -> EngineServer:
         untried = [server for server in self.servers if server not in tried]
-        # A server marked down may be back before its next health check: tried when no other is left.
-        candidates = [server for server in untried if server.healthy] or untried
+        # A server a call marked down may be back before its next health check: tried when no other is left, if its
+        # guard held when last checked (a failed health check, as a restart makes, clears that).
+        candidates = [server for server in untried if self._usable(server)] or [
+            server for server in untried if server.guard.state == GUARD_VERIFIED or not self._require_guard
+        ]
+        if not candidates:
+            raise EngineUnavailable(f"no engine server is both healthy and known to apply the guard ({self._urls()})")
         return min(candidates, key=lambda server: (server.in_flight, server.sent))
 
     def _chat_body(self, request: EngineRequest, image_url: str) -> dict[str, Any]:

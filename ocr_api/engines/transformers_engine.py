@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ocr_api.engines.base import (
+    GUARD_UNCHECKED,
+    GUARD_VERIFIED,
     POLL_S,
     RESOLUTION_MODES,
     EngineLoadError,
@@ -24,6 +26,8 @@ from ocr_api.engines.base import (
     EngineRequest,
     EngineTimeout,
     EngineUnavailable,
+    GuardCheck,
+    GuardMissing,
     PromptTooLong,
     TextSink,
 )
@@ -57,6 +61,7 @@ class TransformersEngine:
         max_model_len: int = 8192,
         timeout_s: float | None = None,
         max_batch: int = 8,
+        require_guard: bool = True,
     ):
         self.model_id = model_name or DEFAULT_CHECKPOINTS["transformers"]
         self._device_setting = device
@@ -64,6 +69,8 @@ class TransformersEngine:
         self._max_model_len = max_model_len
         self._timeout_s = timeout_s
         self._max_batch = max_batch
+        self._require_guard = require_guard
+        self._guard = GuardCheck(GUARD_UNCHECKED, "the engine has not loaded")
         self._model: Any = None
         self._processor: Any = None
         self.profile: ModelProfile = profile_for_model_type("deepseek_ocr2")
@@ -111,12 +118,18 @@ class TransformersEngine:
         self.whitelist_token_ids = _token_ids(tokenizer, self.profile.whitelist_tokens)
         positions = getattr(config.text_config, "max_position_embeddings", self._max_model_len)
         self.context_length = min(self._max_model_len, positions)
+        self._guard = _check_guard()
+        if self._guard.state != GUARD_VERIFIED and self._require_guard:
+            raise GuardMissing(f"the transformers engine's guard check failed: {self._guard.detail}")
         self._worker = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
         self._worker.start()
         logger.info("transformers engine loaded %s on %s (%s)", self.model_id, self.device, dtype)
 
     def is_ready(self) -> bool:
         return self._model is not None
+
+    def guard_checks(self) -> dict[str, GuardCheck]:
+        return {"in-process": self._guard}
 
     def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
         """Queue one page for the worker; cancelling the future drops it, or stops its row mid-generation."""
@@ -204,7 +217,7 @@ class TransformersEngine:
                 max_new_tokens=max(budgets),
                 eos_token_id=self._eos_id,
                 pad_token_id=self._pad_id,
-                logits_processor=[_ngram_guard_processor(guards, prompt_length)],
+                logits_processor=_logits_processors(guards, prompt_length),
                 # transformers' own MaxTimeCriteria: generation stops after this many seconds; then it is 504.
                 max_time=self._timeout_s,
                 stopping_criteria=[_cancelled_rows_criterion([item.future for item in batch])],
@@ -316,6 +329,26 @@ def _rows_streamer(tokenizer: Any, sinks: Sequence[TextSink | None], budgets: Se
                 self._offsets[row] = (read, len(ids))
 
     return RowsStreamer()
+
+
+def _logits_processors(guards: Sequence[GuardSettings], prompt_length: int) -> list[Any]:
+    """Return what ``generate()`` is given to shape each step's scores: the n-gram guard, each row with its own."""
+    return [_ngram_guard_processor(guards, prompt_length)]
+
+
+def _check_guard() -> GuardCheck:
+    """Run the processors ``generate()`` is given over a row that has generated 5 6 5 under a bigram guard: 6 must
+    be banned (it would repeat 5 6) and nothing else."""
+    import torch
+
+    scores = torch.zeros(1, 8)
+    for processor in _logits_processors([GuardSettings(2, 8)], prompt_length=0):
+        scores = processor(torch.tensor([[5, 6, 5]]), scores)
+    banned = sorted(torch.nonzero(scores[0] == float("-inf")).flatten().tolist())
+    asked = "the logits processors generate() is given, after 5 6 5 with a bigram guard"
+    if banned == [6]:
+        return GuardCheck(GUARD_VERIFIED, f"{asked}, banned token 6 alone")
+    return GuardCheck(GUARD_UNCHECKED, f"{asked}, banned {banned} instead of [6]")
 
 
 def _ngram_guard_processor(guards: Sequence[GuardSettings], prompt_length: int) -> Any:

@@ -10,20 +10,28 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from ocr_api.engines.base import (
+    GUARD_MISSING,
+    GUARD_UNCHECKED,
+    GUARD_VERIFIED,
     EngineLoadError,
     EngineOutput,
     EngineRequest,
     EngineTimeout,
     EngineUnavailable,
+    GuardCheck,
+    GuardMissing,
     PromptTooLong,
     context_budget,
 )
+from ocr_api.engines.vllm_flags import ENGINE_ENVIRONMENT
+from ocr_api.guard import GUARD_PROBE_ARGS, GUARD_PROBE_PROMPT, UNGUARDED_ADVICE, probe_refused_by_guard
 from ocr_api.models import PROFILES, ModelProfile, layout_mismatch, profile_for_architectures
 
 logger = logging.getLogger(__name__)
@@ -35,8 +43,10 @@ class VllmEngine:
     name = "vllm"
     modes = ("gundam",)  # vLLM's DeepSeek-OCR processors hard-code it
 
-    def __init__(self, flags: Sequence[str], timeout_s: float = 240.0):
+    def __init__(self, flags: Sequence[str], timeout_s: float = 240.0, *, require_guard: bool = True):
         self._flags = list(flags)
+        self._require_guard = require_guard
+        self._guard = GuardCheck(GUARD_UNCHECKED, "the engine has not started")
         self.model_id = self._flags[self._flags.index("--model") + 1] if "--model" in self._flags else ""
         self._timeout_s = timeout_s
         self.profile: ModelProfile = PROFILES["deepseek-ocr-2"]
@@ -47,25 +57,14 @@ class VllmEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def load(self) -> None:
-        """Parse the flags with vLLM's parser, start AsyncLLM on a loop thread and read model facts from it."""
+        """Parse the flags with vLLM's parser, start AsyncLLM on a loop thread, read model facts from it and check
+        that it applies the repetition guard."""
         mismatch = layout_mismatch(self.name, self.model_id)
         if mismatch:
             raise EngineLoadError(mismatch)
-        try:
-            from vllm.engine.arg_utils import AsyncEngineArgs
-            from vllm.utils.argparse_utils import FlexibleArgumentParser
-            from vllm.v1.engine.async_llm import AsyncLLM
-        except ImportError as exc:
-            raise EngineLoadError(
-                f"OCR_ENGINE=vllm needs vLLM, which is not importable here ({exc}). Install requirements-vllm.txt "
-                "on a CUDA machine, or use OCR_ENGINE=transformers."
-            ) from None
-        parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="VLLM_EXTRA_ARGS", exit_on_error=False))
-        try:
-            args = parser.parse_args(self._flags)
-        except (SystemExit, Exception) as exc:  # noqa: BLE001 - argparse reports bad flags by exiting
-            raise EngineLoadError(f"VLLM_EXTRA_ARGS holds a flag vLLM's engine does not accept: {exc}") from None
-        engine_args = AsyncEngineArgs.from_cli_args(args)
+        engine_args = vllm_engine_args(self._flags)
+        from vllm.v1.engine.async_llm import AsyncLLM
+
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="vllm-event-loop", daemon=True).start()
         try:
@@ -87,9 +86,20 @@ class VllmEngine:
         vocab = tokenizer.get_vocab()
         self.whitelist_token_ids = frozenset(vocab[token] for token in profile.whitelist_tokens if token in vocab)
         logger.info("vLLM engine loaded %s (%s, context %d)", self.model_id, profile.family, self.context_length)
+        self._guard = self._run(self._check_guard())
+        if self._guard.state != GUARD_VERIFIED:
+            if self._require_guard:
+                self.close()
+                raise GuardMissing(f"vLLM's guard check failed: {self._guard.detail}. {UNGUARDED_ADVICE}")
+            logger.warning("the guard check failed, and ALLOW_UNGUARDED_ENGINE is set: %s", self._guard.detail)
+        else:
+            logger.info("repetition guard verified: %s", self._guard.detail)
 
     def is_ready(self) -> bool:
         return self._engine is not None and not self._engine.errored
+
+    def guard_checks(self) -> dict[str, GuardCheck]:
+        return {"in-process": self._guard}
 
     def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
         """Hand one page to AsyncLLM; cancelling the future (or ENGINE_TIMEOUT_S passing) makes vLLM abort it."""
@@ -107,6 +117,22 @@ class VllmEngine:
     async def _start(self, async_llm: Any, engine_args: Any) -> Any:
         # Built inside the loop so that its output handler task lives on this loop.
         return async_llm.from_engine_args(engine_args)
+
+    async def _check_guard(self) -> GuardCheck:
+        """Send the probe: the guard's processor refuses it at admission; without the processor vLLM answers it."""
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMValidationError
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, extra_args=dict(GUARD_PROBE_ARGS))
+        asked = f"a request with extra_args {GUARD_PROBE_ARGS}"
+        try:
+            async for _ in self._engine.generate(GUARD_PROBE_PROMPT, params, request_id=f"guard-{uuid.uuid4().hex}"):
+                pass
+        except (VLLMValidationError, ValueError) as exc:
+            if probe_refused_by_guard(str(exc)):
+                return GuardCheck(GUARD_VERIFIED, f"{asked} was refused by the guard's validation: {exc}")
+            return GuardCheck(GUARD_UNCHECKED, f"{asked} was refused for another reason: {exc}")
+        return GuardCheck(GUARD_MISSING, f"{asked} was answered: no n-gram guard is loaded")
 
     async def _generate_within_timeout(self, request: EngineRequest) -> EngineOutput:
         try:
@@ -169,3 +195,26 @@ class VllmEngine:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop = None
+
+
+def vllm_engine_args(flags: Sequence[str]) -> Any:
+    """Return vLLM's AsyncEngineArgs for ``flags``, parsed by vLLM's own parser, with ENGINE_ENVIRONMENT set.
+
+    The environment is set in this process, before vLLM reads it, so that vLLM and the engine processes it spawns
+    (they inherit it) run the model runner that applies the guard, as scripts/start_engine.sh's server does.
+    """
+    os.environ.update(ENGINE_ENVIRONMENT)
+    try:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError as exc:
+        raise EngineLoadError(
+            f"OCR_ENGINE=vllm needs vLLM, which is not importable here ({exc}). Install requirements-vllm.txt "
+            "on a CUDA machine, or use OCR_ENGINE=transformers."
+        ) from None
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="VLLM_EXTRA_ARGS", exit_on_error=False))
+    try:
+        args = parser.parse_args(list(flags))
+    except (SystemExit, Exception) as exc:  # noqa: BLE001 - argparse reports bad flags by exiting
+        raise EngineLoadError(f"VLLM_EXTRA_ARGS holds a flag vLLM's engine does not accept: {exc}") from None
+    return AsyncEngineArgs.from_cli_args(args)

@@ -1,8 +1,9 @@
-"""The vLLM engine's flags, in `vllm serve` form, shared by the in-process engine and the sidecar server.
+"""The vLLM engine's flags, in `vllm serve` form, and its environment, shared by the in-process engine and the server.
 
-One string, ``VLLM_EXTRA_ARGS``, moves between the two unchanged: ``start_production.sh`` passes these flags to
-vLLM's OpenAI server, and the in-process engine parses the same list with vLLM's own argument parser.
-``python -m ocr_api.engines.vllm_flags`` prints them one per line for the shell.
+One string, ``VLLM_EXTRA_ARGS``, moves between the two unchanged: ``scripts/start_engine.sh`` (which
+``start_production.sh`` and the deployment files run) passes these flags to vLLM's OpenAI server, and the in-process
+engine parses the same list with vLLM's own argument parser. ``python -m ocr_api.engines.vllm_flags`` prints them one
+per line for the shell; ``--env`` prints the environment vLLM is started with, ``NAME=VALUE`` a line.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ RECIPE_FLAGS: tuple[str, ...] = (
     "--mm-processor-cache-gb",
     "0",
 )
+
+
+# On a CUDA machine with Triton vLLM picks Model Runner V2 by default, whose loader refuses V1-interface logits
+# processors such as NGramPerReqLogitsProcessor: the server would not start (vLLM 0.32.0), or with another version
+# run without the guard. The V1 runner runs the recipe's guard as the authors' scripts do, so it is pinned wherever the
+# project starts vLLM; tests/test_vllm_guard.py asks vLLM's own code what it would pick on a GPU with these.
+ENGINE_ENVIRONMENT: dict[str, str] = {"VLLM_USE_V2_MODEL_RUNNER": "0"}
 
 
 def model_for(settings: Settings) -> str:
@@ -56,8 +64,12 @@ def engine_flags(settings: Settings) -> list[str]:
     ]  # fmt: skip
 
 
-def main() -> int:
-    """Print the flags one per line; exit 1 with one clear line on bad settings or a checkpoint vLLM cannot load."""
+def main(argv: list[str] | None = None) -> int:
+    """Print the flags one per line (``--env``: the environment); exit 1 with one clear line on bad settings or a
+    checkpoint vLLM cannot load."""
+    if (argv if argv is not None else sys.argv[1:]) == ["--env"]:
+        print("\n".join(f"{name}={value}" for name, value in ENGINE_ENVIRONMENT.items()))
+        return 0
     try:
         settings = Settings.from_env()
         flags = engine_flags(settings)

