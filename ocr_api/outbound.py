@@ -80,12 +80,11 @@ def check_url(
     except (OSError, ValueError):
         raise refused(f"{what}'s host {parts.hostname[:100]!r} does not resolve.") from None
     addresses = [ipaddress.ip_address(entry[4][0].split("%", 1)[0]) for entry in found]
-    # is_global is False for loopback, private, link-local (the cloud metadata address 169.254.169.254 among
-    # them), shared, reserved and documentation ranges, in IPv4 and IPv6 alike.
+    # An allowed network names addresses as written: an IPv6 form of an address inside it is not let in with it.
     inward = [
         address
         for address in addresses
-        if not address.is_global and not any(address in network for network in allowed_networks)
+        if not is_public(address) and not any(address in network for network in allowed_networks)
     ]
     if inward and not allow_private:
         raise refused(
@@ -94,6 +93,40 @@ def check_url(
         )
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Target(parts.scheme, parts.hostname, str(addresses[0]), port, path)
+
+
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits, which a translator or tunnel on the way may reach:
+# NAT64's well-known prefix (RFC 6052) and the deprecated IPv4-compatible and IPv4-translated forms. The IPv4-mapped
+# (::ffff:0:0/96) and 6to4 (2002::/16) forms have ipaddress' own accessors.
+EMBEDDING_IPV4 = tuple(ipaddress.ip_network(prefix) for prefix in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96"))
+# IPv6 prefixes refused outright: NAT64's local-use prefix (RFC 8215, where the IPv4 address may sit at any of several
+# places) and the deprecated site-local range, both internal by definition; ipaddress counts them global.
+INTERNAL_IPV6 = tuple(ipaddress.ip_network(prefix) for prefix in ("64:ff9b:1::/48", "fec0::/10"))
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True when ``address`` is public, its embedded IPv4 address too where it carries one.
+
+    ``is_global`` is False for loopback, private, link-local (the cloud metadata address 169.254.169.254 among them),
+    shared, reserved and documentation ranges, in IPv4 and IPv6 alike; but it counts NAT64, 6to4, IPv4-compatible and
+    site-local IPv6 addresses public, and through a translator on the way they reach the IPv4 address inside them.
+    """
+    if address.version == 6 and any(address in network for network in INTERNAL_IPV6):
+        return False
+    return all(form.is_global for form in _forms(address))
+
+
+def _forms(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The address, and the IPv4 address an IPv6 one embeds where it embeds one."""
+    if address.version == 4:
+        return [address]
+    assert isinstance(address, ipaddress.IPv6Address)
+    embedded = address.ipv4_mapped or address.sixtofour
+    if embedded is None and any(address in network for network in EMBEDDING_IPV4) and int(address) & 0xFFFFFFFF:
+        embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return [address] if embedded is None else [address, embedded]
 
 
 class FetchFailed(BadRequest):

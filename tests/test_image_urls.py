@@ -174,3 +174,35 @@ def test_check_url_refuses_every_kind_of_inside_address():
     target = outbound.check_url("http://127.0.0.1:8080/a.png?x=1", False, allowed_networks=(loopback,))
     assert (target.address, target.port, target.path, target.host_header) == ("127.0.0.1", 8080, "/a.png?x=1",
                                                                               "127.0.0.1:8080")  # fmt: skip
+
+
+# IPv6 forms that carry an internal IPv4 address (NAT64, 6to4, IPv4-compatible) or are internal by definition
+# (NAT64 local-use, site-local): ipaddress counts them global, and a translator on the way reaches what they carry.
+EMBEDDED_INSIDE = [
+    "http://[64:ff9b::7f00:1]/a.png", "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", "http://[64:ff9b:1::a00:1]/a.png",
+    "http://[2002:7f00:1::1]/a.png", "http://[::7f00:1]/a.png", "http://[fec0::1]/a.png",
+    "http://[::ffff:127.0.0.1]/a.png", "http://[::ffff:0:a00:1]/a.png",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("url", EMBEDDED_INSIDE)
+def test_ipv6_forms_of_inside_addresses_are_refused_for_images_and_callbacks(url):
+    from ocr_api.jobs import callbacks
+
+    with pytest.raises(outbound.UrlRefused, match="only public addresses"):
+        outbound.check_url(url, False)
+    with pytest.raises(callbacks.CallbackRefused):
+        callbacks.check_url(url, allow_private=False)
+
+
+@pytest.mark.parametrize("url", ["http://[64:ff9b::808:808]/a.png", "http://[2002:808:808::1]/a.png"])
+def test_ipv6_forms_of_public_addresses_stay_allowed(url):
+    assert outbound.check_url(url, False).address.startswith(("64:ff9b::", "2002:"))
+
+
+@pytest.mark.parametrize("inward", EMBEDDED_INSIDE[:3])
+def test_a_redirect_to_an_ipv6_form_of_an_inside_address_is_refused(fetching, image_host, inward):
+    ImageHost.served.clear()
+    status, body = _chat(fetching, f"{image_host}/redirect?to={inward}")
+    assert (status, body["error"]["code"]) == (400, "image_url_refused")
+    assert len(ImageHost.served) == 1  # the redirect, and not its target
