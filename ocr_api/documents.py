@@ -73,6 +73,24 @@ def open_pdf(data: bytes | Path, password: str | None = None) -> pymupdf.Documen
     return document
 
 
+def missing_pages(document: pymupdf.Document) -> frozenset[int]:
+    """Return the indices of the pages the file does not hold: a repaired PDF's page tree may name page objects that
+    are not in it (the file was cut short), and PyMuPDF then makes up a blank US-Letter page for each. Only a repaired
+    document is asked: the check reads every page's entry in the cross-reference table."""
+    if not document.is_repaired:
+        return frozenset()
+    missing = set()
+    for index in range(document.page_count):
+        try:
+            xref = document.page_xref(index)
+            found = 0 < xref < document.xref_length() and document.xref_get_key(xref, "Type") == ("name", "/Page")
+        except Exception:  # noqa: BLE001 - "bad xref": the object is not in the file
+            found = False
+        if not found:
+            missing.add(index)
+    return frozenset(missing)
+
+
 def _unreadable(exc: Exception) -> UnprocessableFile:
     logger.info("could not open a PDF upload: %s: %s", type(exc).__name__, exc)
     return UnprocessableFile("The file looks like a PDF but could not be read, even repaired.", code="corrupt_pdf")

@@ -158,7 +158,11 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "usage": USAGE,
                 "guard": {"anyOf": [_ref("Guard"), {"type": "null"}]},
                 "markdown": _string(),
-                "document": {"type": "object", "description": "format, page_count, dpi"},
+                "document": {
+                    "type": "object",
+                    "description": "format, page_count, dpi; repaired (PyMuPDF repaired the file) and missing_pages "
+                    "(pages the file lost, failed with page_missing)",
+                },
                 "pages": {"type": "array", "items": _object(page, ("page", "status"))},
                 **RESULT_TAIL,
             },

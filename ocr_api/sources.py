@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 import pymupdf
 
-from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page
+from ocr_api.documents import PdfLimits, is_pdf, missing_pages, open_pdf, render_page
+from ocr_api.errors import UnprocessableFile
 from ocr_api.options import OcrOptions
 from ocr_api.preparation import (
     EXTENSIONS,
@@ -82,16 +83,30 @@ class PdfSource:
     indices: list[int]
     limits: PdfLimits
     fit: FitSize
+    missing: frozenset[int] = frozenset()  # pages a damaged file lost, which its repair made up: never read
     is_document = True
 
     def describe(self) -> dict[str, Any]:
-        return {"format": "PDF", "page_count": self.document.page_count, "dpi": self.limits.dpi}
+        return {
+            "format": "PDF",
+            "page_count": self.document.page_count,
+            "dpi": self.limits.dpi,
+            "repaired": bool(self.document.is_repaired),
+            "missing_pages": [index + 1 for index in sorted(self.missing)],
+        }
 
     def page_numbers(self) -> list[int | None]:
         return [index + 1 for index in self.indices]
 
     def render(self, position: int) -> RenderedPage:
-        return render_page(self.document, self.indices[position], self.limits, self.fit)
+        index = self.indices[position]
+        if index in self.missing:
+            raise UnprocessableFile(
+                f"Page {index + 1} is not in the file: the PDF is damaged or cut short, and the blank page its repair "
+                "puts in its place is not read.",
+                code="page_missing",
+            )
+        return render_page(self.document, index, self.limits, self.fit)
 
     def close(self) -> None:
         self.document.close()
@@ -124,7 +139,7 @@ def open_source(
         except Exception:
             document.close()
             raise
-        return PdfSource(document, indices, pdf_limits, fit), path
+        return PdfSource(document, indices, pdf_limits, fit, missing_pages(document)), path
     image_bytes = stored.read_bytes() if stored else data
     assert isinstance(image_bytes, bytes)
     # Only allow-listed bytes are stored; the extension comes from the bytes, not the client's name.

@@ -407,3 +407,23 @@ def test_a_pdf_page_is_checked_as_an_uploaded_image_would_be(client, fake_engine
     for size in [(2, 2), (28_800, 16)]:
         image = _post(client, [("same.png", png_bytes(size))])
         assert image.status_code == 422
+
+
+def test_a_pdf_cut_short_reads_the_pages_it_holds_and_never_the_ones_its_repair_made_up(make_client, fake_engine):
+    whole = make_pdf(20)
+    cut = whole[: len(whole) // 2]  # `head -c` of the file: its page tree names 20 pages, 12 of which are left
+    body = _post(make_client(), [("cut.pdf", cut)], pages="1-20").get_json()
+    assert body["document"]["repaired"] is True
+    assert body["document"]["missing_pages"] == list(range(13, 21))
+    statuses = [page["status"] for page in body["pages"]]
+    assert statuses == ["ok"] * 12 + ["failed"] * 8
+    assert {page["code"] for page in body["pages"][12:]} == {"page_missing"}
+    assert "not in the file" in body["pages"][12]["error"]
+    assert body["pages_failed"] == 8
+    assert len(fake_engine.requests) == 12  # the made-up blank pages never reached the engine
+    # Only lost pages asked for: the file is refused with their error.
+    refused = _post(make_client(), [("cut.pdf", cut)], pages="13-20")
+    assert (refused.status_code, refused.get_json()["code"]) == (422, "page_missing")
+    # A whole file is not marked.
+    whole_body = _post(make_client(), [("whole.pdf", whole)], pages="1-2").get_json()
+    assert (whole_body["document"]["repaired"], whole_body["document"]["missing_pages"]) == (False, [])

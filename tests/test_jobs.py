@@ -164,6 +164,22 @@ def test_a_pdf_job_is_accepted_at_once_and_its_result_is_what_ocr_returns(make_j
     assert Path(result.json["image_path"]).is_file()
 
 
+def test_a_pdf_cut_short_as_a_job_is_partial_and_its_lost_pages_failed(make_jobs):
+    jobs_app = make_jobs()
+    whole = pdf_bytes(20)
+    job = jobs_app.submit((whole[: len(whole) // 2], "cut.pdf"))
+    jobs_app.start()
+    view = jobs_app.wait(job["id"])
+    assert view["status"] == "partial"  # not "succeeded": pages the file lost are not read
+    result = jobs_app.client.get(f"/jobs/{job['id']}/result").json
+    assert result["document"]["repaired"] is True
+    lost = [page["page"] for page in result["pages"] if page["status"] == "failed"]
+    assert lost == result["document"]["missing_pages"]
+    assert lost
+    assert {page["code"] for page in result["pages"] if page["status"] == "failed"} == {"page_missing"}
+    assert len(jobs_app.engine.requests) == 20 - len(lost)
+
+
 def test_the_location_header_names_the_job(make_jobs):
     jobs_app = make_jobs()
     response = jobs_app.client.post("/jobs", data={"file": (io.BytesIO(pdf_bytes(1)), "a.pdf")})
