@@ -22,9 +22,8 @@ from ocr_api.documents import PdfLimits
 from ocr_api.engines import EngineLoadError, EngineRequest, OcrEngine, build_engine
 from ocr_api.engines.base import GUARD_MISSING, StopCheck
 from ocr_api.errors import ApiError, EngineNotReady, EngineUnguarded, ShuttingDown
-from ocr_api.figures import annotate, crop_figures
+from ocr_api.figures import inline_pictures
 from ocr_api.guard import UNGUARDED_ADVICE, GuardSettings
-from ocr_api.interpretation import parse_blocks
 from ocr_api.options import OcrOptions, OptionRules, parse_options
 from ocr_api.pipeline import PageJob, PageOutcome, PageStream, StreamRules
 from ocr_api.preparation import FitSize, ImageLimits
@@ -272,7 +271,8 @@ class OcrService:
             timeout_s=self.settings.engine_timeout_s,
             build_request=build_request,
             ran_away=partial(self._ran_away, options),
-            draw=partial(_draw, options) if options.wants_pictures else None,
+            # A job's pictures are made when asked for, at their own URLs (ocr_api/jobs/service.py), not stored.
+            draw=partial(_draw, options) if options.wants_pictures and not for_job else None,
             wait_for_room=for_job,
         )
 
@@ -303,14 +303,9 @@ def _jobs(opened: list[_OpenedFile | FileError]) -> Iterator[PageJob]:
 
 
 def _draw(options: OcrOptions, image: Image.Image, reading: PageReading) -> dict[str, Any]:
-    """Make the pictures asked for from the page's pixels (at the size the engine saw them)."""
-    blocks = parse_blocks(reading.output.text, *image.size)
-    pictures: dict[str, Any] = {}
-    if options.figures:
-        pictures["figures"] = crop_figures(image, blocks)
-    if options.annotate:
-        pictures["annotated_image"] = annotate(image, blocks)
-    return pictures
+    """Make the pictures asked for from the page's pixels (at the size the engine saw them), inline."""
+    return inline_pictures(image, reading.output.text, reading.blocks, figures=options.figures,
+                           annotated=options.annotate)  # fmt: skip
 
 
 def _never() -> bool:

@@ -85,7 +85,8 @@ PAGE_FIELDS: dict[str, Schema] = {
     "max_tokens": INTEGER,
     "guard": _ref("Guard"),
     "figures": {"type": "array", "items": _ref("Figure")},
-    "annotated_image": _string("The page with the boxes drawn (annotate=true), a PNG data URL."),
+    "annotated_image": _string("The page with the boxes drawn (annotate=true), a PNG data URL (/ocr)."),
+    "annotated_image_url": _string("A job's page: where its annotated page is made when fetched (annotate=true)."),
     "error": _string("Why the page failed (status failed)."),
     "code": _string(),
 }
@@ -136,7 +137,15 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             {"label": _string(), "boxes": {"type": "array", "items": BOX}, "text": _string(), "figure": INTEGER},
             ("label", "boxes", "text"),
         ),
-        "Figure": _object({"figure": INTEGER, "box": BOX, "image": _string("PNG data URL")}),
+        "Figure": _object(
+            {
+                "figure": INTEGER,
+                "box": BOX,
+                "image": _string("PNG data URL (/ocr)"),
+                "image_url": _string("A job's page: where the crop is made when fetched"),
+            },
+            ("figure", "box"),
+        ),
         "ImageResult": _object(
             {
                 **RESULT_HEAD,
@@ -413,6 +422,9 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
     limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}}
     job_errors = _errors("401", "404", "429", "503")
     html = {"description": "An HTML page.", "content": {HTML: {"schema": STRING}}}
+    png = {"description": "A PNG, kept by the client (immutable).", "content": {"image/png": {"schema": STRING}}}
+    not_modified = {"description": "The client's copy (If-None-Match) is current."}
+    page_index = {"name": "index", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
     return {
         ("probes.health", "GET"): Operation(
             "Liveness: answers while the process runs", "probes", {"200": _json(_ref("Health"), "Alive.")}
@@ -478,6 +490,20 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
             "jobs",
             {"200": _json(_ref("JobPages"), "Up to `limit` pages."), **_errors("400"), **job_errors},
             parameters=[job_id, after, limit],
+        ),
+        ("jobs.get_job_annotated_page", "GET"): Operation(
+            "A finished page with its blocks' boxes drawn (a job with annotate=true)",
+            "jobs",
+            {"200": png, "304": not_modified, **job_errors},
+            parameters=[job_id, page_index],
+            description="Made from the job's file when asked for; the page entry's `annotated_image_url` links it.",
+        ),
+        ("jobs.get_job_figure", "GET"): Operation(
+            "A figure cut from a finished page (a job with figures=true)",
+            "jobs",
+            {"200": png, "304": not_modified, **job_errors},
+            parameters=[job_id, page_index, {"name": "number", "in": "path", "required": True, "schema": INTEGER}],
+            description="Made from the job's file when asked for; the page entry's `figures[].image_url` links it.",
         ),
         ("jobs.get_job_events", "GET"): Operation(
             "Server-Sent Events: each page as it finishes, progress, then `end`",

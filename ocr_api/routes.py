@@ -19,6 +19,7 @@ from ocr_api import json_body
 from ocr_api.access import client_by_key
 from ocr_api.disconnect import client_gone_probe
 from ocr_api.errors import BadRequest, EngineNotReady, ShuttingDown, UnsupportedMediaType, error_response
+from ocr_api.figures import ANNOTATED, FIGURE
 from ocr_api.jobs import Job, JobUpload, StorageUnavailable, jobs_of
 from ocr_api.results import FileError
 from ocr_service import OcrService, UploadedFile
@@ -34,6 +35,9 @@ probes = Blueprint("probes", __name__)
 ocr_routes = Blueprint("ocr", __name__)
 job_routes = Blueprint("jobs", __name__)
 SPOOL_IN_MEMORY_BYTES = 1 << 20
+# Behind the same keys as the job: kept by the client that fetched it, not by shared caches; a day, like JOB_TTL's
+# default, and never asked again meanwhile (a page's pictures do not change once it is finished).
+PICTURE_CACHE = "private, max-age=86400, immutable"
 
 
 class UploadRequest(Request):
@@ -186,6 +190,31 @@ def get_job_events(job_id: str):
     # X-Accel-Buffering: nginx (start_production.sh's front server) passes each event on as it comes.
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return Response(stream_with_context(events), mimetype="text/event-stream", headers=headers)
+
+
+@job_routes.get("/jobs/<job_id>/pages/<int:index>/annotated.png")
+def get_job_annotated_page(job_id: str, index: int):
+    """A finished page with its blocks' boxes drawn (annotate=true), made from the job's file when asked for."""
+    return _picture(job_id, index, ANNOTATED)
+
+
+@job_routes.get("/jobs/<job_id>/pages/<int:index>/figures/<int:number>.png")
+def get_job_figure(job_id: str, index: int, number: int):
+    """Figure ``number`` of a finished page, cut from the page (figures=true), made from the job's file when asked."""
+    return _picture(job_id, index, FIGURE, number)
+
+
+def _picture(job_id: str, index: int, kind: str, number: int = 0) -> Response:
+    # A page's pictures never change once it is finished: the browser keeps them, and asks again only with its tag.
+    tag = f"{job_id}-{index}-{kind}-{number}"
+    job = _job(job_id)  # first: a client of another key learns nothing, not even that its copy is current
+    if request.if_none_match.contains(tag):
+        response = Response(status=304)
+    else:
+        response = Response(jobs_of(current_app).picture(job, index, kind, number), mimetype="image/png")
+    response.set_etag(tag)
+    response.headers["Cache-Control"] = PICTURE_CACHE
+    return response
 
 
 @job_routes.delete("/jobs/<job_id>")

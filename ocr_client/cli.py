@@ -7,7 +7,9 @@ Each input gets ``<out>/<its path>.md`` and ``.json`` (the service's answer unch
 (and images over the service's upload limit) as jobs, whose pages count on the bar. A run records in
 ``<out>/.deepseek-ocr-state.json`` each input's SHA-256 once its results are written, and each job's id as soon
 as it is queued: a second run skips what is done and waits on the jobs it left, so an interrupted run loses
-nothing and redoes nothing. The exit status is 1 when any input failed, 2 on bad arguments.
+nothing and redoes nothing. Ctrl-C stops the run at once: it says what it left (jobs go on on the service) and
+writes nothing more; the next run goes on from there. The exit status is 1 when any input failed, 2 on bad
+arguments, 130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import glob
 import hashlib
 import json
 import os
+import queue
 import sys
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,18 @@ DEFAULT_URL = "http://localhost:5000"
 STATE_FILE = ".deepseek-ocr-state.json"
 SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".pdf"}
 PAGE_STATUSES = ("ok", "truncated", "repetitive", "failed")
+INTERRUPTED_STATUS = 130  # as shells report a command ended by SIGINT
+JOIN_S = 0.1  # how often the main thread looks up from waiting, so that Ctrl-C is seen at once
+
+
+class Interrupted(Exception):
+    """The run was stopped (Ctrl-C): a worker leaves its input as it is, for the next run."""
+
+
+def sleep_unless_stopped(stop: threading.Event, seconds: float) -> None:
+    """The client's sleep (between polls of a job, before a retry) that ends at once when the run is stopped."""
+    if stop.wait(seconds):
+        raise Interrupted()
 
 
 @dataclass(frozen=True)
@@ -132,8 +147,13 @@ def _pages(result: dict[str, Any]) -> dict[str, int]:
 class Run:
     """One invocation: the inputs, the client, the progress bars and the record."""
 
-    def __init__(self, client: Client, out: Path, fields: dict[str, str], console: Console, max_upload_mb: int):
+    def __init__(
+        self, client: Client, out: Path, fields: dict[str, str], console: Console, max_upload_mb: int,
+        *, stop: threading.Event | None = None,
+    ):  # fmt: skip
         self.client, self.out, self.fields, self.console = client, out, fields, console
+        self.stop = stop or threading.Event()  # set by Ctrl-C; the client's sleeps end with it (main)
+        self.jobs_waited: dict[str, str] = {}  # input name -> the job a worker waits on
         self.state = State(out)
         self.max_upload_bytes = max_upload_mb * 1024 * 1024
         self.progress = Progress(
@@ -142,14 +162,46 @@ class Run:
         )  # fmt: skip
         self.files_bar: TaskID | None = None
 
-    def read_all(self, inputs: list[Input], concurrency: int) -> list[Outcome]:
+    def read_all(self, inputs: list[Input], concurrency: int) -> list[Outcome | None]:
+        """Read every input, ``concurrency`` at a time; after Ctrl-C, at once what is finished (None: left).
+
+        The workers are daemon threads, so that a stopped run exits without waiting for a request in flight; what
+        they were doing is redone or waited on by the next run (nothing is written after the stop).
+        """
+        outcomes: list[Outcome | None] = [None] * len(inputs)
+        todo: queue.SimpleQueue[tuple[int, Input]] = queue.SimpleQueue()
+        for position, item in enumerate(inputs):
+            todo.put((position, item))
         with self.progress:
             self.files_bar = self.progress.add_task("files", total=len(inputs))
-            with ThreadPoolExecutor(max_workers=concurrency) as pool:
-                outcomes = list(pool.map(self.read_one, inputs))
+            workers = [threading.Thread(target=self._work, args=(todo, outcomes), daemon=True)
+                       for _ in range(min(concurrency, len(inputs)))]  # fmt: skip
+            for worker in workers:
+                worker.start()
+            try:
+                for worker in workers:
+                    while worker.is_alive():
+                        worker.join(JOIN_S)
+            except KeyboardInterrupt:
+                self.stop.set()
         return outcomes
 
-    def read_one(self, item: Input) -> Outcome:
+    def _work(self, todo: queue.SimpleQueue[tuple[int, Input]], outcomes: list[Outcome | None]) -> None:
+        while not self.stop.is_set():
+            try:
+                position, item = todo.get_nowait()
+            except queue.Empty:
+                return
+            outcomes[position] = self.read_one(item)
+
+    def read_one(self, item: Input) -> Outcome | None:
+        """Read one input and write its results; None when the run was stopped before it was finished."""
+        try:
+            return self._read_one(item)
+        except Interrupted:
+            return None
+
+    def _read_one(self, item: Input) -> Outcome:
         outcome = Outcome(item.name)
         try:
             digest = _digest(item.path)
@@ -158,6 +210,8 @@ class Run:
                 outcome.pages, outcome.skipped = done["pages"], True
             else:
                 result = self._result(item, digest)
+                if self.stop.is_set():  # nothing is written after Ctrl-C: the next run does it
+                    raise Interrupted()
                 self._write(item, result)
                 outcome.pages = _pages(result)
                 self.state.update("done", digest, {"name": item.name, "pages": outcome.pages})
@@ -191,10 +245,12 @@ class Run:
             progress = view["progress"]
             self.progress.update(bar, completed=progress["pages_done"], total=progress["pages_total"])
 
+        self.jobs_waited[item.name] = job_id
         try:
             view = self.client.wait_for_job(job_id, show)
         finally:
             self.progress.remove_task(bar)
+        del self.jobs_waited[item.name]
         if view["status"] == "cancelled":
             self.state.update("jobs", digest, None)
             raise ApiError(409, "job_cancelled", "The job was cancelled on the service.")
@@ -208,6 +264,18 @@ class Run:
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(result.get("markdown") or result.get("text") or "")
         answer.write_text(json.dumps(result, indent=1, ensure_ascii=False))  # last: its presence means done
+
+
+def left_behind(run: Run, inputs: list[Input], outcomes: list[Outcome | None]) -> str:
+    """What a stopped run says it leaves: how far it got, each input not finished, the jobs that go on."""
+    left = [item.name for item, outcome in zip(inputs, outcomes, strict=True) if outcome is None]
+    named = [f"{name} (job {run.jobs_waited[name]} goes on on the service)" if name in run.jobs_waited else name
+             for name in left]  # fmt: skip
+    shown = ", ".join(named[:10]) + (f" and {len(named) - 10} more" if len(named) > 10 else "")
+    return (
+        f"interrupted: {len(inputs) - len(left)} of {len(inputs)} inputs finished; left: {shown}. Run the same command "
+        "again to go on: finished inputs are skipped, and queued jobs waited on, not sent again."
+    )
 
 
 def summary(outcomes: list[Outcome]) -> Table:
@@ -263,10 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print("error: no images or PDFs among the inputs")
         return 2
     arguments.out.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
     client = Client(
         arguments.url,
         arguments.api_key,
         retries=arguments.retries,
+        sleep=partial(sleep_unless_stopped, stop),
         on_retry=lambda error, wait_s: console.print(f"service busy: {error}; trying again in {wait_s:g} s"),
     )
     try:
@@ -274,10 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     except requests.RequestException as error:
         console.print(f"error: the service at {arguments.url} does not answer: {error}")
         return 1
-    run = Run(client, arguments.out, dict(_fields(arguments)), console, arguments.max_upload_mb)
+    run = Run(client, arguments.out, dict(_fields(arguments)), console, arguments.max_upload_mb, stop=stop)
     outcomes = run.read_all(inputs, arguments.concurrency)
-    Console().print(summary(outcomes))
-    return 1 if any(outcome.error for outcome in outcomes) else 0
+    if stop.is_set():
+        console.print(left_behind(run, inputs, outcomes), soft_wrap=True)  # whole lines: job ids copied from them
+        return INTERRUPTED_STATUS
+    finished = [outcome for outcome in outcomes if outcome is not None]
+    Console().print(summary(finished))
+    return 1 if any(outcome.error for outcome in finished) else 0
 
 
 if __name__ == "__main__":

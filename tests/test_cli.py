@@ -86,6 +86,39 @@ def test_a_folder_read_written_summarized_and_a_failure_exits_non_zero(
     assert jobs_queued(jobs_dir) == before + 1
 
 
+def test_ctrl_c_stops_at_once_says_what_it_left_and_the_next_run_goes_on(served: tuple[str, Path], tmp_path: Path):
+    url, jobs_dir = served
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    (inputs / "first.png").write_bytes(png_bytes())
+    (inputs / "long.pdf").write_bytes(make_pdf(40))  # 40 pages, one at a time: about 8 s
+    before = jobs_queued(jobs_dir)
+    command = [*CLI, str(inputs), "--url", url, "--out", str(out), "--api-key", KEY, "--concurrency", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def image_done_and_job_queued() -> bool:
+        state = json.loads((out / STATE_FILE).read_text()) if (out / STATE_FILE).exists() else {}
+        return len(state.get("done", {})) == 1 and len(state.get("jobs", {})) == 1
+
+    try:
+        wait_until(image_done_and_job_queued, timeout_s=30, interval_s=0.05)
+        process.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
+        stdout, stderr = process.communicate(timeout=5)  # the job has seconds to go: the command does not wait
+    finally:
+        process.kill()
+    assert process.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    (job_id,) = json.loads((out / STATE_FILE).read_text())["jobs"].values()
+    assert "interrupted: 1 of 2 inputs finished" in stderr
+    assert f"long.pdf (job {job_id} goes on on the service)" in stderr
+    assert not (out / "long.pdf.json").exists()  # nothing written after the interrupt
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"waiting on job {job_id}" in " ".join(second.stderr.split())
+    assert jobs_queued(jobs_dir) == before + 1
+    assert json.loads((out / "long.pdf.json").read_text())["pages_total"] == 40
+
+
 def test_an_interrupted_run_resumes_without_redoing_anything(served: tuple[str, Path], tmp_path: Path) -> None:
     url, jobs_dir = served
     inputs, out = tmp_path / "in", tmp_path / "out"

@@ -142,7 +142,7 @@ def test_the_50_page_corpus_pdf_gives_50_ordered_pages_in_pixels(client, fake_en
     response = _post(client, [("joined.pdf", data)], task="markdown")
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
-    assert body["document"] == {"format": "PDF", "page_count": 50, "dpi": 144}
+    assert body["document"] == {"format": "PDF", "page_count": 50, "dpi": 144, "repaired": False, "missing_pages": []}
     assert [page["page"] for page in body["pages"]] == list(range(1, 51))
     assert (body["pages_total"], body["pages_failed"]) == (50, 0)
     first = body["pages"][0]
@@ -427,3 +427,18 @@ def test_a_pdf_cut_short_reads_the_pages_it_holds_and_never_the_ones_its_repair_
     # A whole file is not marked.
     whole_body = _post(make_client(), [("whole.pdf", whole)], pages="1-2").get_json()
     assert (whole_body["document"]["repaired"], whole_body["document"]["missing_pages"]) == (False, [])
+
+
+def test_a_figures_box_is_in_the_pages_own_pixels_like_its_block_when_the_page_was_shrunk(make_client):
+    grounded = "<|ref|>image<|/ref|><|det|>[[0, 0, 499, 499]]<|/det|>"
+    engine = ScriptedEngine([(grounded, "stop")])
+    big = Image.new("RGB", (4000, 3000), "white")  # sent to the engine at a smaller size
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    body = _post(make_client(engine=engine), [("big.png", buffer.getvalue())], figures="true").get_json()
+    (figure,) = body["figures"]
+    (block,) = body["blocks"]
+    assert figure["box"] == block["boxes"][0] == [0, 0, round(499 / 999 * 4000), round(499 / 999 * 3000)]
+    sent = engine.requests[0].image.size
+    assert sent[0] < 4000
+    assert _decode_data_url(figure["image"]).size == (round(499 / 999 * sent[0]), round(499 / 999 * sent[1]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import io
 import json
@@ -19,6 +20,7 @@ from typing import ClassVar
 import pymupdf
 import pytest
 from flask.testing import FlaskClient
+from PIL import Image
 from urllib3 import encode_multipart_formdata
 
 from app import create_app
@@ -178,6 +180,64 @@ def test_a_pdf_cut_short_as_a_job_is_partial_and_its_lost_pages_failed(make_jobs
     assert lost
     assert {page["code"] for page in result["pages"] if page["status"] == "failed"} == {"page_missing"}
     assert len(jobs_app.engine.requests) == 20 - len(lost)
+
+
+class FigureEngine(FakeEngine):
+    """Says every page holds one figure, in its top-left quarter, and a text block."""
+
+    def answer(self, request: EngineRequest) -> EngineOutput:
+        text = "<|ref|>image<|/ref|><|det|>[[0, 0, 499, 499]]<|/det|>\n<|ref|>text<|/ref|><|det|>[[0, 600, 999, 700]]"
+        text += "<|/det|>\nHi"
+        return EngineOutput(text, "stop", 300, 12, request.max_tokens, request.guard)
+
+
+def test_a_jobs_pictures_are_links_made_when_fetched_as_ocr_makes_them_never_stored_inline(make_jobs):
+    jobs_app = make_jobs(FigureEngine(), api_keys=f"{KEY_A},{KEY_B}")
+    owner = {"X-API-Key": KEY_A}
+    document = pdf_bytes(3)
+    job = jobs_app.submit((document, "doc.pdf"), headers=owner, annotate="true", figures="true")
+    jobs_app.start()
+    assert jobs_app.wait(job["id"], headers=owner)["status"] == "succeeded"
+    pages = jobs_app.client.get(f"/jobs/{job['id']}/pages", headers=owner).json["pages"]
+    result = jobs_app.client.get(f"/jobs/{job['id']}/result", headers=owner)
+    assert "data:image" not in result.get_data(as_text=True)  # the result and the pages carry links, not pictures
+    assert "data:image" not in json.dumps(pages)
+    direct = jobs_app.client.post("/ocr", headers=owner, data={"file": (io.BytesIO(document), "doc.pdf"),
+                                                              "annotate": "true", "figures": "true"}).json  # fmt: skip
+    for number, (page, inline) in enumerate(zip(pages, direct["pages"], strict=True), start=1):
+        base = f"http://localhost/jobs/{job['id']}/pages/{number}"
+        assert page["annotated_image_url"] == f"{base}/annotated.png"
+        (figure,) = page["figures"]
+        assert (figure["figure"], figure["box"], figure["image_url"]) == (1, inline["figures"][0]["box"],
+                                                                        f"{base}/figures/1.png")  # fmt: skip
+        for url, data_url in ((page["annotated_image_url"], inline["annotated_image"]),
+                              (figure["image_url"], inline["figures"][0]["image"])):  # fmt: skip
+            served = jobs_app.client.get(url, headers=owner)
+            assert (served.status_code, served.mimetype) == (200, "image/png")
+            assert "immutable" in served.headers["Cache-Control"]
+            made = Image.open(io.BytesIO(served.data))
+            expected = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1])))
+            assert (made.size, made.convert("RGB").tobytes()) == (expected.size, expected.convert("RGB").tobytes())
+            again = jobs_app.client.get(url, headers={**owner, "If-None-Match": served.headers["ETag"]})
+            assert (again.status_code, again.data) == (304, b"")
+            other = jobs_app.client.get(url, headers={"X-API-Key": KEY_B})  # behind the same keys as the job
+            assert (other.status_code, other.json["code"]) == (404, "job_not_found")
+    missing = jobs_app.client.get(f"/jobs/{job['id']}/pages/1/figures/2.png", headers=owner)
+    assert (missing.status_code, missing.json["code"]) == (404, "picture_not_found")
+    beyond = jobs_app.client.get(f"/jobs/{job['id']}/pages/9/annotated.png", headers=owner)
+    assert (beyond.status_code, beyond.json["code"]) == (404, "picture_not_found")
+
+
+def test_a_job_that_asked_for_no_pictures_serves_none(make_jobs):
+    jobs_app = make_jobs(FigureEngine())
+    job = jobs_app.submit((pdf_bytes(1), "doc.pdf"))
+    jobs_app.start()
+    jobs_app.wait(job["id"])
+    (page,) = jobs_app.client.get(f"/jobs/{job['id']}/pages").json["pages"]
+    assert "annotated_image_url" not in page
+    assert "figures" not in page
+    answer = jobs_app.client.get(f"/jobs/{job['id']}/pages/1/annotated.png")
+    assert (answer.status_code, answer.json["code"]) == (404, "picture_not_found")
 
 
 def test_the_location_header_names_the_job(make_jobs):

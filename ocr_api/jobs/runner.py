@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ocr_api.errors import ApiError, ClientGone, EngineNotReady, GatewayTimeout, InferenceFailed
+from ocr_api.figures import picture_links
 from ocr_api.jobs.queue import HEARTBEAT_S
 from ocr_api.jobs.store import Job, JobFile, JobStore
+from ocr_api.options import OcrOptions
 from ocr_api.pipeline import PageJob, PageOutcome
 from ocr_api.results import FinishedPage
 from ocr_api.sources import Source
@@ -105,7 +107,8 @@ class JobRunner:
             try:
                 with closing(stream.finished(todo)) as finished:
                     for (position, index), outcome in finished:
-                        self._record(job, files, (position, index), offsets[position] + index + 1, outcome)
+                        self._record(job, files, (position, index), offsets[position] + index + 1, outcome,
+                                     options=options)  # fmt: skip
             finally:
                 job.engine_ms = round(job.engine_ms + stream.engine_ms, 1)
 
@@ -113,11 +116,16 @@ class JobRunner:
         return page_index <= job.pages_ready or self.store.has_page(job.id, page_index)
 
     def _record(self, job: Job, files: list[JobFile], key: tuple[int, int], page_index: int,
-                outcome: PageOutcome) -> None:  # fmt: skip
-        """Store a finished page (``key``: its file's position and its own in the file) and count it."""
+                outcome: PageOutcome, *, options: OcrOptions | None = None) -> None:  # fmt: skip
+        """Store a finished page (``key``: its file's position and its own in the file) and count it. Its pictures,
+        when asked for, are links: they are made when fetched (Jobs.picture), never stored."""
         position, index = key
         item = files[position]
         entry = FinishedPage(item.page_numbers[index], outcome).entry(item.is_document)
+        if options is not None and options.wants_pictures and outcome.reading is not None:
+            base = f"{job.links()['self']}/pages/{page_index}"
+            entry.update(picture_links(outcome.reading.blocks, base, figures=options.figures,
+                                       annotated=options.annotate))  # fmt: skip
         record = {"file": position, "entry": entry}
         if outcome.error is not None:  # its status, so that a job's result answers as /ocr would have
             record["error_status"] = outcome.error.status

@@ -25,6 +25,7 @@ from ocr_api.errors import (
     ShuttingDown,
     UnprocessableFile,
 )
+from ocr_api.figures import ANNOTATED, picture_png
 from ocr_api.jobs import callbacks
 from ocr_api.jobs.queue import JobQueue
 from ocr_api.jobs.runner import JobRunner
@@ -45,6 +46,14 @@ MAX_PAGES_PER_CALL = 500
 class JobNotFound(NotFound):
     code = "job_not_found"
     message = "No such job (it may have expired, or belong to another API key)."
+
+
+class PictureNotFound(NotFound):
+    code = "picture_not_found"
+    message = (
+        "This page has no such picture: the job did not ask for it (figures=true, annotate=true), the page is not "
+        "finished or failed, or it has no such figure."
+    )
 
 
 class StorageUnavailable(ServiceUnavailable):
@@ -219,6 +228,28 @@ class Jobs:
             return results[0], 200
         failed = sum("code" in result and "text" not in result for result in results)
         return {"results": results, "total": len(results), "succeeded": len(results) - failed, "failed": failed}, 200
+
+    def picture(self, job: Job, index: int, kind: str, number: int = 0) -> bytes:
+        """One picture of the job's finished page ``index`` as PNG bytes, made now from the job's stored file and the
+        page's output, as /ocr makes it: the page rendered at the size the engine saw it."""
+        record = self.store.page(job.id, index) if 1 <= index <= job.pages_total else None
+        options = self.service.options_from(job.form)
+        wanted = options.annotate if kind == ANNOTATED else options.figures
+        if record is None or not wanted or record["entry"]["status"] == "failed":
+            raise PictureNotFound()
+        files = self.store.files(job.id)
+        position = record["file"]
+        first = 1 + sum(len(item.page_numbers) for item in files[:position])  # the file's first page's index
+        path = self.store.directory(job.id) / "uploads" / files[position].stored
+        source, _ = self.service.open_upload(path, options, None, for_job=True)
+        try:
+            page = source.render(index - first)
+        finally:
+            source.close()
+        png = picture_png(page.image, record["entry"]["raw_output"], kind, number)
+        if png is None:
+            raise PictureNotFound()
+        return png
 
     def pages(self, job: Job, after: int, limit: int) -> dict[str, Any]:
         """The finished pages after the ``after``-th, in page order, at most ``limit`` of them."""
