@@ -32,7 +32,8 @@ class ApiError(Exception):
 
     def to_openai(self) -> dict[str, dict[str, str | None]]:
         """Return the body in OpenAI's shape, so the openai SDK raises its usual exception for the status."""
-        kind = OPENAI_ERROR_TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+        status = openai_status(self.status)
+        kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "code": self.code, "param": self.param}}
 
     def naming(self, param: str) -> ApiError:
@@ -181,15 +182,25 @@ _FRAMEWORK_ERRORS: dict[int, type[ApiError]] = {
 # Routes under this prefix speak OpenAI's API, errors included; the SDK picks its exception class by the status.
 OPENAI_PREFIX = "/v1/"
 OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+# The client errors OpenAI's API answers with, each its own exception in the openai SDK (413 is its APIStatusError,
+# kept: the request is too large). Any other 4xx of ours (415 for an image that is not one, 405, 411) is a 400 there,
+# as OpenAI answers an invalid image; the code stays ours. 499 is left alone: nobody is there to read it.
+OPENAI_CLIENT_STATUSES = (400, 401, 403, 404, 409, 413, 422, 429, 499)
+
+
+def openai_status(status: int) -> int:
+    """The status OpenAI's API would answer for one of ours."""
+    return 400 if 400 <= status < 500 and status not in OPENAI_CLIENT_STATUSES else status
 
 
 def error_response(error: ApiError) -> tuple[Response, int]:
-    """Render ``error`` as its JSON body with its status and headers (OpenAI's shape on the /v1/ routes)."""
+    """Render ``error`` as its JSON body with its status and headers (OpenAI's shape and statuses on the /v1/
+    routes)."""
     openai_route = has_request_context() and request.path.startswith(OPENAI_PREFIX)
     note_error(error.code)
     response = jsonify(error.to_openai() if openai_route else error.to_dict())
     response.headers.update(error.headers)
-    return response, error.status
+    return response, openai_status(error.status) if openai_route else error.status
 
 
 def register_error_handlers(app: Flask) -> None:

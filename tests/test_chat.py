@@ -130,3 +130,24 @@ def test_an_error_before_the_first_piece_is_raised_and_one_after_is_an_error_eve
     events = list(streamed.events())
     assert json.loads(events[-2][6:])["error"]["code"] == "overloaded"
     assert events[-1] == "data: [DONE]\n\n"
+
+
+def _subclasses(kind: type) -> list[type]:
+    return [kind, *(sub for child in kind.__subclasses__() for sub in _subclasses(child))]
+
+
+def test_every_client_error_under_v1_has_a_status_openais_api_uses(client):
+    # Every error class is loaded: the app's modules (the fixture built it), the jobs' and outbound ones with it.
+    from ocr_api.errors import ApiError, openai_status
+
+    openai_statuses = {400, 401, 403, 404, 409, 413, 422, 429, 499}
+    statuses = {kind.status for kind in _subclasses(ApiError)} | {405, 411, 414, 415, 431}
+    assert {415, 405} <= statuses
+    assert {status: openai_status(status) for status in statuses if 400 <= status < 500 and
+            openai_status(status) not in openai_statuses} == {}  # fmt: skip
+    assert openai_status(415) == 400
+    # Over HTTP: a wrong method on a /v1/ route is a 400 in OpenAI's shape; elsewhere it stays 405.
+    answer = client.get("/v1/chat/completions")
+    assert (answer.status_code, answer.get_json()["error"]["code"]) == (400, "method_not_allowed")
+    assert answer.headers["Allow"]
+    assert client.get("/ocr").status_code == 405
