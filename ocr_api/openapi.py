@@ -105,7 +105,15 @@ RESULT_TAIL: dict[str, Schema] = {
     "timing": {"type": "object", "additionalProperties": NUMBER, "description": "milliseconds by stage"},
 }
 FILE_ERROR = _object(
-    {"filename": _string(), "status": INTEGER, "error": _string(), "code": _string()}, ("status", "error", "code")
+    {
+        "filename": _string(),
+        "status": {"const": "failed"},
+        "http_status": {**INTEGER, "description": "The status the file would have had alone (/ocr)."},
+        "text": {"const": ""},
+        "error": _string(),
+        "code": _string(),
+    },
+    ("status", "http_status", "error", "code"),
 )
 
 

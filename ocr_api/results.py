@@ -119,4 +119,7 @@ class FileError:
     error: ApiError
 
     def to_dict(self) -> dict[str, Any]:
-        return {"filename": self.filename, "status": self.error.status, **self.error.to_dict()}
+        """A batch's entry for the file: ``status`` is "failed", as a page's, and ``http_status`` the status the file
+        would have had alone; ``text`` is empty, so that every entry has the earlier contract's text."""
+        return {"filename": self.filename, "status": "failed", "http_status": self.error.status, "text": "",
+                **self.error.to_dict()}  # fmt: skip

@@ -266,8 +266,12 @@ def test_one_bad_file_is_an_error_entry_not_a_failed_batch(client, fake_engine):
     good, bad, text = body["results"]
     assert good["filename"] == "good.png"
     assert "text" in good
-    assert bad == {"filename": "bad.gif", "status": 422, "code": "corrupt_image", "error": bad["error"]}
-    assert (text["status"], text["code"]) == (415, "unsupported_media_type")
+    # One meaning and one type per field: status is a page's ("ok", ..., "failed"), http_status the file's alone.
+    assert good["status"] == "ok"
+    assert bad == {"filename": "bad.gif", "status": "failed", "http_status": 422, "text": "", "code": "corrupt_image",
+                   "error": bad["error"]}  # fmt: skip
+    assert (text["status"], text["http_status"], text["code"]) == ("failed", 415, "unsupported_media_type")
+    assert {type(entry["status"]) for entry in body["results"]} == {str}
     assert len(fake_engine.requests) == 1
 
 

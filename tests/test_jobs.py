@@ -29,6 +29,7 @@ from ocr_api.engines import EngineOutput, EngineRequest, EngineUnavailable
 from ocr_api.jobs import Jobs, callbacks, jobs_of
 from ocr_api.jobs.queue import STALE_S
 from ocr_service import OcrService
+from tests.conftest import CORPUS
 from tests.fakes import FakeEngine
 
 KEY_A, KEY_B = "a" * 24, "b" * 24
@@ -250,8 +251,7 @@ def test_the_location_header_names_the_job(make_jobs):
 def test_a_job_of_several_files_answers_as_a_batch(make_jobs):
     jobs_app = make_jobs()
     jobs_app.start()
-    image = (Path(__file__).parent.parent.parent / "shared/corpus/images").glob("*.png")
-    png = next(iter(sorted(image))).read_bytes()
+    png = sorted((CORPUS / "images").glob("*.png"))[0].read_bytes()
     job = jobs_app.submit((pdf_bytes(3), "a.pdf"), (png, "scan.png"), (pdf_bytes(2), "b.pdf"))
     assert job["pages_total"] == 6
     assert job["files_total"] == 3

@@ -226,7 +226,7 @@ class Jobs:
             if first_error is not None:
                 return first_error.to_dict(), first_error.status
             return results[0], 200
-        failed = sum("code" in result and "text" not in result for result in results)
+        failed = sum(result.get("status") == "failed" and "http_status" in result for result in results)
         return {"results": results, "total": len(results), "succeeded": len(results) - failed, "failed": failed}, 200
 
     def picture(self, job: Job, index: int, kind: str, number: int = 0) -> bytes:
