@@ -239,7 +239,10 @@ class Settings:
     job_max_pages: int = setting("JOB_MAX_PAGES", 5000, "Most pages one job processes, over all its files.")
     job_max_files: int = setting("JOB_MAX_FILES", 1000, "Most files in one job (a folder of scans).")
     job_ttl: int = setting(
-        "JOB_TTL", 86_400, "Seconds a finished job (and its uploads and results) is kept before it is removed."
+        "JOB_TTL",
+        86_400,
+        "Seconds a finished job (and its uploads and results) is kept; it is removed within the minute after (the "
+        "sweep for expired jobs runs every 60 s).",
     )
     job_pages_in_flight: int = setting(
         "JOB_PAGES_IN_FLIGHT",

@@ -165,6 +165,9 @@ class PageStream:
             if not self._take_slot():
                 self._ready.appendleft((job, page, attempt))
                 break
+            if self._should_stop():  # asked again before each page: none is sent once the request is stopped
+                self._ready.appendleft((job, page, attempt))
+                raise ClientGone()
             self._submit(job, page, attempt)
         if not (self._again or self._ready) and self._rendered_all:
             self._give_back_spare_slots()

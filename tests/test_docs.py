@@ -69,3 +69,18 @@ def test_readme_links_point_at_existing_docs():
             headings = re.findall(r"^#+ (.+)$", (REPO / path).read_text(), flags=re.MULTILINE)
             slugs = {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
             assert anchor in slugs, target
+
+
+def test_the_timings_and_formats_the_api_docs_state_are_the_codes():
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from ocr_api.jobs import callbacks
+    from ocr_api.jobs.queue import CALLBACK_RETRIES, CALLBACK_RETRY_BACKOFF, CALLBACK_RETRY_DELAY_S, EXPIRE_EVERY_S
+
+    text = " ".join((DOCS / "API_DOCUMENTATION.md").read_text().split())
+    version = CONTENT_TYPE_LATEST.split(";")[1].strip()  # version=1.0.0
+    assert f"(`text/plain; {version}`)" in text
+    delays = [CALLBACK_RETRY_DELAY_S * CALLBACK_RETRY_BACKOFF**attempt for attempt in range(CALLBACK_RETRIES)]
+    assert f"{', '.join(map(str, delays[:-1]))} and {delays[-1]} s after each failed attempt ends" in text
+    assert f"an attempt gives up after {callbacks.TIMEOUT_S:g} s" in text
+    assert f"swept every {EXPIRE_EVERY_S:g} s" in text

@@ -28,6 +28,7 @@ from config import Settings
 from ocr_api.engines import EngineOutput, EngineRequest, EngineUnavailable
 from ocr_api.jobs import Jobs, callbacks, jobs_of
 from ocr_api.jobs.queue import STALE_S
+from ocr_dev.servers import wait_until
 from ocr_service import OcrService
 from tests.conftest import CORPUS
 from tests.fakes import FakeEngine
@@ -164,7 +165,9 @@ def test_a_pdf_job_is_accepted_at_once_and_its_result_is_what_ocr_returns(make_j
     assert {k: v for k, v in result.json.items() if k not in different} == {
         k: v for k, v in direct.json.items() if k not in different
     }
-    assert Path(result.json["image_path"]).is_file()
+    # Where the job keeps the file, not its place on this server (that is JOBS_DIR's business).
+    assert result.json["image_path"] == f"jobs/{job['id']}/00000.pdf"
+    assert (Path(jobs_app.jobs.settings.jobs_dir) / "files" / job["id"] / "uploads" / "00000.pdf").is_file()
 
 
 def test_a_pdf_cut_short_as_a_job_is_partial_and_its_lost_pages_failed(make_jobs):
@@ -341,6 +344,9 @@ def test_pages_come_in_page_order_after_a_cursor(make_jobs):
     rest = jobs_app.client.get(f"/jobs/{job['id']}/pages?after={first['next_after']}").json
     assert [page["page"] for page in rest["pages"]] == list(range(6, 13))
     assert rest["pages_ready"] == 12
+    # limit=0, as its error message allows: the status and counts alone.
+    counts = jobs_app.client.get(f"/jobs/{job['id']}/pages?limit=0").json
+    assert (counts["pages"], counts["next_after"], counts["pages_ready"]) == ([], 0, 12)
 
 
 def parse_events(stream: str) -> list[dict]:
@@ -388,10 +394,11 @@ def test_a_queued_job_is_cancelled_and_its_files_removed(make_jobs, settings):
     assert response.status_code == 200
     assert response.json["status"] == "cancelled"
     assert not uploads.exists()
+    after = jobs_app.submit((pdf_bytes(2), "b.pdf"))  # queued behind it: once it is done, the first was passed over
     jobs_app.start()
-    time.sleep(0.5)
+    assert jobs_app.wait(after["id"])["status"] == "succeeded"
     assert jobs_app.client.get(f"/jobs/{job['id']}").json["status"] == "cancelled"
-    assert jobs_app.engine.requests == []  # the consumer never ran it
+    assert len(jobs_app.engine.requests) == 2  # the second job's pages alone: the consumer never ran the first
     assert (jobs_app.client.get(f"/jobs/{job['id']}/result").json["code"]) == "job_cancelled"
 
 
@@ -400,18 +407,23 @@ def test_a_running_job_is_cancelled_and_its_pages_at_the_engine_aborted(make_job
     jobs_app = make_jobs(engine, engine_batch_pages=4)
     job = jobs_app.submit((pdf_bytes(40), "a.pdf"))
     jobs_app.start()
-    jobs_app.wait(job["id"], statuses=("running",))
-    time.sleep(0.5)
+    wait_until(lambda: len(engine.requests) >= 8, timeout_s=10)  # running, its second window of pages out
     assert jobs_app.client.delete(f"/jobs/{job['id']}").json["status"] == "cancelled"
-    time.sleep(2.0)
+    submitted = len(engine.requests)
+    # The consumer ends its run (the record finished by it, not by the API) with its pages aborted at the engine.
+    wait_until(lambda: jobs_app.jobs.store.get(job["id"]).finished_at is not None, timeout_s=10)
+    wait_until(lambda: engine.at_engine == 0, timeout_s=10)
+    # No page reached the engine once the DELETE had answered, but the one being handed over at that moment.
+    assert len(engine.requests) - submitted <= 1
     assert len(engine.requests) < 40
     assert engine.cancelled > 0
-    submitted = len(engine.requests)
-    time.sleep(1.0)
-    assert len(engine.requests) == submitted  # nothing more is sent
     assert not (Path(settings.jobs_dir) / "files" / job["id"] / "uploads").exists()
     assert jobs_app.jobs.service.job_admission.in_flight == 0
     assert jobs_app.jobs.service.admission.in_flight == 0
+    # /pages of a cancelled job ends the documented loop: its pages are gone, and next_after says so.
+    pages = jobs_app.client.get(f"/jobs/{job['id']}/pages?after=0").json
+    assert (pages["status"], pages["pages"]) == ("cancelled", [])
+    assert pages["next_after"] == pages["pages_ready"]
 
 
 def test_a_finished_job_is_deleted_whole(make_jobs, settings):
@@ -677,6 +689,7 @@ def test_a_finished_job_calls_back_once_signed(make_jobs, receiver):
     payload = json.loads(body)
     assert payload["id"] == job["id"]
     assert payload["status"] == "succeeded"
+    assert "callback" not in payload  # how its own delivery goes cannot be known while it is being sent
     assert jobs_app.client.get(f"/jobs/{job['id']}").json["callback"]["attempts"] == 2
 
 

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CANCEL_CHECK_S = 1.0
 # Failures of the engine, not of a page: the job is run again later (JOB_ENGINE_RETRIES), from where it stopped.
 ENGINE_FAILURES = (EngineNotReady, GatewayTimeout, InferenceFailed)
 
@@ -173,12 +172,16 @@ class JobRunner:
 
 
 class _Watch:
-    """The stream's stop check for a job: the consumer stopping, or the job cancelled; it also beats the heart."""
+    """The stream's stop check for a job: the consumer stopping, or the job cancelled; it also beats the heart.
+
+    The cancel flag is read at every check, before each page is sent included: one key's existence in the queue's
+    storage, so that no page reaches the engine once DELETE has answered.
+    """
 
     def __init__(self, store: JobStore, job: Job, stopping: Callable[[], bool]):
         self.store, self.job, self.stopping = store, job, stopping
         self.cancelled = False
-        self._checked = self._beat = time.monotonic()
+        self._beat = time.monotonic()
 
     def __call__(self) -> bool:
         now = time.monotonic()
@@ -186,9 +189,7 @@ class _Watch:
             self._beat = now
             self.job.heartbeat_at = time.time()
             self.store.save(self.job)
-        if now - self._checked >= CANCEL_CHECK_S:
-            self._checked = now
-            self.cancelled = self.store.cancel_requested(self.job.id)
+        self.cancelled = self.cancelled or self.store.cancel_requested(self.job.id)
         return self.cancelled or self.stopping()
 
 

@@ -214,7 +214,8 @@ class Jobs:
                 first_error = first_error or error
                 results.append(FileError(item.filename, error).to_dict())
                 continue
-            head = {"image_path": str(self.store.directory(job.id) / "uploads" / item.stored),
+            # Not the file's place on this server: where the job keeps it, as /ocr's names its upload's.
+            head = {"image_path": f"jobs/{job.id}/{item.stored}",
                     "prompt": options.prompt, "task": options.task, "filename": item.filename}  # fmt: skip
             timing = {
                 "inference_ms": job.engine_ms,
@@ -253,13 +254,16 @@ class Jobs:
 
     def pages(self, job: Job, after: int, limit: int) -> dict[str, Any]:
         """The finished pages after the ``after``-th, in page order, at most ``limit`` of them."""
-        limit = max(1, min(limit, MAX_PAGES_PER_CALL))
+        limit = min(limit, MAX_PAGES_PER_CALL)  # 0: the status and counts alone
         stop = min(job.pages_ready, after + limit)
         names = self._filenames(job)
         items = [self._page_item(job, index, names) for index in range(after + 1, stop + 1)]
         items = [item for item in items if item is not None]
+        next_after = items[-1]["index"] if items else after
+        if job.status == "cancelled":  # its pages were removed: nothing more will come, and the loop is over
+            next_after = max(next_after, job.pages_ready)
         return {"id": job.id, "status": job.status, "pages_total": job.pages_total, "pages_ready": job.pages_ready,
-                "after": after, "next_after": items[-1]["index"] if items else after, "pages": items}  # fmt: skip
+                "after": after, "next_after": next_after, "pages": items}  # fmt: skip
 
     def _filenames(self, job: Job) -> list[str]:
         """The job's files' names, read once per call: each page item names its file."""

@@ -74,8 +74,9 @@ class Job:
         base = f"{self.base_url.rstrip('/')}/jobs/{self.id}"
         return {"self": base, "result": f"{base}/result", "pages": f"{base}/pages", "events": f"{base}/events"}
 
-    def view(self, now: float, queue_position: int | None = None) -> dict[str, Any]:
-        """What GET /jobs/<id> answers (and a callback sends)."""
+    def view(self, now: float, queue_position: int | None = None, *, for_callback: bool = False) -> dict[str, Any]:
+        """What GET /jobs/<id> answers, and a callback sends: that one without ``callback``, which tells how its own
+        delivery went and so cannot be known while it is sent."""
         body: dict[str, Any] = {
             "id": self.id,
             "status": self.status,
@@ -91,7 +92,7 @@ class Job:
             body["queue_position"] = queue_position
         if self.error:
             body["error"] = self.error
-        if self.callback_url:
+        if self.callback_url and not for_callback:
             body["callback"] = self.callback or {"delivered": False}
         body["urls"] = self.links()
         return body
