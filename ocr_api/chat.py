@@ -29,6 +29,17 @@ OCR_FIELDS = ("structured", "pages", "password", "mode", "figures", "annotate")
 # deterministic, so sampling settings and a seed have no effect; a client's own guard (vllm_xargs) is replaced by
 # the service's. Their types are still checked.
 IGNORED_NUMBERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed")
+# OpenAI fields an OCR model cannot honour, and the values of each that ask for nothing (sent by clients that always
+# send them): any other value is refused.
+ASKING_NOTHING: dict[str, tuple[object, ...]] = {
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+}
 
 
 @dataclass(frozen=True)
@@ -143,7 +154,7 @@ def _image_url(value: object, at: str) -> str:
     url = value.get("url") if isinstance(value, dict) else value  # {"url": ...}, or the older bare string
     if not isinstance(url, str) or not url:
         raise BadRequest(f"{at}.image_url.url must be a string.", code="invalid_image_url").naming(f"{at}.image_url")
-    if not url.startswith(("data:", "http://", "https://")):
+    if not url[:8].lower().startswith(("data:", "http://", "https://")):  # schemes are case-insensitive
         raise BadRequest(
             f"{at}.image_url.url must be a data: URL (data:image/png;base64,...) or an http(s):// URL.",
             code="invalid_image_url",
@@ -192,8 +203,8 @@ def _check_unsupported(body: Mapping[str, Any]) -> None:
             "break the layout.",
             code="unsupported_parameter",
         ).naming("stop")
-    for name in ("logprobs", "tools", "response_format", "tool_choice"):
-        if body.get(name) not in (None, False, [], {"type": "text"}, "none"):
+    for name, asks_nothing in ASKING_NOTHING.items():
+        if name in body and body[name] not in asks_nothing:
             raise BadRequest(f"'{name}' is not supported by an OCR model.", code="unsupported_parameter").naming(name)
 
 

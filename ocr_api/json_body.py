@@ -21,20 +21,38 @@ from ocr_api.options import FORM_FIELDS
 # so they change nothing, and refusing them would break those clients.
 IGNORED_FIELDS = ("temperature", "top_p", "seed")
 FLAG_FIELDS = ("figures", "annotate")
-DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<base64>;base64)?,")
+# Scheme, type and ";base64" are case-insensitive (RFC 2397, RFC 3986).
+DATA_URL = re.compile(
+    r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<base64>;base64)?,", re.IGNORECASE
+)
 ACCEPTED_TYPES = ("image/", "application/pdf", "application/octet-stream")
 
 
 def parse_object(data: bytes) -> dict[str, Any]:
-    """The body as a JSON object; 400 ``invalid_json`` for anything else (bad UTF-8, bad syntax, deep nesting)."""
+    """The body as a JSON object; 400 ``invalid_json`` for anything else: not UTF-8 (JSON's only encoding between
+    systems, RFC 8259; Python would also guess UTF-16 and UTF-32), bad syntax, NaN or Infinity (not JSON), nesting
+    too deep."""
     try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
-        detail = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
-        raise BadRequest(f"The body is not valid JSON: {detail}.", code="invalid_json") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"The body is not UTF-8 (a byte at {exc.start} is not); send JSON in UTF-8.",
+                         code="invalid_json") from None  # fmt: skip
+    try:
+        body = json.loads(text, parse_constant=_not_json)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON (line {exc.lineno}, column {exc.colno}).",
+                         code="invalid_json") from None  # fmt: skip
+    except RecursionError:  # arrays nested thousands deep
+        raise BadRequest("The body is not valid JSON: it is nested too deeply.", code="invalid_json") from None
+    except ValueError as exc:  # NaN, Infinity
+        raise BadRequest(f"The body is not valid JSON: {exc}.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest(f"The body must be a JSON object; got {type(body).__name__}.", code="invalid_json")
     return body
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def decode_image(value: object, field: str, max_bytes: int, limit: int | None = None) -> bytes:
@@ -42,7 +60,7 @@ def decode_image(value: object, field: str, max_bytes: int, limit: int | None = 
     ``max_bytes`` of them (what is left of ``limit``, the upload limit the message names)."""
     if not isinstance(value, str):
         raise BadRequest(f"'{field}' must be a base64 string or a data URL.", code="invalid_field_type")
-    if value.startswith("data:"):
+    if value[:5].lower() == "data:":
         return decode_data_url(value, field, max_bytes, limit)
     return _base64(value, field, max_bytes, limit)
 
@@ -55,9 +73,10 @@ def decode_data_url(url: str, field: str, max_bytes: int, limit: int | None = No
             f"'{field}' must be a base64 data URL such as data:image/png;base64,iVBOR...", code="invalid_data_url"
         )
     declared = (match["type"] or "").lower()
-    if declared and not declared.startswith(ACCEPTED_TYPES):
+    if not declared.startswith(ACCEPTED_TYPES):  # none declared is text/plain (RFC 2397)
+        said = f"declares {declared[:60]!r}" if declared else "declares no type (text/plain, by RFC 2397)"
         raise UnsupportedMediaType(
-            f"'{field}' declares {declared[:60]!r}; send an image (PNG, JPEG, WEBP, GIF, BMP, TIFF) or a PDF.",
+            f"'{field}' {said}; send an image (PNG, JPEG, WEBP, GIF, BMP, TIFF) or a PDF: data:image/png;base64,...",
             code="unsupported_media_type",
         )
     return _base64(url[match.end() :], field, max_bytes, limit)

@@ -73,7 +73,7 @@ def _run(
 
 def _image_bytes(url: str, settings: Settings) -> bytes:
     """The image's bytes: decoded from a data URL, or fetched (IMAGE_URL_FETCH) from a public http(s) address."""
-    if url.startswith("data:"):
+    if url[:5].lower() == "data:":
         return json_body.decode_data_url(url, "image_url", settings.max_content_length)
     if not settings.image_url_fetch:
         raise BadRequest(

@@ -427,3 +427,18 @@ def test_the_bound_counts_pages_at_the_engine_and_a_started_request_goes_on(make
     assert answers[0].status_code == 200
     assert len(answers[0].get_json()["pages"]) == 10
     assert service.admission.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"image": "AAAA",, }', "The body is not valid JSON (line 1, column 18)."),
+        (b'{\n  "image": \n}', "The body is not valid JSON (line 3, column 1)."),
+        ('{"image": "AAAA"}'.encode("utf-16"), "The body is not UTF-8 (a byte at 0 is not); send JSON in UTF-8."),
+        (b'{"image": "AAAA", "max_tokens": NaN}', "The body is not valid JSON: NaN is not a JSON number."),
+    ],
+)
+def test_invalid_json_says_where_in_its_own_words(client, body, says):
+    response = client.post("/ocr", data=body, content_type="application/json")
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_json")
+    assert response.get_json()["error"] == says  # not the parser's own text ("Expecting value: ...")
