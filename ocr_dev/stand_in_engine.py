@@ -12,7 +12,8 @@ at a time as its share of the page's tokens is decoded, as vLLM streams. It meas
 engine, nothing about recognition or real GPU speed.
 
 For tests: ``POST /stand-in/mode`` with ``{"mode": ...}`` switches on a fault: ``context_error`` (400 as vLLM
-answers an over-long prompt), ``server_error`` (500), ``unhealthy`` (health and completions 503), ``slow``
+answers an over-long prompt), ``server_error`` (500), ``unhealthy`` (health and completions 503), ``refusing``
+(completions 503, health 200: one request refused by a server that is up), ``slow``
 (completions answer after ``seconds``, default 3); ``GET /stand-in/last`` returns the last completion request's
 body; ``POST /stand-in/text`` with ``{"text": ...}`` makes every page's output that text (markup, hostile HTML:
 whatever a test needs the service to interpret), ``{"text": null}`` the sentence again; ``GET /stand-in/request-ids``
@@ -236,7 +237,7 @@ class Handler(BaseHTTPRequestHandler):
             message = "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens."
             self._send(400, {"error": {"message": message, "type": "BadRequestError"}})
             return
-        if Handler.mode in ("server_error", "unhealthy"):
+        if Handler.mode in ("server_error", "unhealthy", "refusing"):
             self._send(500 if Handler.mode == "server_error" else 503, {"error": {"message": "stand-in fault"}})
             return
         max_tokens = int(body.get("max_tokens") or self.engine.tokens_per_page)

@@ -154,6 +154,18 @@ def test_unhealthy_engine_is_503_and_recovers(settings, engine_url):
     assert _post(client).status_code == 200
 
 
+def test_one_requests_503_from_a_healthy_engine_leaves_the_service_ready(settings, engine_url):
+    client, service = _client(settings, engine_url)
+    _mode(engine_url, "refusing")  # completions 503, /health 200: busy with this one request, not down
+    response = _post(client)
+    assert (response.status_code, response.get_json()["code"]) == (503, "engine_unavailable")
+    # Its health decided, not that one answer: every other client is still served at once.
+    assert service.is_ready()
+    assert client.get("/ready").status_code == 200
+    _mode(engine_url, "normal")
+    assert _post(client).status_code == 200
+
+
 def test_unreachable_engine_is_503_not_500(settings):
     client, service = _client(settings, f"http://127.0.0.1:{free_port()}")
     assert not service.is_ready()

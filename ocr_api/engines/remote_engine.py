@@ -414,8 +414,12 @@ class RemoteEngine:
         message = _error_message(payload)
         if status == 400 and any(phrase in message.lower() for phrase in CONTEXT_ERRORS):
             raise PromptTooLong(message)
-        if status in (502, 503, 504) or not await self._healthy_now(server):
+        # One request's answer does not take a server out for every request: its health check decides (an engine that
+        # answers 503 to a request while its /health is fine is busy with that one, not down).
+        healthy = await self._healthy_now(server)
+        if not healthy:
             server.healthy = False
+        if status in (502, 503, 504) or not healthy:
             raise EngineUnavailable(f"the engine at {server.url} answered {status}: {message}")
         raise EngineFailure(f"the engine answered {status}: {message}")
 
