@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
         service = get_service(settings)
     app = Flask(__name__, static_folder=None)  # the web blueprint serves the page's files
     app.request_class = UploadRequest
+    # /v1//models is not redirected to /v1/models (werkzeug's 308 has an HTML body): no such path, a JSON 404.
+    app.url_map.merge_slashes = False
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,

@@ -60,6 +60,8 @@ start_gunicorn() {
     --threads "$threads" \
     --worker-connections "$threads" \
     --keep-alive 0 \
+    --limit-request-line 8190 \
+    --limit-request-field_size 8190 \
     --bind "unix:$run_dir/gunicorn.sock" \
     --timeout "${GUNICORN_TIMEOUT:-300}" \
     --graceful-timeout "${GUNICORN_GRACEFUL_TIMEOUT:-30}" \

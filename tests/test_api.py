@@ -442,3 +442,11 @@ def test_invalid_json_says_where_in_its_own_words(client, body, says):
     response = client.post("/ocr", data=body, content_type="application/json")
     assert (response.status_code, response.get_json()["code"]) == (400, "invalid_json")
     assert response.get_json()["error"] == says  # not the parser's own text ("Expecting value: ...")
+
+
+def test_a_doubled_slash_is_a_json_404_not_an_html_redirect(client):
+    for path, shape in (("/v1//models", "openai"), ("/ocr//batch", "plain"), ("/jobs//x", "plain")):
+        answer = client.get(path)
+        assert (answer.status_code, answer.mimetype) == (404, "application/json"), path
+        body = answer.get_json()
+        assert (body["error"]["code"] if shape == "openai" else body["code"]) == "not_found", path

@@ -257,6 +257,18 @@ def test_errors_the_front_server_answers_itself_are_json(production):
     assert (big_header.status_code, big_header.json()["code"]) == (431, "headers_too_large")
     assert garbage.startswith("HTTP/1.1 400")
     assert '"code": "bad_request"' in garbage
+    # Below nginx's limits the request reaches the service, whose own limits are larger: never gunicorn's HTML.
+    for length in (5_000, 7_900):
+        answer = requests.get(f"{production.url}/{'x' * length}", headers={"X-API-Key": KEY}, timeout=10)
+        assert (answer.status_code, answer.json()["code"]) == (404, "not_found"), length
+        assert answer.headers["X-Request-ID"]
+    header = requests.get(f"{production.url}/health", headers={"X-Big": "a" * 7_900}, timeout=10)
+    assert (header.status_code, header.json()["status"]) == (200, "healthy")
+    trace = requests.request("TRACE", f"{production.url}/health", timeout=10)  # nginx refuses it itself
+    assert (trace.status_code, trace.headers["Content-Type"], trace.json()["code"]) == (
+        405, "application/json", "method_not_allowed")  # fmt: skip
+    doubled = requests.get(f"{production.url}/v1//models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    assert (doubled.status_code, doubled.json()["error"]["code"]) == (404, "not_found")  # no HTML redirect
 
 
 def test_the_openai_routes_stream_through_nginx_and_its_own_errors_are_in_openais_shape(production):
