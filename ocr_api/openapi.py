@@ -240,6 +240,10 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "after": INTEGER,
                 "next_after": INTEGER,
                 "pages": {"type": "array", "items": _object(job_page, ("index", "file", "status"))},
+                "error": {
+                    "type": "object",
+                    "description": "Why the job waits or failed, as in its view (retrying: it will be run again).",
+                },
             },
             ("id", "pages", "next_after"),
         ),

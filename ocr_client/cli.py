@@ -101,25 +101,33 @@ class State:
             os.replace(temporary, self.path)  # atomic: a run killed here leaves the old record or the new
 
 
-def find_inputs(arguments: list[str]) -> list[Input]:
-    """Files as given, folders searched recursively, globs expanded; only the formats the service reads."""
+def find_inputs(arguments: list[str], skipped: list[Path] | None = None) -> list[Input]:
+    """Files as given, folders searched recursively, globs expanded; only the formats the service reads (the other
+    files that folders and globs hold are added to ``skipped``, so that the run can say so)."""
     found: dict[Path, Input] = {}
+    passed_over: list[Path] = [] if skipped is None else skipped
     for argument in arguments:
         path = Path(argument)
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if _readable(child):
-                    found.setdefault(child.resolve(), Input(child, child.relative_to(path).as_posix()))
-        elif path.is_file():
+        if path.is_file():  # a file named on the command line is sent whatever its suffix
             found.setdefault(path.resolve(), Input(path, path.name))
+            continue
+        if path.is_dir():
+            candidates = [(child, child.relative_to(path).as_posix()) for child in sorted(path.rglob("*"))]
         else:
-            matches = sorted(Path(match) for match in glob.glob(argument, recursive=True))
-            for match in matches:
-                if _readable(match):
-                    found.setdefault(match.resolve(), Input(match, match.name))
-            if not matches:
+            candidates = [(Path(match), Path(match).name) for match in sorted(glob.glob(argument, recursive=True))]
+            if not candidates:
                 raise FileNotFoundError(f"no such file, folder or match: {argument}")
+        for candidate, name in candidates:
+            if _readable(candidate):
+                found.setdefault(candidate.resolve(), Input(candidate, name))
+            elif candidate.is_file():
+                passed_over.append(candidate)
     return list(found.values())
+
+
+def some(names: list[str], most: int = 10) -> str:
+    """The first ``most`` names, and how many more."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _readable(path: Path) -> bool:
@@ -243,7 +251,8 @@ class Run:
 
         def show(view: dict[str, Any]) -> None:
             progress = view["progress"]
-            self.progress.update(bar, completed=progress["pages_done"], total=progress["pages_total"])
+            self.progress.update(bar, completed=progress["pages_done"], total=progress["pages_total"],
+                                 description=f"  {item.name}{job_state(view)}")  # fmt: skip
 
         self.jobs_waited[item.name] = job_id
         try:
@@ -266,12 +275,25 @@ class Run:
         answer.write_text(json.dumps(result, indent=1, ensure_ascii=False))  # last: its presence means done
 
 
+def job_state(view: dict[str, Any]) -> str:
+    """What a job's bar says beside its name, when its pages alone do not tell: queued (and behind how many), or
+    waiting for the engine to come back."""
+    error = view.get("error") or {}
+    if view["status"] == "queued":
+        if error.get("retrying"):
+            return f": waiting, the engine is unavailable ({error.get('code')}); it will be tried again"
+        position = view.get("queue_position")
+        ahead = f", {position - 1} job(s) ahead" if isinstance(position, int) and position > 1 else ""
+        return f": queued{ahead}"
+    return ""
+
+
 def left_behind(run: Run, inputs: list[Input], outcomes: list[Outcome | None]) -> str:
     """What a stopped run says it leaves: how far it got, each input not finished, the jobs that go on."""
     left = [item.name for item, outcome in zip(inputs, outcomes, strict=True) if outcome is None]
     named = [f"{name} (job {run.jobs_waited[name]} goes on on the service)" if name in run.jobs_waited else name
              for name in left]  # fmt: skip
-    shown = ", ".join(named[:10]) + (f" and {len(named) - 10} more" if len(named) > 10 else "")
+    shown = some(named)
     return (
         f"interrupted: {len(inputs) - len(left)} of {len(inputs)} inputs finished; left: {shown}. Run the same command "
         "again to go on: finished inputs are skipped, and queued jobs waited on, not sent again."
@@ -322,11 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.concurrency < 1:
         console.print("error: --concurrency must be 1 or more")
         return 2
+    skipped: list[Path] = []
     try:
-        inputs = find_inputs(arguments.inputs)
+        inputs = find_inputs(arguments.inputs, skipped)
     except FileNotFoundError as error:
         console.print(f"error: {error}")
         return 2
+    if skipped:
+        names = ", ".join(str(path) for path in skipped[:10]) + (
+            f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        )
+        console.print(f"skipped {len(skipped)} file(s) that are not images or PDFs: {names}", soft_wrap=True)
     if not inputs:
         console.print("error: no images or PDFs among the inputs")
         return 2

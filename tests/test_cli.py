@@ -66,7 +66,10 @@ def test_a_folder_read_written_summarized_and_a_failure_exits_non_zero(
     inputs, out = folder_of_inputs(tmp_path / "in"), tmp_path / "out"
     before = jobs_queued(jobs_dir)
     assert main([str(inputs), "--url", url, "--out", str(out), "--api-key", KEY]) == 1
-    summary = capsys.readouterr().out
+    captured = capsys.readouterr()
+    summary = captured.out
+    assert "skipped 1 file(s) that are not images or PDFs: " in captured.err  # notes.txt: said, not silently left
+    assert "notes.txt" in captured.err
     for name in ("a.png", "sub/b.jpg", "doc.pdf"):
         assert (out / f"{name}.md").read_text().startswith("stand-in page text"), name
         assert json.loads((out / f"{name}.json").read_text())["filename"] == Path(name).name
@@ -221,3 +224,13 @@ def test_the_command_is_installed_and_refuses_bad_arguments(tmp_path: Path) -> N
     down = subprocess.run(unreachable, capture_output=True, text=True, timeout=60, check=False)
     assert down.returncode == 1
     assert "does not answer" in down.stderr
+
+
+def test_a_jobs_bar_says_it_is_queued_or_waiting_for_the_engine():
+    from ocr_client.cli import job_state
+
+    assert job_state({"status": "queued", "queue_position": 1}) == ": queued"
+    assert job_state({"status": "queued", "queue_position": 4}) == ": queued, 3 job(s) ahead"
+    waiting = {"status": "queued", "error": {"code": "engine_unavailable", "retrying": True}}
+    assert job_state(waiting) == ": waiting, the engine is unavailable (engine_unavailable); it will be tried again"
+    assert job_state({"status": "running"}) == ""

@@ -55,7 +55,8 @@ def stand_in() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, stand_in: str) -> Iterator[str]:
-    with serve_service(tmp_path_factory.mktemp("web"), stand_in, api_keys=KEY) as url:
+    # A job whose engine is down is run again 2 s later (not 30): the page's notice is seen, then the job finishes.
+    with serve_service(tmp_path_factory.mktemp("web"), stand_in, api_keys=KEY, job_retry_delay_s=2) as url:
         yield url
 
 
@@ -182,8 +183,10 @@ def test_an_image_and_a_three_page_pdf_read_with_text_boxes_and_downloads(
          round(value * result["pages"][1]["height"] / 999) for axis, value in enumerate(box)]
         for box in BOXES
     ]  # fmt: skip
+    # Each page offers its annotated picture beside its title: a job's is fetched by URL with the key (a blob).
+    assert page.locator(f"{pdf} .page .stage img").first.get_attribute("src").startswith("blob:")
     with page.expect_download() as annotated:
-        page.locator(f"{pdf} .downloads a", has_text="report-page-2.png").click()
+        page.locator(f"{pdf} .page .page-download a", has_text="report-page-2.png").click()
     assert Path(annotated.value.path()).read_bytes().startswith(b"\x89PNG")
 
 
@@ -222,6 +225,7 @@ def test_errors_show_the_api_message_and_code(page: Page, inputs: dict[str, Path
     read(page, [inputs["image"]], key="")
     error = page.locator(".file .error")
     assert "(missing_api_key, HTTP 401)" in error.inner_text()
+    assert "'API key' field above" in error.inner_text()  # this page's field, not the API's headers
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("these are notes, not an image")
     read(page, [not_an_image])
@@ -243,3 +247,66 @@ def test_the_api_docs_page_lists_every_operation(browser: Browser, served: str) 
         assert "PNG data URL" in form
     finally:
         page.close()
+
+
+def test_read_with_no_file_says_so(page: Page) -> None:
+    page.evaluate("delete document.body.dataset.finished")
+    page.click("#run")
+    page.wait_for_selector("body[data-finished]")
+    assert page.locator("#form-message").is_visible()
+    assert "Choose one or more images or PDFs" in page.locator("#form-message").inner_text()
+    assert page.locator(".file").count() == 0
+
+
+def test_an_encrypted_pdf_asks_for_the_pages_own_password_field(page: Page, stand_in: str, tmp_path: Path) -> None:
+    locked = tmp_path / "locked.pdf"
+    locked.write_bytes(make_pdf(2, password="s3cret"))
+    read(page, [locked])
+    error = page.locator(".file .error")
+    assert "(pdf_password_required, HTTP 422)" in error.inner_text()
+    assert "'PDF password' field above" in error.inner_text()
+    page.fill("#password", "s3cret")
+    read(page, [locked])
+    assert page.get_attribute(".file", "data-state") == "done"
+    assert page.locator(".file .page").count() == 2
+
+
+def test_a_long_document_shows_ten_pages_at_a_time(page: Page, stand_in: str, tmp_path: Path) -> None:
+    model_output(stand_in, GROUNDED)
+    long = tmp_path / "long.pdf"
+    long.write_bytes(make_pdf(23, size=(200, 280)))
+    requests.post(f"{stand_in}/stand-in/mode", json={"mode": "normal"}, timeout=5)
+    try:
+        read(page, [long])
+    finally:
+        model_output(stand_in, None)
+    card = '.file[data-filename="long.pdf"]'
+    assert page.get_attribute(card, "data-state") == "done"
+    titles = page.locator(f"{card} .page .title")
+    assert titles.all_inner_texts() == [f"Page {number}" for number in range(1, 11)]
+    assert page.locator(f"{card} .pager .shown").inner_text() == "Pages 1-10 of 23"
+    assert page.locator(f"{card} .page-download a").count() <= 10  # no more links than pages shown
+    page.click(f"{card} .pager .next")
+    page.click(f"{card} .pager .next")
+    assert titles.all_inner_texts() == [f"Page {number}" for number in range(21, 24)]
+    assert page.locator(f"{card} .pager .shown").inner_text() == "Pages 21-23 of 23"
+    assert page.locator(f"{card} .pager .next").is_disabled()
+    page.wait_for_function(f"() => document.querySelector('{card} .page .stage img').src.startsWith('blob:')")
+
+
+def test_a_job_waiting_for_the_engine_says_why(page: Page, stand_in: str, inputs: dict[str, Path]) -> None:
+    requests.post(f"{stand_in}/stand-in/mode", json={"mode": "unhealthy"}, timeout=5).raise_for_status()
+    page.fill("#api-key", KEY)
+    page.set_input_files("#files", [str(inputs["pdf"])])
+    page.evaluate("delete document.body.dataset.finished")
+    page.click("#run")
+    try:
+        notice = page.locator(".file .notice")
+        notice.wait_for(state="visible", timeout=30_000)
+        assert "it will be tried again" in notice.inner_text()
+        assert "engine" in notice.inner_text().lower()
+    finally:
+        requests.post(f"{stand_in}/stand-in/mode", json={"mode": "normal"}, timeout=5).raise_for_status()
+    page.wait_for_selector("body[data-finished]", timeout=60_000)
+    assert page.get_attribute(".file", "data-state") == "done"
+    assert page.locator(".file .notice").is_hidden()

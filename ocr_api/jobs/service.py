@@ -262,8 +262,11 @@ class Jobs:
         next_after = items[-1]["index"] if items else after
         if job.status == "cancelled":  # its pages were removed: nothing more will come, and the loop is over
             next_after = max(next_after, job.pages_ready)
-        return {"id": job.id, "status": job.status, "pages_total": job.pages_total, "pages_ready": job.pages_ready,
+        body = {"id": job.id, "status": job.status, "pages_total": job.pages_total, "pages_ready": job.pages_ready,
                 "after": after, "next_after": next_after, "pages": items}  # fmt: skip
+        if job.error:  # why it waits (the engine down, retrying) or failed, as its view says: pollers see it here
+            body["error"] = job.error
+        return body
 
     def _filenames(self, job: Job) -> list[str]:
         """The job's files' names, read once per call: each page item names its file."""

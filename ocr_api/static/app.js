@@ -8,7 +8,15 @@ const config = JSON.parse(document.getElementById("config").textContent);
 const FINISHED = ["succeeded", "partial", "failed", "cancelled"];
 const FILES_AT_ONCE = 2; // the service bounds pages in flight itself; two files keep it busy without a queue here
 const POLL_MS = 400;
+const PAGES_SHOWN = 10; // a document shows this many pages at a time: a 1,500-page job stays as light as a short one
 const SVG = "http://www.w3.org/2000/svg";
+// What a person can do about the refusals this page can help with: the fields are on this page.
+const HINTS = {
+  missing_api_key: "Enter your API key in the 'API key' field above, then read again.",
+  invalid_api_key: "The key in the 'API key' field above is not one this service accepts.",
+  pdf_password_required: "The PDF is encrypted: enter its password in the 'PDF password' field above, then read again.",
+  pdf_password_incorrect: "The password in the 'PDF password' field above is not this PDF's.",
+};
 
 const markdown = window.markdownit({ html: true, linkify: false }); // tables come from the model as HTML
 window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
@@ -33,16 +41,20 @@ class ApiError extends Error {
   constructor(status, body) {
     const error = body && (body.error && body.error.message ? body.error.message : body.error);
     const code = body && (body.code || (body.error && body.error.code));
-    super(error ? `${error} (${code}, HTTP ${status})` : `The service answered HTTP ${status}.`);
+    const said = HINTS[code] || error;
+    super(said ? `${said} (${code}, HTTP ${status})` : `The service answered HTTP ${status}.`);
     this.status = status;
     this.code = code;
   }
 }
 
-async function call(method, path, body) {
-  const headers = {};
+function authorization() {
   const key = document.getElementById("api-key").value.trim();
-  if (key) headers.Authorization = `Bearer ${key}`;
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function call(method, path, body) {
+  const headers = authorization();
   let response;
   try {
     response = await fetch(path, { method, headers, body });
@@ -53,6 +65,16 @@ async function call(method, path, body) {
   const data = type.includes("json") ? await response.json() : null;
   if (!response.ok) throw new ApiError(response.status, data);
   return { status: response.status, data };
+}
+
+// A job's picture (annotated page, figure) is a link behind the same key: fetched with it, shown from memory.
+async function picture(url) {
+  try {
+    const response = await fetch(url, { headers: authorization() });
+    return response.ok ? URL.createObjectURL(await response.blob()) : "";
+  } catch {
+    return "";
+  }
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -68,6 +90,7 @@ function requestFields(file) {
   if (byId("task").value === "locate") form.append("phrase", byId("phrase").value);
   form.append("mode", byId("mode").value);
   if (byId("pages").value.trim()) form.append("pages", byId("pages").value.trim());
+  if (byId("password").value) form.append("password", byId("password").value);
   form.append("figures", byId("figures").checked ? "true" : "false");
   form.append("annotate", "true"); // the page image with its boxes, for every result
   return form;
@@ -77,8 +100,43 @@ function fileCard(file) {
   const card = byId("file-card").content.firstElementChild.cloneNode(true);
   card.querySelector(".name").textContent = file.name;
   card.dataset.filename = file.name;
+  card.entries = []; // every page's entry; PAGES_SHOWN of them are shown, from card.from on
+  card.from = 0;
+  card.querySelector(".previous").addEventListener("click", () => showWindow(card, card.from - PAGES_SHOWN));
+  card.querySelector(".next").addEventListener("click", () => showWindow(card, card.from + PAGES_SHOWN));
   byId("results").append(card);
   return card;
+}
+
+const baseName = (card) => card.dataset.filename.replace(/\.[^.]+$/, "") || "result";
+
+// Show the pages from ``from`` on (PAGES_SHOWN of them): their pictures are fetched now, the others' let go.
+function showWindow(card, from) {
+  card.from = Math.max(0, Math.min(from, Math.max(0, card.entries.length - 1)));
+  card.querySelectorAll(".pages img[src^='blob:']").forEach((image) => URL.revokeObjectURL(image.src));
+  const shown = card.entries.slice(card.from, card.from + PAGES_SHOWN);
+  card.querySelector(".pages").replaceChildren(...shown.map((entry) => pageCard(entry, baseName(card))));
+  updatePager(card);
+}
+
+// A page finished: shown at once if it falls in the pages on screen.
+function addEntry(card, entry) {
+  card.entries.push(entry);
+  const index = card.entries.length - 1;
+  if (index >= card.from && index < card.from + PAGES_SHOWN) {
+    card.querySelector(".pages").append(pageCard(entry, baseName(card)));
+  }
+  updatePager(card);
+}
+
+function updatePager(card) {
+  const total = card.entries.length;
+  const pager = card.querySelector(".pager");
+  pager.hidden = total <= PAGES_SHOWN;
+  pager.querySelector(".shown").textContent =
+    `Pages ${card.from + 1}-${Math.min(card.from + PAGES_SHOWN, total)} of ${total}`;
+  pager.querySelector(".previous").disabled = card.from === 0;
+  pager.querySelector(".next").disabled = card.from + PAGES_SHOWN >= total;
 }
 
 function setState(card, state, done, total) {
@@ -108,17 +166,14 @@ function download(name, href) {
   return link;
 }
 
+// The file's markdown and JSON; each page offers its own annotated picture beside its title.
 function offerDownloads(card, result) {
-  const base = card.dataset.filename.replace(/\.[^.]+$/, "") || "result";
+  const base = baseName(card);
   const json = new Blob([JSON.stringify(result, null, 2)], { type: "application/json" });
   const md = new Blob([result.markdown || result.text || ""], { type: "text/markdown" });
   const line = card.querySelector(".downloads");
   line.replaceChildren("Download: ", download(`${base}.md`, URL.createObjectURL(md)), " ",
     download(`${base}.json`, URL.createObjectURL(json)));
-  card.querySelectorAll(".page").forEach((page) => {
-    const image = page.querySelector(".stage img").getAttribute("src");
-    if (image) line.append(" ", download(`${base}-${page.dataset.key}.png`, image));
-  });
   line.hidden = false;
 }
 
@@ -155,7 +210,8 @@ function highlight(view, index, on) {
   view.querySelectorAll(`[data-block="${index}"]`).forEach((node) => node.classList.toggle("hot", on));
 }
 
-function pageCard(entry, title, width, height) {
+function pageCard(entry, base) {
+  const title = entry.page ? `Page ${entry.page}` : "Page";
   const view = byId("page-card").content.firstElementChild.cloneNode(true);
   view.querySelector(".title").textContent = title;
   view.querySelector(".status").textContent = entry.status;
@@ -166,14 +222,23 @@ function pageCard(entry, title, width, height) {
     return view;
   }
   const stage = view.querySelector(".stage");
-  if (entry.annotated_image) stage.querySelector("img").src = entry.annotated_image;
+  const shown = (src) => {
+    if (!src) return;
+    stage.querySelector("img").src = src;
+    view.querySelector(".page-download").replaceChildren(download(`${base}-${view.dataset.key}.png`, src));
+  };
+  // /ocr gives the annotated page inline; a job, a link (fetched now that the page is shown).
+  if (entry.annotated_image) shown(entry.annotated_image);
+  else if (entry.annotated_image_url) picture(entry.annotated_image_url).then(shown);
+  const [width, height] = entry.image ? [entry.image.width, entry.image.height] : [entry.width, entry.height];
   stage.append(overlay(entry.blocks, width, height));
   view.querySelector(".markdown").innerHTML = renderMarkdown(entry.markdown);
   for (const figure of entry.figures || []) {  // figures=true: the image regions, cropped by the service
     const image = document.createElement("img");
-    image.src = figure.image;
     image.alt = `figure ${figure.figure}`;
     image.className = "figure";
+    if (figure.image) image.src = figure.image;
+    else picture(figure.image_url).then((src) => { image.src = src; });
     view.querySelector(".markdown").append(image);
   }
   const list = view.querySelector(".blocks");
@@ -207,8 +272,7 @@ function pageCard(entry, title, width, height) {
 async function readImage(file, card) {
   setState(card, "reading");
   const { data } = await call("POST", "/ocr", requestFields(file));
-  const size = data.image || {};
-  card.querySelector(".pages").append(pageCard(data, "Page", size.width, size.height));
+  addEntry(card, data);
   setState(card, "done", 1, 1);
   offerDownloads(card, data);
 }
@@ -218,14 +282,16 @@ async function readJob(file, card) {
   const { data: job } = await call("POST", "/jobs", requestFields(file));
   card.dataset.job = job.id;
   let after = 0;
+  const notice = card.querySelector(".notice");
   for (;;) {
     const { data: batch } = await call("GET", `/jobs/${job.id}/pages?after=${after}`);
-    for (const page of batch.pages) {
-      const title = page.page ? `Page ${page.page}` : "Page";
-      card.querySelector(".pages").append(pageCard(page, title, page.width, page.height));
-    }
+    for (const page of batch.pages) addEntry(card, page);
     after = batch.next_after;
     setState(card, batch.status, batch.pages_ready, batch.pages_total);
+    // Why it waits, when it does (the engine down: the job is queued again and retried).
+    const error = batch.error;
+    notice.hidden = !error;
+    if (error) notice.textContent = `${error.error} (${error.code})${error.retrying ? "; it will be tried again" : ""}`;
     if (FINISHED.includes(batch.status) && after >= batch.pages_ready) break;
     if (!batch.pages.length) await sleep(POLL_MS);
   }
@@ -256,6 +322,7 @@ async function readAll(files) {
 
 function describeChoice() {
   const files = [...byId("files").files];
+  if (files.length) byId("form-message").hidden = true;
   byId("chosen").textContent = files.length ? files.map((file) => file.name).join(", ") : "";
 }
 
@@ -278,7 +345,13 @@ drop.addEventListener("drop", (event) => {
 byId("ocr-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const files = [...byId("files").files];
-  if (!files.length) return;
+  const message = byId("form-message");
+  message.hidden = files.length > 0;
+  if (!files.length) {
+    message.textContent = "Choose one or more images or PDFs first (or drop them on the box above).";
+    document.body.dataset.finished = String(Date.now());
+    return;
+  }
   byId("run").disabled = true;
   byId("results").replaceChildren();
   try {
