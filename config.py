@@ -17,7 +17,8 @@ from PIL import Image
 ENGINE_CHOICES = ("auto", "transformers", "vllm", "remote")
 DEVICE_PREFIXES = ("auto", "cpu", "cuda", "mps")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-ENGINE_IMAGE_FORMATS = ("jpeg", "png")  # ocr_api.preparation.data_url encodes them
+ENGINE_IMAGE_FORMATS = ("auto", "jpeg", "png")  # ocr_api.preparation.data_url encodes them
+PAGE_SIZES = ("full", "fit")  # ocr_service.OcrService._fit
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 MIN_API_KEY_CHARS = 16
@@ -218,9 +219,19 @@ class Settings:
     )
     engine_image_format: str = setting(
         "ENGINE_IMAGE_FORMAT",
-        "jpeg",
-        "How the remote engine is sent each page, at the size the model's processor uses: jpeg (quality 90) or png "
-        "(lossless, compression level 1: several times the bytes and the CPU). See docs/PERFORMANCE.md.",
+        "auto",
+        "How the remote engine is sent each page: auto (lossless PNG up to 1 megapixel; JPEG quality 95 up to 3.6 "
+        "megapixels, where the model's processor enlarges the page for its tiles; JPEG quality 90 above, where it "
+        "shrinks it: at least 45 dB on every view the model sees), jpeg (quality 90 whatever the size) or png "
+        "(lossless, compression level 1: several times the bytes and the CPU). See docs/QUALITY.md.",
+    )
+    page_size: str = setting(
+        "PAGE_SIZE",
+        "full",
+        "The size each page is made at for the engine: full (an upload as decoded and turned upright, a PDF page "
+        "rendered at PDF_DPI, as the model authors' pipeline gives it) or fit (shrunk, box filter, to the smallest "
+        "size from which the model's processor makes the same tile grid: fewer bytes and pixels held, but the "
+        "model sees a page resampled twice, 27-38 dB on its views). See docs/QUALITY.md.",
     )
     jobs_dir: str = setting(
         "JOBS_DIR",
@@ -341,6 +352,7 @@ class Settings:
         _within("MAX_PDF_PAGES", self.max_pdf_pages, 1, 100_000)
         _within("ENGINE_BATCH_PAGES", self.engine_batch_pages, 1, 4096)
         _choice("ENGINE_IMAGE_FORMAT", self.engine_image_format, ENGINE_IMAGE_FORMATS)
+        _choice("PAGE_SIZE", self.page_size, PAGE_SIZES)
         self._validate_jobs_and_access()
 
     def _validate_jobs_and_access(self) -> None:

@@ -249,8 +249,11 @@ class OcrService:
         rules = self._stream_rules(options, admission.limit, for_job, on_text)
         return PageStream(self.engine, admission, rules, should_stop)
 
-    def _fit(self, options: OcrOptions) -> FitSize:
-        """The size each page is made at: the smallest the model's processor makes the same views from."""
+    def _fit(self, options: OcrOptions) -> FitSize | None:
+        """The size each page is made at: its own (PAGE_SIZE=full, None here), or the smallest the model's processor
+        makes the same tile grid from (fit)."""
+        if self.settings.page_size == "full":
+            return None
         return partial(engine_size, profile=self.engine.profile, mode=options.mode)
 
     def _stream_rules(

@@ -4,11 +4,11 @@ For each input (a 300-DPI A4 scan as JPEG and as PNG, a 4032x3024 phone photo, a
 in the same run, on one thread with ``time.process_time``:
 
 - **floor**: a bare decode of the same file (Pillow open + convert to RGB; PyMuPDF's own render for the PDF page);
-- **service**: what the service does to the page, in its own functions: decode or render at the size the engine
-  gets, encode it for the remote engine (ENGINE_IMAGE_FORMAT jpeg, and png beside it), read a 3,000-token
-  grounded output into text, markdown and blocks, and shape the JSON;
-- **full size**: the same steps the way the code before the page stream did them (decoded at full resolution,
-  encoded as PNG at compression 1), for the before/after figure.
+- **service**: what the service does to the page by default, in its own functions: decode or render it whole
+  (PAGE_SIZE=full), encode it for the remote engine (ENGINE_IMAGE_FORMAT=auto), read a 3,000-token grounded
+  output into text, markdown and blocks, and shape the JSON;
+- **fit**: the same steps with the defaults before 2026-12-04 (PAGE_SIZE=fit: shrunk to the engine's size, box
+  filter; ENGINE_IMAGE_FORMAT=jpeg, quality 90), for the before/after figure.
 
 It also reports the bytes sent to the engine per page, and the prompt tokens the model gets (the tile grid is the
 same whatever the size sent: ocr_api/tiling.py, checked against the processor in tests/test_tiling.py).
@@ -41,7 +41,7 @@ from ocr_api.engines.base import EngineOutput
 from ocr_api.guard import GuardSettings
 from ocr_api.models import PROFILES
 from ocr_api.pipeline import PageOutcome
-from ocr_api.preparation import ImageLimits, data_url, decode_image
+from ocr_api.preparation import FitSize, ImageLimits, data_url, decode_image
 from ocr_api.reading import read_page
 from ocr_api.results import FileResult, FinishedPage
 from ocr_api.tiling import engine_size, tile_grid
@@ -93,32 +93,37 @@ def image_row(name: str, data: bytes, repeats: int) -> dict[str, object]:
         with Image.open(io.BytesIO(data)) as opened:
             opened.convert("RGB")
 
-    def service(image_format: str) -> Callable[[], int]:
+    def service(fit: FitSize | None, image_format: str) -> Callable[[], int]:
         def run() -> int:
-            prepared = decode_image(data, LIMITS, FIT)
+            prepared = decode_image(data, LIMITS, fit)
             sent = data_url(prepared.image, image_format)
             respond(prepared.image, prepared.source_size)
             return len(sent)
 
         return run
 
-    def full_size() -> None:
-        prepared = decode_image(data, LIMITS)
-        data_url(prepared.image, "png")
-        respond(prepared.image, prepared.source_size)
-
     size = Image.open(io.BytesIO(data)).size
+    return measured(name, len(data), floor, service, repeats=repeats, size=size)
+
+
+# A row's way of reading its input: given the fit (None: whole) and the engine's format, one page's work.
+Service = Callable[[FitSize | None, str], Callable[[], int]]
+
+
+def measured(
+    name: str, file_bytes: int, floor: Callable[[], object], service: Service, *, repeats: int, size: tuple[int, int]
+) -> dict[str, object]:
+    """One row: the floor, the service now (full, auto) and before (fit, jpeg), in CPU ms and bytes sent."""
     return {
         "input": name,
-        "file_mb": len(data) / 1e6,
+        "file_mb": file_bytes / 1e6,
         "floor_ms": cpu_ms(floor, repeats),
-        "service_ms": cpu_ms(service("jpeg"), repeats),
-        "service_png_ms": cpu_ms(service("png"), repeats),
-        "full_size_ms": cpu_ms(full_size, max(1, repeats // 2)),
-        "sent_mb": service("jpeg")() / 1e6,
-        "sent_png_mb": service("png")() / 1e6,
-        "full_size_sent_mb": len(data_url(decode_image(data, LIMITS).image, "png")) / 1e6,
-        "sent_size": engine_size(size, PROFILE),
+        "service_ms": cpu_ms(service(None, "auto"), repeats),
+        "fit_ms": cpu_ms(service(FIT, "jpeg"), repeats),
+        "sent_mb": service(None, "auto")() / 1e6,
+        "fit_sent_mb": service(FIT, "jpeg")() / 1e6,
+        "fit_size": engine_size(size, PROFILE),
+        "size": size,
         "grid": tile_grid(size, PROFILE),
     }
 
@@ -136,33 +141,16 @@ def pdf_row(repeats: int) -> dict[str, object]:
     def floor() -> None:
         opened.load_page(0).get_pixmap(dpi=144, alpha=False)
 
-    def service(image_format: str) -> Callable[[], int]:
+    def service(fit: FitSize | None, image_format: str) -> Callable[[], int]:
         def run() -> int:
-            rendered = render_page(opened, 0, PDF_LIMITS, FIT)
+            rendered = render_page(opened, 0, PDF_LIMITS, fit)
             sent = data_url(rendered.image, image_format)
             respond(rendered.image, rendered.size)
             return len(sent)
 
         return run
 
-    def full_size() -> None:
-        rendered = render_page(opened, 0, PDF_LIMITS)
-        data_url(rendered.image, "png")
-        respond(rendered.image, rendered.size)
-
-    return {
-        "input": "PDF page, A4 at 144 dpi",
-        "file_mb": len(data) / 1e6,
-        "floor_ms": cpu_ms(floor, repeats),
-        "service_ms": cpu_ms(service("jpeg"), repeats),
-        "service_png_ms": cpu_ms(service("png"), repeats),
-        "full_size_ms": cpu_ms(full_size, repeats),
-        "sent_mb": service("jpeg")() / 1e6,
-        "sent_png_mb": service("png")() / 1e6,
-        "full_size_sent_mb": len(data_url(render_page(opened, 0, PDF_LIMITS).image, "png")) / 1e6,
-        "sent_size": engine_size((1191, 1684), PROFILE),
-        "grid": tile_grid((1191, 1684), PROFILE),
-    }
+    return measured("PDF page, A4 at 144 dpi", len(data), floor, service, repeats=repeats, size=(1190, 1684))
 
 
 def server_cpu_s(pid: int) -> float:
@@ -223,17 +211,16 @@ def main() -> None:
     print(f"one core; model profile {PROFILE.family} (1024 global view, tiles of {PROFILE.tile_size}); "
           f"median of {args.repeats}; the service's functions, no engine")  # fmt: skip
     print()
-    print("| input | file MB | floor: bare decode ms | service ms (jpeg) | service / floor | service ms (png) | "
-          "share of 430 ms GPU | before: full size + PNG ms | sent MB jpeg | sent MB png | before: sent MB | "
-          "sent size | tile grid |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print("| input | file MB | floor: bare decode ms | service ms (full, auto) | before: fit, jpeg ms | now / before | "
+          "share of 430 ms GPU | sent MB | before: sent MB | size sent | before: size sent | tile grid |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
     for row in rows:
+        size, fit_size = row["size"], row["fit_size"]
         print(
             f"| {row['input']} | {row['file_mb']:.2f} | {row['floor_ms']:.0f} | {row['service_ms']:.0f} | "
-            f"{row['service_ms'] / row['floor_ms']:.2f}x | {row['service_png_ms']:.0f} | "
-            f"{row['service_ms'] / GPU_MS_PER_PAGE:.0%} | {row['full_size_ms']:.0f} | {row['sent_mb']:.2f} | "
-            f"{row['sent_png_mb']:.2f} | {row['full_size_sent_mb']:.2f} | "
-            f"{row['sent_size'][0]}x{row['sent_size'][1]} | {row['grid']} |"
+            f"{row['fit_ms']:.0f} | {row['service_ms'] / row['fit_ms']:.2f}x | "
+            f"{row['service_ms'] / GPU_MS_PER_PAGE:.0%} | {row['sent_mb']:.2f} | {row['fit_sent_mb']:.2f} | "
+            f"{size[0]}x{size[1]} | {fit_size[0]}x{fit_size[1]} | {row['grid']} |"
         )
     if args.http:
         per_page = over_http(scan_jpeg, pages=20)

@@ -69,10 +69,16 @@ class ImageLimits:
 
 # Given a page's upright size, the size the engine should get (ocr_api.tiling.engine_size for the loaded model).
 FitSize = Callable[[tuple[int, int]], tuple[int, int]]
-# Quality 90 with 4:2:0 chroma, as cameras write: text lives in the luma, which keeps full resolution. A noisy
-# 300-DPI A4 scan at the engine's size is about 1.7 MB so, 2.2 MB as a data URL (quality 95 and 4:4:4: 2.9 MB);
-# bench/page_cost.py.
-JPEG_QUALITY = 90
+# ENGINE_IMAGE_FORMAT=auto, by a page's pixels (bench/fidelity.py measures what the model's processor makes of each):
+# up to the global view's 1024x1024 the processor enlarges every view, JPEG's artefacts with it, and a lossless PNG is
+# small anyway; up to six 768-pixel tiles (3.6 megapixels) it still enlarges the tiles, and JPEG needs quality 95 to
+# stay above 45 dB (a PDF page at 144 dpi: 48.7 dB, 43.2 at quality 90); above, it shrinks every view, and quality
+# 90 stays above 50 dB at less CPU and fewer bytes. Chroma is 4:2:0, as cameras write: text lives in the luma (4:4:4
+# gave a text page the same dB for 40% more encoding time).
+LOSSLESS_UP_TO_PIXELS = 1024 * 1024
+FINE_JPEG_UP_TO_PIXELS = 6 * 768 * 768
+JPEG_QUALITY = 90  # ENGINE_IMAGE_FORMAT=jpeg, and auto above FINE_JPEG_UP_TO_PIXELS
+FINE_JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True)
@@ -108,11 +114,17 @@ def png_data_url(image: Image.Image) -> str:
 
 
 def data_url(image: Image.Image, image_format: str) -> str:
-    """Encode a page for the remote engine (ENGINE_IMAGE_FORMAT, config.ENGINE_IMAGE_FORMATS): JPEG at
-    JPEG_QUALITY, or PNG at fast compression (lossless)."""
+    """Encode a page for the remote engine (ENGINE_IMAGE_FORMAT, config.ENGINE_IMAGE_FORMATS): auto by its size (see
+    LOSSLESS_UP_TO_PIXELS), JPEG at JPEG_QUALITY, or PNG at fast compression (lossless)."""
+    pixels = image.width * image.height
+    if image_format == "auto":
+        image_format = "png" if pixels <= LOSSLESS_UP_TO_PIXELS else "jpeg"
+        fine = pixels <= FINE_JPEG_UP_TO_PIXELS
+    else:
+        fine = False
     buffer = io.BytesIO()
     if image_format == "jpeg":
-        image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0")
+        image.save(buffer, format="JPEG", quality=FINE_JPEG_QUALITY if fine else JPEG_QUALITY, subsampling="4:2:0")
     else:
         image.save(buffer, format="PNG", compress_level=1)
     return f"data:image/{image_format};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

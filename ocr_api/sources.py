@@ -56,7 +56,7 @@ class ImageSource:
     data: bytes
     info: ImageInfo
     limits: ImageLimits
-    fit: FitSize
+    fit: FitSize | None  # None: the page at its own size
     is_document = False
 
     def describe(self) -> dict[str, Any]:
@@ -82,7 +82,7 @@ class PdfSource:
     document: pymupdf.Document
     indices: list[int]
     limits: PdfLimits
-    fit: FitSize
+    fit: FitSize | None  # None: the page at its own size
     missing: frozenset[int] = frozenset()  # pages a damaged file lost, which its repair made up: never read
     is_document = True
 
@@ -119,7 +119,7 @@ def open_source(
     *,
     image_limits: ImageLimits,
     pdf_limits: PdfLimits,
-    fit: FitSize,
+    fit: FitSize | None,
 ) -> tuple[Source, Path | None]:
     """Decide the format from the bytes, store the upload and open it; return the source and where it was stored.
 

@@ -63,6 +63,10 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/jobs/{job_id}")
 
+    def job_pages(self, job_id: str, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        """The job's finished pages after the ``after``-th, at most ``limit`` (500 at most)."""
+        return self._call("GET", f"/jobs/{job_id}/pages", params={"after": after, "limit": limit})
+
     def job_result(self, job_id: str) -> dict[str, Any]:
         """The finished job's result: what /ocr would have answered."""
         return self._call("GET", f"/jobs/{job_id}/result")

@@ -16,7 +16,9 @@ answers an over-long prompt), ``server_error`` (500), ``unhealthy`` (health and 
 (completions 503, health 200: one request refused by a server that is up), ``slow``
 (completions answer after ``seconds``, default 3); ``GET /stand-in/last`` returns the last completion request's
 body; ``POST /stand-in/text`` with ``{"text": ...}`` makes every page's output that text (markup, hostile HTML:
-whatever a test needs the service to interpret), ``{"text": null}`` the sentence again; ``GET /stand-in/request-ids``
+whatever a test needs the service to interpret), ``{"text": null}`` the sentence again; ``POST /stand-in/answers``
+with ``{"answers": [...]}`` makes the next completions answer those texts, one each, in order (then the text or the
+sentence again); ``GET /stand-in/request-ids``
 the X-Request-Id header of the last thousand completion requests. As vLLM's server does,
 a request whose client hangs up is aborted (counted in ``stand_in:aborted_total``).
 
@@ -165,6 +167,7 @@ class Handler(BaseHTTPRequestHandler):
     slow_s = 3.0
     text: str | None = None  # POST /stand-in/text: every page's output, instead of the sentence
     guarded = True  # POST /stand-in/guard: validates vllm_xargs as vLLM's NGramPerReqLogitsProcessor does
+    answers: list[str] = []  # noqa: RUF012 - POST /stand-in/answers: the next completions' texts, in order
     last_body: dict[str, Any] = {}  # noqa: RUF012 - shared on purpose: what tests inspect
     request_ids: list[str] = []  # noqa: RUF012 - the X-Request-Id of every completion request, as vLLM logs them
 
@@ -199,6 +202,9 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/stand-in/text":
             Handler.text = body.get("text")
             self._send(200, {"text": Handler.text})
+        elif self.path == "/stand-in/answers":
+            Handler.answers = [str(answer) for answer in body.get("answers", [])]
+            self._send(200, {"answers": len(Handler.answers)})
         elif self.path == "/stand-in/guard":
             Handler.guarded = bool(body.get("guarded", True))
             self._send(200, {"guarded": Handler.guarded})
@@ -333,6 +339,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def _text(decoding: Decoding) -> str:
+    if Handler.answers:
+        return Handler.answers.pop(0)
     if Handler.text is not None:
         return Handler.text
     return f"stand-in page text ({decoding.tokens} tokens)"

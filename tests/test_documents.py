@@ -432,10 +432,11 @@ def test_a_pdf_cut_short_reads_the_pages_it_holds_and_never_the_ones_its_repair_
 def test_a_figures_box_is_in_the_pages_own_pixels_like_its_block_when_the_page_was_shrunk(make_client):
     grounded = "<|ref|>image<|/ref|><|det|>[[0, 0, 499, 499]]<|/det|>"
     engine = ScriptedEngine([(grounded, "stop")])
-    big = Image.new("RGB", (4000, 3000), "white")  # sent to the engine at a smaller size
+    big = Image.new("RGB", (4000, 3000), "white")  # sent to the engine at a smaller size (PAGE_SIZE=fit)
     buffer = io.BytesIO()
     big.save(buffer, format="PNG")
-    body = _post(make_client(engine=engine), [("big.png", buffer.getvalue())], figures="true").get_json()
+    client = make_client(engine=engine, page_size="fit")
+    body = _post(client, [("big.png", buffer.getvalue())], figures="true").get_json()
     (figure,) = body["figures"]
     (block,) = body["blocks"]
     assert figure["box"] == block["boxes"][0] == [0, 0, round(499 / 999 * 4000), round(499 / 999 * 3000)]

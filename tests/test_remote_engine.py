@@ -83,11 +83,28 @@ def test_the_request_carries_image_prompt_guard_and_special_tokens(settings, eng
     image_part, text_part = body["messages"][0]["content"]
     assert text_part == {"type": "text", "text": "<image>\n<|grounding|>Convert the document to markdown."}
     url = image_part["image_url"]["url"]
-    assert url.startswith("data:image/jpeg;base64,")  # ENGINE_IMAGE_FORMAT's default
+    assert url.startswith("data:image/png;base64,")  # ENGINE_IMAGE_FORMAT=auto: a small page goes losslessly
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert decoded.size == (64, 48)
     result = response.get_json()
     assert (result["finish_reason"], result["engine"], result["usage"]["completion_tokens"]) == ("length", "remote", 7)
+
+
+def test_auto_chooses_the_encoding_by_the_pages_pixels(settings, engine_url):
+    """Lossless up to 1 megapixel, JPEG at quality 95 up to 3.6, at quality 90 above (docs/QUALITY.md)."""
+    client, _ = _client(settings, engine_url)
+    coarsest = {}  # the largest step of each JPEG's luma quantisation table: smaller is finer
+    for size, kind in (((1000, 1000), "png"), ((1500, 2000), "jpeg"), ((2480, 3508), "jpeg")):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, "white").save(buffer, format="PNG")
+        assert client.post("/ocr", data={"file": (io.BytesIO(buffer.getvalue()), "page.png")}).status_code == 200
+        url = requests.get(f"{engine_url}/stand-in/last", timeout=5).json()["messages"][0]["content"][0]["image_url"]
+        assert url["url"].startswith(f"data:image/{kind};base64,"), size
+        sent = Image.open(io.BytesIO(base64.b64decode(url["url"].split(",", 1)[1])))
+        assert sent.size == size  # PAGE_SIZE=full: the page whole
+        if kind == "jpeg":
+            coarsest[size] = max(sent.quantization[0])
+    assert coarsest[(1500, 2000)] < coarsest[(2480, 3508)]  # quality 95 below 3.6 megapixels, 90 above
 
 
 def test_png_sends_the_page_losslessly(settings, engine_url):

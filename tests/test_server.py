@@ -140,7 +140,7 @@ def test_corpus_as_one_batch_over_http(server):
         if expected == "ok":
             assert result["finish_reason"] in ("stop", "length"), result
         else:
-            assert (result["status"], result["code"]) == expected
+            assert (result["status"], result["http_status"], result["code"]) == ("failed", *expected)
     assert body["succeeded"] == sum(1 for name in (e.name for e in CORPUS_IMAGES) if EXPECTED[name] == "ok")
     assert _uploads_left(server) == []
 

@@ -83,7 +83,25 @@ def _post(client, name: str, data: bytes):
     return client.post("/ocr", data=body, content_type=content_type)
 
 
-def test_the_engine_receives_the_page_at_its_processor_size_and_boxes_stay_in_the_uploads_pixels(client, fake_engine):
+def test_by_default_the_engine_receives_the_page_whole_as_the_authors_pipeline_gives_it(client, fake_engine):
+    """PAGE_SIZE=full: the upload decoded and upright, a PDF page at PDF_DPI, nothing resampled (docs/QUALITY.md)."""
+    for fmt in ("PNG", "JPEG"):
+        assert _post(client, f"scan.{fmt.lower()}", png_bytes(A4_300_DPI, fmt=fmt)).status_code == 200
+        assert fake_engine.requests[-1].image.size == A4_300_DPI
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait: turned, not resized
+    Image.new("RGB", A4_300_DPI[::-1], "white").save(buffer, format="JPEG", exif=exif)
+    assert _post(client, "turned.jpg", buffer.getvalue()).status_code == 200
+    assert fake_engine.requests[-1].image.size == A4_300_DPI
+    assert _post(client, "page.pdf", make_pdf(1)).status_code == 200
+    assert fake_engine.requests[-1].image.size == (1190, 1684)  # A4 at 144 dpi, as DeepSeek's PDF script renders it
+
+
+def test_page_size_fit_sends_the_page_at_its_processor_size_and_boxes_stay_in_the_uploads_pixels(
+    make_client, fake_engine
+):
+    client = make_client(page_size="fit")
     for fmt in ("PNG", "JPEG"):
         response = _post(client, f"scan.{fmt.lower()}", png_bytes(A4_300_DPI, fmt=fmt))
         assert response.status_code == 200
@@ -93,7 +111,8 @@ def test_the_engine_receives_the_page_at_its_processor_size_and_boxes_stay_in_th
         assert body["blocks"][0]["boxes"] == [[0, 0, *A4_300_DPI]]  # the model's 0-999 scale, in the upload's pixels
 
 
-def test_a_sideways_jpeg_is_turned_before_its_size_is_chosen(client, fake_engine):
+def test_a_sideways_jpeg_is_turned_before_its_size_is_chosen(make_client, fake_engine):
+    client = make_client(page_size="fit")
     buffer = io.BytesIO()
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90 degrees: stored landscape, shown portrait
@@ -104,7 +123,8 @@ def test_a_sideways_jpeg_is_turned_before_its_size_is_chosen(client, fake_engine
     assert (response.get_json()["image"]["width"], response.get_json()["image"]["height"]) == A4_300_DPI
 
 
-def test_a_large_pdf_page_is_rendered_directly_at_the_processor_size(client, fake_engine):
+def test_a_large_pdf_page_is_rendered_directly_at_the_processor_size(make_client, fake_engine):
+    client = make_client(page_size="fit")
     poster = make_pdf(1, size=(3160, 3160))  # 44 inches square: 6320 x 6320 pixels at 144 dpi, under MAX_IMAGE_PIXELS
     response = _post(client, "poster.pdf", poster)
     assert response.status_code == 200

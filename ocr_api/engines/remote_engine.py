@@ -117,7 +117,7 @@ class RemoteEngine:
         timeout_s: float = 240.0,
         connections: int = 64,
         api_key: str = "",
-        image_format: str = "jpeg",
+        image_format: str = "auto",
         require_guard: bool = True,
     ):
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
