@@ -35,9 +35,9 @@ import pymupdf
 from PIL import Image, ImageOps
 
 from ocr_api.documents import PdfLimits
-from ocr_api.models import PROFILES
 from ocr_api.options import OptionRules, parse_options
 from ocr_api.preparation import ImageLimits, data_url, sniff_format, to_rgb
+from ocr_api.profiles import PROFILES
 from ocr_api.sources import open_source
 from ocr_api.tiling import engine_size
 from ocr_dev.inputs import PHONE_PHOTO, scanned_page

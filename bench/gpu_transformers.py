@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ocr_api.engines import EngineRequest, run_batch
 from ocr_api.engines.transformers_engine import TransformersEngine
 from ocr_api.guard import GuardSettings
-from ocr_api.models import PROFILES
+from ocr_api.profiles import PROFILES
 from ocr_api.tiling import engine_size
 from ocr_dev.tiny_model import IMAGE, build_config, build_tokenizer
 

@@ -39,9 +39,9 @@ from PIL import Image
 from ocr_api.documents import PdfLimits, open_pdf, render_page
 from ocr_api.engines.base import EngineOutput
 from ocr_api.guard import GuardSettings
-from ocr_api.models import PROFILES
 from ocr_api.pipeline import PageOutcome
 from ocr_api.preparation import FitSize, ImageLimits, data_url, decode_image
+from ocr_api.profiles import PROFILES
 from ocr_api.reading import read_page
 from ocr_api.results import FileResult, FinishedPage
 from ocr_api.tiling import engine_size, tile_grid

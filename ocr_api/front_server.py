@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from config import ConfigError, Settings
+from ocr_api.settings import ConfigError, Settings
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf.template"
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")

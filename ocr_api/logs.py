@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from gunicorn.glogging import Logger as BaseGunicornLogger
 from pythonjsonlogger.json import JsonFormatter
 
-from config import ConfigError, Settings
+from ocr_api.settings import ConfigError, Settings
 from ocr_api.tracking import RequestIdFilter
 
 REDACTED = "[redacted]"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from ocr_api.models import ModelProfile
+from ocr_api.profiles import ModelProfile
 
 Size = tuple[int, int]
 

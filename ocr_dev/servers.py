@@ -183,11 +183,11 @@ def serve_app(app: object) -> Iterator[str]:
 def serve_service(tmp: Path, engine_url: str, **overrides: object) -> Iterator[str]:
     """The service in-process with the remote engine on ``engine_url`` (a stand-in), files under ``tmp``, its job
     consumer running, on a loopback port; keyword arguments override settings."""
-    from app import create_app
-    from config import Settings
     from ocr_api.engines import build_engine
+    from ocr_api.http.app import create_app
     from ocr_api.jobs import jobs_of
-    from ocr_service import OcrService
+    from ocr_api.service import OcrService
+    from ocr_api.settings import Settings
 
     defaults = {"upload_folder": str(tmp / "uploads"), "jobs_dir": str(tmp / "jobs"), "max_tokens": 64}
     settings = Settings(engine="remote", engine_url=engine_url, **{**defaults, **overrides})  # type: ignore[arg-type]

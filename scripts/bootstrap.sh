@@ -127,10 +127,10 @@ ensure_chromium() {
 }
 
 # resolve_engine : the engine OCR_ENGINE names, with auto resolved by the same code as the service's
-# (ocr_api/models.py, standard library only: remote when OCR_ENGINE_URL is set, transformers for a checkpoint in
+# (ocr_api/profiles.py, standard library only: remote when OCR_ENGINE_URL is set, transformers for a checkpoint in
 # transformers layout, vllm on a CUDA machine, else transformers). Needed before any virtual environment exists.
 resolve_engine() {
-  "${PYTHON:-python3}" -m ocr_api.models engine
+  "${PYTHON:-python3}" -m ocr_api.profiles engine
 }
 
 # use_environment ENGINE : install what ENGINE needs and set VENV to the virtual environment that holds it.

@@ -17,7 +17,7 @@ ensure_quality_venv  # olmOCR-Bench's scorer (tests/test_quality.py)
 .venv/bin/shellcheck start_server.sh start_production.sh scripts/*.sh .ci/run
 # pyproject.toml claims Python 3.10: vermin fails on anything newer (datetime.UTC, say) in our own code.
 .venv/bin/vermin --target=3.10- --violations --no-tips --eval-annotations --backport dataclasses -q \
-  app.py config.py ocr_service.py ocr_api ocr_client ocr_dev bench tests
+  app.py config.py ocr_api ocr_client ocr_dev bench tests
 ensure_nginx  # the front server that tests of start_production.sh run
 ensure_redis  # the queue and state that tests of jobs across processes share
 ensure_chromium  # the headless browser that tests of the web page drive

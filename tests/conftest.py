@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from app import create_app
-from config import Settings
+from ocr_api.http.app import create_app
+from ocr_api.service import OcrService
+from ocr_api.settings import Settings
 from ocr_dev.tiny_model import write_tiny_model
-from ocr_service import OcrService
 from tests.fakes import FakeEngine
 
 REPO = Path(__file__).resolve().parent.parent

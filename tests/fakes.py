@@ -7,7 +7,7 @@ import threading
 
 from ocr_api.engines import EngineLoadError, EngineOutput, EngineRequest, GuardCheck
 from ocr_api.engines.base import GUARD_VERIFIED
-from ocr_api.models import PROFILES
+from ocr_api.profiles import PROFILES
 
 
 class FakeEngine:

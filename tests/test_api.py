@@ -238,7 +238,7 @@ def test_prompt_longer_than_the_context_is_422(make_client):
 
 def test_unexpected_error_in_a_view_is_500_json(make_client, monkeypatch):
     client = make_client()
-    monkeypatch.setattr("ocr_service.OcrService.describe", lambda self: 1 / 0)
+    monkeypatch.setattr("ocr_api.service.OcrService.describe", lambda self: 1 / 0)
     _assert_error(client.get("/health"), 500, "internal_error")
 
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from ocr_api.chat import ChatRequest, Completion, parse_chat, served_names
-from ocr_api.chat_stream import StreamedCompletion
 from ocr_api.engines.base import EngineOutput
 from ocr_api.errors import BadRequest, Overloaded
 from ocr_api.guard import GuardSettings
+from ocr_api.http.chat import ChatRequest, Completion, parse_chat, served_names
+from ocr_api.http.chat_stream import StreamedCompletion
 from ocr_api.pipeline import PageOutcome
 from ocr_api.reading import read_page
 from ocr_api.results import PAGE_SEPARATOR, FileError, FileResult, FinishedPage

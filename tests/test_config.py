@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from config import ConfigError, Settings
 from ocr_api.engines import build_engine, choose_engine
+from ocr_api.settings import ConfigError, Settings
 
 
 def test_defaults_match_the_original_service():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from ocr_api.disconnect import client_gone_probe
+from ocr_api.http.disconnect import client_gone_probe
 
 
 def test_the_probe_sees_a_connected_client_pipelined_data_and_a_hang_up():

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from config import ConfigError, Settings
 from ocr_api.engines import EngineLoadError, EngineTimeout, build_engine, choose_engine
 from ocr_api.engines.vllm_engine import VllmEngine
 from ocr_api.engines.vllm_flags import NGRAM_PROCESSOR, engine_flags
-from ocr_api.models import PROFILES, checkpoint_layout, layout_mismatch, profile_for_checkpoint
+from ocr_api.profiles import PROFILES, checkpoint_layout, layout_mismatch, profile_for_checkpoint
+from ocr_api.settings import ConfigError, Settings
 from ocr_dev.tiny_vllm_model import write_tiny_vllm_model
 from tests.conftest import REPO
 
@@ -207,7 +207,7 @@ def test_the_start_scripts_ask_the_same_question_without_a_virtual_environment(t
     converted = _checkpoint(tmp_path, "converted", architectures=["DeepseekOcr2ForConditionalGeneration"])
     env = {"PATH": "/nonexistent", "DEEPSEEK_MODEL_NAME": converted}
     run = subprocess.run(
-        ["/usr/bin/python3", "-m", "ocr_api.models", "engine"],
+        ["/usr/bin/python3", "-m", "ocr_api.profiles", "engine"],
         check=False,
         cwd=REPO,
         env=env,

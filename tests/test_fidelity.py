@@ -14,10 +14,10 @@ import pymupdf
 import pytest
 from PIL import Image
 
-from config import Settings
 from ocr_api.preparation import data_url
+from ocr_api.service import OcrService
+from ocr_api.settings import Settings
 from ocr_dev.inputs import make_pdf, scanned_page
-from ocr_service import OcrService
 from tests.fakes import FakeEngine
 
 pytestmark = pytest.mark.slow  # the processor's views of a full page take a second or two

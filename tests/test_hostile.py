@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from app import create_app
-from config import Settings
+from ocr_api.http.app import create_app
 from ocr_api.options import FORM_FIELDS
+from ocr_api.service import OcrService
+from ocr_api.settings import Settings
 from ocr_dev.inputs import make_pdf, png_bytes
 from ocr_dev.servers import environment, gunicorn_workers, memory_mib, stand_in_engine, start, stop, wait_ready
-from ocr_service import OcrService
 from tests.conftest import CORPUS, CORPUS_FILES
 from tests.fakes import FakeEngine
 from tests.hostile import MULTIPART, Case, Part, multipart, pdf_text

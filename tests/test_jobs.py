@@ -23,13 +23,13 @@ from flask.testing import FlaskClient
 from PIL import Image
 from urllib3 import encode_multipart_formdata
 
-from app import create_app
-from config import Settings
 from ocr_api.engines import EngineOutput, EngineRequest, EngineUnavailable
+from ocr_api.http.app import create_app
 from ocr_api.jobs import Jobs, callbacks, jobs_of
 from ocr_api.jobs.queue import STALE_S
+from ocr_api.service import OcrService
+from ocr_api.settings import Settings
 from ocr_dev.servers import wait_until
-from ocr_service import OcrService
 from tests.conftest import CORPUS
 from tests.fakes import FakeEngine
 
@@ -610,9 +610,9 @@ def test_an_unreachable_redis_is_503_and_leaves_no_files(make_jobs, tmp_path):
 FULL_DISK_SCRIPT = """
 import io, resource, signal, sys
 sys.path.insert(0, sys.argv[1])
-from app import create_app
-from config import Settings
-from ocr_service import OcrService
+from ocr_api.http.app import create_app
+from ocr_api.settings import Settings
+from ocr_api.service import OcrService
 from tests.fakes import FakeEngine
 from ocr_api.jobs import jobs_of
 settings = Settings(upload_folder=sys.argv[2] + "/uploads", jobs_dir=sys.argv[2] + "/jobs")

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO
 
-SERVICE = [REPO / "app.py", REPO / "config.py", REPO / "ocr_service.py", *sorted((REPO / "ocr_api").rglob("*.py"))]
+SERVICE = [REPO / "app.py", REPO / "config.py", *sorted((REPO / "ocr_api").rglob("*.py"))]
 TOOLS = [*sorted((REPO / "ocr_dev").glob("*.py")), *sorted((REPO / "bench").glob("*.py"))]
 
 

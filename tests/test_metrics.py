@@ -188,7 +188,7 @@ def test_a_client_chosen_request_id_is_redacted_like_any_secret(make_client, cap
 
 @pytest.mark.parametrize("log_format", ["yaml", ""])
 def test_log_format_is_validated(log_format):
-    from config import ConfigError, Settings
+    from ocr_api.settings import ConfigError, Settings
 
     if log_format:
         with pytest.raises(ConfigError, match="LOG_FORMAT must be one of text, json"):

@@ -19,14 +19,14 @@ import pytest
 import requests
 from PIL import Image
 
-from app import create_app
-from config import Settings
-from ocr_api.chat import served_names
 from ocr_api.engines import build_engine
+from ocr_api.http.app import create_app
+from ocr_api.http.chat import served_names
 from ocr_api.results import PAGE_SEPARATOR
+from ocr_api.service import OcrService
+from ocr_api.settings import Settings
 from ocr_dev.inputs import data_url, make_pdf, png_bytes
 from ocr_dev.servers import metric, serve_app, stand_in_engine, wait_until
-from ocr_service import OcrService
 
 KEY = "test-key-0123456789abcdef"
 TEMPLATES = [  # the hosted API's six (system content)

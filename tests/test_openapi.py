@@ -24,13 +24,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app import create_app
-from config import Settings
-from ocr_api import openapi
+from ocr_api.http import openapi
+from ocr_api.http.app import create_app
 from ocr_api.options import FORM_FIELDS
+from ocr_api.service import OcrService
+from ocr_api.settings import Settings
 from ocr_dev.inputs import data_url, make_pdf, png_bytes
 from ocr_dev.servers import serve_service, stand_in_engine
-from ocr_service import OcrService
 from tests.fakes import FakeEngine
 
 JSON = "application/json"

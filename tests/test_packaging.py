@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from config import documented_settings
+from ocr_api.settings import documented_settings
 from tests.conftest import REPO
 
 DEPLOY = REPO / "deploy"

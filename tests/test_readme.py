@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from app import create_app
+from ocr_api.http.app import create_app
 from ocr_api.jobs import jobs_of
+from ocr_api.service import OcrService
 from ocr_dev.inputs import make_pdf, png_bytes
 from ocr_dev.servers import serve_app
-from ocr_service import OcrService
 from tests.conftest import REPO
 from tests.fakes import FakeEngine
 

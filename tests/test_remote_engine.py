@@ -21,11 +21,11 @@ import pytest
 import requests
 from PIL import Image
 
-from app import create_app
-from config import Settings
+from ocr_api.http.app import create_app
+from ocr_api.service import OcrService
+from ocr_api.settings import Settings
 from ocr_dev.inputs import png_bytes
 from ocr_dev.servers import environment, free_port, metric, running, stand_in_engine, stop, wait_until
-from ocr_service import OcrService
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ import threading
 import pytest
 import requests
 
-from config import ConfigError, Settings
 from ocr_api.logs import RedactSecrets
+from ocr_api.settings import ConfigError, Settings
 from ocr_dev.inputs import png_bytes
 from ocr_dev.servers import environment, free_port, start, stop, wait_ready
 from tests.conftest import REPO
@@ -81,7 +81,7 @@ def test_every_key_is_compared_in_constant_time_whichever_matches(make_client, m
         calls.append(b)
         return real_compare(a, b)
 
-    monkeypatch.setattr("ocr_api.access.hmac.compare_digest", counting)
+    monkeypatch.setattr("ocr_api.http.access.hmac.compare_digest", counting)
     client = make_client(api_keys=f"{KEY_A},{KEY_B}")
     for presented in (KEY_A, KEY_B, "not-a-key-at-all-000"):
         calls.clear()

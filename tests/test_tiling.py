@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from urllib3 import encode_multipart_formdata
 
-from ocr_api.models import PROFILES
+from ocr_api.profiles import PROFILES
 from ocr_api.tiling import engine_size, tile_grid
 from ocr_dev.inputs import make_pdf, png_bytes
 

@@ -355,7 +355,7 @@ def test_the_tile_grid_the_service_sends_for_is_vllms_for_both_generations():
     import json
     import subprocess
 
-    from ocr_api.models import PROFILES
+    from ocr_api.profiles import PROFILES
     from ocr_api.tiling import engine_size, tile_grid
 
     sizes = [(2480, 3508), (4032, 3024), (1191, 1684), (6320, 6320), (800, 1100), (640, 640), (2000, 40), (700, 500)]

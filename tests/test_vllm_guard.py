@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from config import Settings
 from ocr_api.engines.vllm_flags import NGRAM_PROCESSOR, engine_flags
+from ocr_api.settings import Settings
 from ocr_dev.inputs import png_bytes
 from ocr_dev.servers import free_port, metric_samples, serve_service, wait_until
 from ocr_dev.tiny_vllm_model import CPU_TRIAL_ENV, CPU_TRIAL_FLAGS, write_tiny_vllm_model

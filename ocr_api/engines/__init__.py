@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 
-from config import Settings
 from ocr_api.engines.base import (
     EngineFailure,
     EngineLoadError,
@@ -18,7 +17,8 @@ from ocr_api.engines.base import (
     PromptTooLong,
     run_batch,
 )
-from ocr_api.models import choose_engine, cuda_present
+from ocr_api.profiles import choose_engine, cuda_present
+from ocr_api.settings import Settings
 
 __all__ = [
     "EngineFailure",

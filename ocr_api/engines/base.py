@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from ocr_api.guard import GuardSettings
-from ocr_api.models import ModelProfile
+from ocr_api.profiles import ModelProfile
 
 
 class EngineLoadError(RuntimeError):

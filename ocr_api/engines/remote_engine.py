@@ -42,8 +42,8 @@ from ocr_api.engines.base import (
     without_credentials,
 )
 from ocr_api.guard import GUARD_PROBE_ARGS, GUARD_PROBE_PROMPT, UNGUARDED_ADVICE, GuardSettings, probe_refused_by_guard
-from ocr_api.models import ModelProfile, profile_for_checkpoint
 from ocr_api.preparation import data_url
+from ocr_api.profiles import ModelProfile, profile_for_checkpoint
 
 logger = logging.getLogger(__name__)
 

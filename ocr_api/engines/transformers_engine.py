@@ -33,7 +33,7 @@ from ocr_api.engines.base import (
 )
 from ocr_api.guard import GuardSettings, banned_next_tokens
 from ocr_api.interpretation import END_OF_SENTENCE
-from ocr_api.models import DEFAULT_CHECKPOINTS, ModelProfile, layout_mismatch, profile_for_model_type
+from ocr_api.profiles import DEFAULT_CHECKPOINTS, ModelProfile, layout_mismatch, profile_for_model_type
 
 logger = logging.getLogger(__name__)
 

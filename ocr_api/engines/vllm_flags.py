@@ -11,8 +11,8 @@ from __future__ import annotations
 import shlex
 import sys
 
-from config import ConfigError, Settings
-from ocr_api.models import DEFAULT_CHECKPOINTS, layout_mismatch
+from ocr_api.profiles import DEFAULT_CHECKPOINTS, layout_mismatch
+from ocr_api.settings import ConfigError, Settings
 
 NGRAM_PROCESSOR = "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 import logging
 import sys
 
-from config import ConfigError, Settings
 from ocr_api.engines import EngineLoadError, build_engine
 from ocr_api.jobs.queue import JobQueue
 from ocr_api.jobs.service import Jobs
 from ocr_api.logs import configure_logging
+from ocr_api.settings import ConfigError, Settings
 
 logger = logging.getLogger("ocr_api.jobs.consumer")
 
 
 def main() -> int:
-    from ocr_service import OcrService
+    from ocr_api.service import OcrService
 
     try:
         settings = Settings.from_env()

@@ -17,9 +17,9 @@ from huey.api import Task
 from huey.consumer import Consumer
 from huey.exceptions import TaskLockedException
 
-from config import Settings
 from ocr_api.jobs import callbacks
 from ocr_api.jobs.store import Job, JobStore
+from ocr_api.settings import Settings
 
 logger = logging.getLogger(__name__)
 

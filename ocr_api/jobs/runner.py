@@ -22,7 +22,7 @@ from ocr_api.sources import Source
 from ocr_api.tracking import working_for
 
 if TYPE_CHECKING:
-    from ocr_service import OcrService
+    from ocr_api.service import OcrService
 
 logger = logging.getLogger(__name__)
 

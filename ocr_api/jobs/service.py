@@ -34,7 +34,7 @@ from ocr_api.preparation import EXTENSIONS, sniff_format
 from ocr_api.results import FileError, file_body
 
 if TYPE_CHECKING:
-    from ocr_service import OcrService
+    from ocr_api.service import OcrService
 
 logger = logging.getLogger(__name__)
 

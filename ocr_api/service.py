@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from config import Settings
 from ocr_api.admission import Admission, Share
 from ocr_api.documents import PdfLimits
 from ocr_api.engines import EngineLoadError, EngineRequest, OcrEngine, build_engine
@@ -29,6 +28,7 @@ from ocr_api.pipeline import PageJob, PageOutcome, PageStream, StreamRules
 from ocr_api.preparation import FitSize, ImageLimits
 from ocr_api.reading import PageReading
 from ocr_api.results import FileError, FileResult, FinishedPage
+from ocr_api.settings import Settings
 from ocr_api.sources import SaveUpload, Source, open_source
 from ocr_api.tiling import engine_size
 from ocr_api.uploads import UploadStore

@@ -17,12 +17,12 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ocr_api.chat import ChatRequest, Completion, finish_reason
 from ocr_api.engines.base import StopCheck
 from ocr_api.errors import ApiError, InferenceFailed
+from ocr_api.http.chat import ChatRequest, Completion, finish_reason
 from ocr_api.pipeline import PageOutcome
 from ocr_api.results import PAGE_SEPARATOR, FileError, FileResult
-from ocr_service import PageListener
+from ocr_api.service import PageListener
 
 logger = logging.getLogger(__name__)
 

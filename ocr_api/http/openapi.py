@@ -16,14 +16,14 @@ from typing import Any
 
 from flask import Flask
 
-from config import Settings
-from ocr_api.access import OPEN_BLUEPRINTS
-from ocr_api.chat import IGNORED_NUMBERS, OCR_FIELDS
 from ocr_api.engines.base import RESOLUTION_MODES
+from ocr_api.http.access import OPEN_BLUEPRINTS
+from ocr_api.http.chat import IGNORED_NUMBERS, OCR_FIELDS
 from ocr_api.jobs.store import FINISHED
 from ocr_api.options import FORM_FIELDS
 from ocr_api.prompts import TASKS
 from ocr_api.results import PAGE_SEPARATOR
+from ocr_api.settings import Settings
 
 Schema = dict[str, Any]
 JSON = "application/json"

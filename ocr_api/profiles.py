@@ -1,6 +1,6 @@
 """Per-model defaults, in one table: guard sizes, context length and the tokens the guard never bans.
 
-Standard library only: ``scripts/bootstrap.sh`` asks ``python3 -m ocr_api.models engine`` which engine to install
+Standard library only: ``scripts/bootstrap.sh`` asks ``python3 -m ocr_api.profiles engine`` which engine to install
 before any virtual environment exists.
 """
 
@@ -178,12 +178,12 @@ def profile_for_checkpoint(name: str) -> ModelProfile:
 
 
 def main(argv: list[str]) -> int:
-    """``python3 -m ocr_api.models engine``: print the engine OCR_ENGINE resolves to, for the start scripts.
+    """``python3 -m ocr_api.profiles engine``: print the engine OCR_ENGINE resolves to, for the start scripts.
 
     The scripts install what that engine needs, so "vLLM installed" is taken to be true on a CUDA machine.
     """
     if argv != ["engine"]:
-        print("usage: python3 -m ocr_api.models engine", file=sys.stderr)
+        print("usage: python3 -m ocr_api.profiles engine", file=sys.stderr)
         return 2
     env = os.environ
     engine = choose_engine(

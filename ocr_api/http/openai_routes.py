@@ -9,15 +9,16 @@ from functools import partial
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from config import Settings
-from ocr_api import chat, json_body, outbound
-from ocr_api.chat_stream import StreamedCompletion
-from ocr_api.disconnect import client_gone_probe
+from ocr_api import outbound
 from ocr_api.engines.base import StopCheck
 from ocr_api.errors import BadRequest, UnsupportedMediaType
+from ocr_api.http import chat, json_body
+from ocr_api.http.chat_stream import StreamedCompletion
+from ocr_api.http.disconnect import client_gone_probe
 from ocr_api.options import OcrOptions
 from ocr_api.results import FileError, FileResult
-from ocr_service import OcrService, PageListener, UploadedFile
+from ocr_api.service import OcrService, PageListener, UploadedFile
+from ocr_api.settings import Settings
 
 # Not in access.OPEN_BLUEPRINTS: keys and rate limits apply, as to /ocr.
 openai_routes = Blueprint("openai", __name__, url_prefix="/v1")

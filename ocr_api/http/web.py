@@ -11,9 +11,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template
 
-from ocr_api import openapi
+from ocr_api.http import openapi
 from ocr_api.prompts import TASKS
-from ocr_service import OcrService
+from ocr_api.service import OcrService
 
 web = Blueprint("web", __name__, static_folder="static", static_url_path="/static", template_folder="templates")
 # The page runs only its own files: no inline script, nothing from elsewhere, so even model output that slipped

@@ -15,14 +15,14 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
-from ocr_api import json_body
-from ocr_api.access import client_by_key
-from ocr_api.disconnect import client_gone_probe
 from ocr_api.errors import BadRequest, EngineNotReady, ShuttingDown, UnsupportedMediaType, error_response
 from ocr_api.figures import ANNOTATED, FIGURE
+from ocr_api.http import json_body
+from ocr_api.http.access import client_by_key
+from ocr_api.http.disconnect import client_gone_probe
 from ocr_api.jobs import Job, JobUpload, StorageUnavailable, jobs_of
 from ocr_api.results import FileError
-from ocr_service import OcrService, UploadedFile
+from ocr_api.service import OcrService, UploadedFile
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config import Settings
 from ocr_api.errors import Unauthorized
+from ocr_api.settings import Settings
 
 # Keys and rate limits apply to every request except those of the probes blueprint (/health, /ready: probes and
 # load balancers carry no keys) and of the web blueprint (the page, its files and the API's description: a
