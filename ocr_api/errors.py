@@ -1,15 +1,7 @@
-"""The one error hierarchy of the service and the one place that renders errors as JSON."""
+"""The one error hierarchy of the service: each error carries its HTTP status, a stable code and a message, and
+knows its body in the service's shape and in OpenAI's. Rendered as a response in one place, ocr_api/http/errors.py."""
 
 from __future__ import annotations
-
-import logging
-
-from flask import Flask, Response, has_request_context, jsonify, request
-from werkzeug.exceptions import HTTPException
-
-from ocr_api.tracking import note_error
-
-logger = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -168,19 +160,6 @@ class GatewayTimeout(ApiError):
     message = "The OCR engine did not answer in time; the request was aborted. Try fewer or smaller pages."
 
 
-# Framework errors raised before our code runs (routing, body limits) map onto the hierarchy by status.
-_FRAMEWORK_ERRORS: dict[int, type[ApiError]] = {
-    400: BadRequest,
-    404: NotFound,
-    405: MethodNotAllowed,
-    413: PayloadTooLarge,
-    415: UnsupportedMediaType,
-    429: RateLimited,
-}
-
-
-# Routes under this prefix speak OpenAI's API, errors included; the SDK picks its exception class by the status.
-OPENAI_PREFIX = "/v1/"
 OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 # The client errors OpenAI's API answers with, each its own exception in the openai SDK (413 is its APIStatusError,
 # kept: the request is too large). Any other 4xx of ours (415 for an image that is not one, 405, 411) is a 400 there,
@@ -191,54 +170,3 @@ OPENAI_CLIENT_STATUSES = (400, 401, 403, 404, 409, 413, 422, 429, 499)
 def openai_status(status: int) -> int:
     """The status OpenAI's API would answer for one of ours."""
     return 400 if 400 <= status < 500 and status not in OPENAI_CLIENT_STATUSES else status
-
-
-def error_response(error: ApiError) -> tuple[Response, int]:
-    """Render ``error`` as its JSON body with its status and headers (OpenAI's shape and statuses on the /v1/
-    routes)."""
-    openai_route = has_request_context() and request.path.startswith(OPENAI_PREFIX)
-    note_error(error.code)
-    response = jsonify(error.to_openai() if openai_route else error.to_dict())
-    response.headers.update(error.headers)
-    return response, openai_status(error.status) if openai_route else error.status
-
-
-def register_error_handlers(app: Flask) -> None:
-    """Make every error, ours, the framework's and unexpected ones, a JSON response."""
-
-    @app.errorhandler(ApiError)
-    def handle_api_error(error: ApiError):
-        return error_response(error)
-
-    @app.errorhandler(HTTPException)
-    def handle_http_exception(error: HTTPException):
-        kind = _FRAMEWORK_ERRORS.get(error.code or 500)
-        if kind is None:
-            api_error = ApiError(error.description or ApiError.message)
-            api_error.status = error.code or 500
-            api_error.code = (error.name or "error").lower().replace(" ", "_")
-        elif kind is PayloadTooLarge:
-            api_error = PayloadTooLarge(_too_large_message(app))
-        else:
-            api_error = kind()
-        response, status = error_response(api_error)
-        if error.code == 405 and error.valid_methods:
-            response.headers["Allow"] = ", ".join(error.valid_methods)
-        return response, status
-
-    @app.errorhandler(Exception)
-    def handle_unexpected(error: Exception):
-        # The traceback goes to the log only; the client gets the generic message.
-        logger.exception("unhandled error")
-        return error_response(ApiError())
-
-
-def _too_large_message(app: Flask) -> str:
-    limit = app.config.get("MAX_CONTENT_LENGTH")
-    parts = app.config.get("MAX_FORM_PARTS")
-    if limit:
-        return (
-            f"The request is larger than the upload limit of {limit // (1024 * 1024)} MiB, "
-            f"has more than {parts} form parts, or a form field is too long."
-        )
-    return PayloadTooLarge.message

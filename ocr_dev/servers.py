@@ -185,7 +185,7 @@ def serve_service(tmp: Path, engine_url: str, **overrides: object) -> Iterator[s
     consumer running, on a loopback port; keyword arguments override settings."""
     from ocr_api.engines import build_engine
     from ocr_api.http.app import create_app
-    from ocr_api.jobs import jobs_of
+    from ocr_api.http.state import jobs_of
     from ocr_api.service import OcrService
     from ocr_api.settings import Settings
 

@@ -25,7 +25,8 @@ from urllib3 import encode_multipart_formdata
 
 from ocr_api.engines import EngineOutput, EngineRequest, EngineUnavailable
 from ocr_api.http.app import create_app
-from ocr_api.jobs import Jobs, callbacks, jobs_of
+from ocr_api.http.state import jobs_of
+from ocr_api.jobs import Jobs, callbacks
 from ocr_api.jobs.queue import STALE_S
 from ocr_api.service import OcrService
 from ocr_api.settings import Settings
@@ -614,7 +615,7 @@ from ocr_api.http.app import create_app
 from ocr_api.settings import Settings
 from ocr_api.service import OcrService
 from tests.fakes import FakeEngine
-from ocr_api.jobs import jobs_of
+from ocr_api.http.state import jobs_of
 settings = Settings(upload_folder=sys.argv[2] + "/uploads", jobs_dir=sys.argv[2] + "/jobs")
 service = OcrService(settings, FakeEngine())
 service.start()

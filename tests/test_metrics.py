@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from ocr_api.engines import PromptTooLong
+from ocr_api.http.tracking import REQUEST_ID_HEADER
 from ocr_api.logs import formatter_for
-from ocr_api.tracking import REQUEST_ID_HEADER
 from ocr_dev.inputs import make_pdf, png_bytes
 from ocr_dev.servers import metric_samples
 from tests.fakes import FakeEngine

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ocr_api.http.app import create_app
-from ocr_api.jobs import jobs_of
+from ocr_api.http.state import jobs_of
 from ocr_api.service import OcrService
 from ocr_dev.inputs import make_pdf, png_bytes
 from ocr_dev.servers import serve_app

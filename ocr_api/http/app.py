@@ -27,15 +27,18 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     """Build the app; without a service, the process-wide one is created and its engine loaded."""
     from flask import Flask
 
-    from ocr_api.errors import register_error_handlers
+    from ocr_api.engines.metrics import EngineCollector
     from ocr_api.http.access import install_access_control
+    from ocr_api.http.errors import register_error_handlers
+    from ocr_api.http.metrics import install_metrics
     from ocr_api.http.openai_routes import openai_routes
     from ocr_api.http.routes import UploadRequest, job_routes, ocr_routes, probes
+    from ocr_api.http.state import jobs_of
+    from ocr_api.http.tracking import install_request_tracking
     from ocr_api.http.web import web
+    from ocr_api.jobs.metrics import JobQueueCollector
     from ocr_api.logs import configure_logging
-    from ocr_api.metrics import install_metrics
     from ocr_api.service import get_service
-    from ocr_api.tracking import install_request_tracking
 
     if settings is None:
         settings = service.settings if service is not None else Settings.from_env()
@@ -63,7 +66,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     app.register_blueprint(job_routes)
     app.register_blueprint(openai_routes)
     app.register_blueprint(web)
-    install_metrics(app)
+    install_metrics(app, [JobQueueCollector(settings, lambda: jobs_of(app).queue), EngineCollector(service.engine)])
     install_access_control(app, settings)
     return app
 
@@ -76,7 +79,7 @@ def main() -> int:
     except (ConfigError, EngineLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    from ocr_api.jobs import jobs_of
+    from ocr_api.http.state import jobs_of
 
     # Jobs run here, on the engine this process owns (one engine per machine, never a second one for jobs).
     try:

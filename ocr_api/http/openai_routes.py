@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from functools import partial
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from ocr_api import outbound
 from ocr_api.engines.base import StopCheck
@@ -15,6 +15,7 @@ from ocr_api.errors import BadRequest, UnsupportedMediaType
 from ocr_api.http import chat, json_body
 from ocr_api.http.chat_stream import StreamedCompletion
 from ocr_api.http.disconnect import client_gone_probe
+from ocr_api.http.state import current_service
 from ocr_api.options import OcrOptions
 from ocr_api.results import FileError, FileResult
 from ocr_api.service import OcrService, PageListener, UploadedFile
@@ -25,10 +26,6 @@ openai_routes = Blueprint("openai", __name__, url_prefix="/v1")
 STARTED = int(time.time())  # "created" of the model in /v1/models
 
 
-def _service() -> OcrService:
-    return current_app.extensions["ocr_service"]
-
-
 def _names(service: OcrService) -> list[str]:
     return chat.served_names(service.engine.model_id, service.engine.profile.family)
 
@@ -36,14 +33,14 @@ def _names(service: OcrService) -> list[str]:
 @openai_routes.get("/models")
 def list_models():
     """The served model and its aliases, as OpenAI lists models."""
-    service = _service()
+    service = current_service()
     return jsonify(chat.models_body(_names(service), STARTED, service.engine.context_length))
 
 
 @openai_routes.post("/chat/completions")
 def chat_completions():
     """One image (a data URL, or a fetched http(s) URL) OCR'd with the messages' prompt; streamed when asked."""
-    service = _service()
+    service = current_service()
     if request.mimetype != "application/json":
         raise UnsupportedMediaType(
             f"Send the chat completion as application/json; got Content-Type {request.mimetype[:100]!r}.",

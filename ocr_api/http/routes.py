@@ -15,14 +15,16 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
-from ocr_api.errors import BadRequest, EngineNotReady, ShuttingDown, UnsupportedMediaType, error_response
+from ocr_api.errors import BadRequest, EngineNotReady, ShuttingDown, UnsupportedMediaType
 from ocr_api.figures import ANNOTATED, FIGURE
 from ocr_api.http import json_body
 from ocr_api.http.access import client_by_key
 from ocr_api.http.disconnect import client_gone_probe
-from ocr_api.jobs import Job, JobUpload, StorageUnavailable, jobs_of
+from ocr_api.http.errors import error_response
+from ocr_api.http.state import current_service, jobs_of
+from ocr_api.jobs import Job, JobUpload, StorageUnavailable
 from ocr_api.results import FileError
-from ocr_api.service import OcrService, UploadedFile
+from ocr_api.service import UploadedFile
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +79,6 @@ class UploadRequest(Request):
         return LimitedStream(self.environ["wsgi.input"], length)
 
 
-def _service() -> OcrService:
-    return current_app.extensions["ocr_service"]
-
-
 @probes.get("/health")
 def health():
     """Liveness: answers while the process runs, whatever the engine's state."""
@@ -88,14 +86,14 @@ def health():
         status="healthy",
         service=SERVICE_NAME,
         timestamp=datetime.now(timezone.utc).isoformat(),
-        **_service().describe(),
+        **current_service().describe(),
     )
 
 
 @probes.get("/ready")
 def ready():
     """Readiness: 200 once the engine can serve, 503 before and while it is broken."""
-    service = _service()
+    service = current_service()
     if service.is_draining():
         raise ShuttingDown("This server is shutting down; it takes no new requests.")
     if not service.is_ready():
@@ -111,7 +109,7 @@ def ocr():
         raise BadRequest(_missing_file_message("file"), code="missing_file")
     if len(uploads) > 1:
         raise BadRequest("/ocr takes one file; send several to /ocr/batch as 'files'.", code="too_many_files")
-    service = _service()
+    service = current_service()
     result = service.recognize(uploads, service.options_from(form), client_gone_probe(request.environ))[0]
     if isinstance(result, FileError):
         raise result.error
@@ -121,7 +119,7 @@ def ocr():
 @ocr_routes.post("/ocr/batch")
 def ocr_batch():
     """OCR every file sent as repeated ``files`` fields, in upload order, as one engine batch."""
-    service = _service()
+    service = current_service()
     uploads, form = _uploads_and_fields("files")
     if not uploads:
         raise BadRequest(_missing_file_message("files"), code="missing_file")
@@ -141,7 +139,7 @@ def ocr_batch():
 @job_routes.post("/jobs")
 def create_job():
     """Queue a job of one or more files (fields ``file`` or ``files``) with /ocr's fields; 202 once all are checked."""
-    settings = _service().settings
+    settings = current_service().settings
     request.max_content_length = settings.job_max_upload_mb * 1024 * 1024
     request.max_form_parts = 2 * settings.job_max_files + 16
     request.spool_uploads = True  # type: ignore[attr-defined]
@@ -241,7 +239,7 @@ def _job(job_id: str) -> Job:
 
 def _owner() -> str | None:
     """Who a job belongs to: the API key's digest when keys are on (any other key gets 404), else nobody."""
-    return client_by_key() if _service().settings.api_key_list else None
+    return client_by_key() if current_service().settings.api_key_list else None
 
 
 def _int_arg(name: str, default: int) -> int:
@@ -262,7 +260,7 @@ def _has_bytes(stream: IO[bytes]) -> bool:
 def _uploads_and_fields(field: str) -> tuple[list[UploadedFile], dict[str, list[str]]]:
     """The files and fields of an /ocr or /ocr/batch request: a multipart form, or JSON with base64 images."""
     if request.mimetype == "application/json":
-        settings = _service().settings
+        settings = current_service().settings
         json_field = "image" if field == "file" else "images"
         body = json_body.parse_object(request.get_data(cache=False))
         named, form = json_body.ocr_request(body, json_field, settings.max_content_length, settings.max_batch_files)

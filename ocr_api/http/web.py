@@ -12,8 +12,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, render_template
 
 from ocr_api.http import openapi
+from ocr_api.http.state import current_service
 from ocr_api.prompts import TASKS
-from ocr_api.service import OcrService
 
 web = Blueprint("web", __name__, static_folder="static", static_url_path="/static", template_folder="templates")
 # The page runs only its own files: no inline script, nothing from elsewhere, so even model output that slipped
@@ -24,14 +24,10 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def _service() -> OcrService:
-    return current_app.extensions["ocr_service"]
-
-
 def _description() -> dict[str, Any]:
     """Built once per app from its url map and settings (both fixed once the app serves)."""
     if "openapi" not in current_app.extensions:
-        service = _service()
+        service = current_service()
         current_app.extensions["openapi"] = openapi.describe(current_app, service.settings, service.engine.modes)
     return current_app.extensions["openapi"]
 
@@ -46,7 +42,7 @@ def protect(response: Response) -> Response:
 @web.get("/")
 def page():
     """Drop files, pick the task, see each page's text, markdown and boxes."""
-    service = _service()
+    service = current_service()
     config = {  # the template's choices, and the limit past which the script sends an image as a job
         "keys_required": bool(service.settings.api_key_list),
         "tasks": list(TASKS),
