@@ -14,6 +14,7 @@ ensure_quality_venv  # olmOCR-Bench's scorer (tests/test_quality.py)
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/lint-imports  # the layers and contracts in pyproject.toml [tool.importlinter]
 .venv/bin/shellcheck start_server.sh start_production.sh scripts/*.sh .ci/run
 # pyproject.toml claims Python 3.10: vermin fails on anything newer (datetime.UTC, say) in our own code.
 .venv/bin/vermin --target=3.10- --violations --no-tips --eval-annotations --backport dataclasses -q \
