@@ -252,7 +252,7 @@ def test_an_engine_dropped_without_close_closes_its_connections_and_thread(setti
 
     engine = build_engine(settings.replace(engine="remote", engine_url=engine_url, model_name=""))
     engine.load()  # opens the session and its pooled connections
-    loop_thread = engine._thread
+    loop_thread = engine._calls.thread
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         del engine
@@ -264,7 +264,7 @@ def test_an_engine_dropped_without_close_closes_its_connections_and_thread(setti
 
 def test_the_remote_service_never_imports_torch(engine_url):
     code = (
-        "import sys; from app import create_app; from config import Settings; "
+        "import sys; from app import create_app; from ocr_api.settings import Settings; "
         f"create_app(Settings(engine='remote', engine_url='{engine_url}')); "
         "print(sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))"
     )
@@ -291,7 +291,7 @@ def test_start_production_with_an_external_engine(engine_url, tmp_path):
 def test_a_request_body_is_handed_over_once_and_not_kept():
     import asyncio
 
-    from ocr_api.engines.remote_engine import SentOnce
+    from ocr_api.engines.remote.client import SentOnce
 
     body = SentOnce(b'{"page": 1}')
 

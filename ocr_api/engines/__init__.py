@@ -47,7 +47,7 @@ def build_engine(settings: Settings) -> OcrEngine:
         settings.model_name,
     )
     if name == "remote":
-        from ocr_api.engines.remote_engine import RemoteEngine
+        from ocr_api.engines.remote.engine import RemoteEngine
 
         return RemoteEngine(
             settings.engine_urls,
