@@ -40,7 +40,7 @@ from ocr_api.preparation import ImageLimits, data_url, sniff_format, to_rgb
 from ocr_api.profiles import PROFILES
 from ocr_api.sources import open_source
 from ocr_api.tiling import engine_size
-from ocr_dev.inputs import PHONE_PHOTO, scanned_page
+from ocr_dev.inputs import PHONE_PHOTO, scanned_page, text_page_pdf
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("OCR_CORPUS_DIR", REPO.parent / "shared" / "corpus"))
@@ -50,21 +50,6 @@ PDF_LIMITS = PdfLimits(dpi=144, max_pages=100, max_page_pixels=40_000_000, min_s
 PROFILE = PROFILES["deepseek-ocr-2"]
 # (PAGE_SIZE, ENGINE_IMAGE_FORMAT): the defaults first, then the defaults before 2026-12-04, then the others.
 WAYS = [("full", "auto"), ("fit", "jpeg"), ("full", "jpeg"), ("fit", "auto")]
-
-
-def text_page_pdf() -> bytes:
-    """An A4 page of lines of 5 to 9 pt text."""
-    document = pymupdf.open()
-    page = document.new_page(width=595, height=842)
-    top, sizes = 40.0, [5, 6, 7, 8, 9]
-    for line in range(80):
-        size = sizes[line % len(sizes)]
-        if top > 800:
-            break
-        page.insert_text((40, top), f"{line + 1}. The quick brown fox jumps over the lazy dog: 0123456789, totals.",
-                         fontsize=size)  # fmt: skip
-        top += size + 3
-    return document.tobytes()
 
 
 def inputs() -> dict[str, bytes]:

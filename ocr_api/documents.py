@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,14 @@ POINTS_PER_INCH = 72
 # Real pages decode to kilobytes or a few megabytes (drawing instructions, fonts; a full CJK font is about 16 MB);
 # the bombs that ocr_api.pdf_streams measures decode to gigabytes.
 MAX_PAGE_DECODED_BYTES = 64 * 1024 * 1024
+# A page drawn whole is held twice for a moment, in MuPDF's buffer (3 bytes a pixel) and in Pillow's image (4): 280 MB
+# for a 40-megapixel poster. Larger pages than this are drawn in bands of about BAND_PIXELS, each two rows taller on
+# either side than the rows it gives, so that anti-aliasing at its edges is as in the whole page: a text page comes
+# out identical; a glyph of a base-14 font or an image MuPDF scales, where a band's edge crosses it, may differ by a
+# few levels (over 55 and 50 dB; tests/test_documents.py). At 144 dpi only pages over 27 inches square are banded.
+DRAWN_WHOLE_UP_TO_PIXELS = 16_000_000
+BAND_PIXELS = 2_000_000
+BAND_OVERLAP_ROWS = 2
 
 
 @dataclass(frozen=True)
@@ -124,8 +133,7 @@ def render_page(
         deadline.check()
         target_width, target_height = fit((width, height)) if fit else (width, height)
         scale = pymupdf.Matrix(target_width / page.rect.width, target_height / page.rect.height)
-        # alpha=False renders onto an opaque white background: transparent pages are flattened.
-        pixmap = page.get_pixmap(matrix=scale, alpha=False)
+        image = _draw(page, scale, deadline.check)
     except PageTooLarge as exc:
         raise UnprocessableFile(
             f"Page {index + 1} {exc}; a page may hold images of up to {limits.max_page_pixels} pixels, decode to "
@@ -137,9 +145,31 @@ def render_page(
     except Exception as exc:  # noqa: BLE001 - a page PyMuPDF cannot load or draw is that page's fault
         logger.info("could not render PDF page %d: %s: %s", index + 1, type(exc).__name__, exc)
         raise UnprocessableFile(f"Page {index + 1} could not be rendered.", code="corrupt_pdf") from None
-    image = Image.frombytes("RGB", (pixmap.width, pixmap.height), pixmap.samples)
-    del pixmap
     # MuPDF rounds the page's edges to whole pixels; the engine gets exactly the size asked for.
     if image.size != (target_width, target_height):
         image = image.resize((target_width, target_height), Image.Resampling.BOX)
     return RenderedPage(image, (width, height))
+
+
+def _draw(page: pymupdf.Page, matrix: pymupdf.Matrix, check_time: Callable[[], None]) -> Image.Image:
+    """Draw the page as RGB on white (transparent pages flattened): whole, or in bands when it is large (its
+    preparation budget checked between bands)."""
+    box = (page.rect * matrix).irect
+    if box.width * box.height <= DRAWN_WHOLE_UP_TO_PIXELS:
+        return _pixels(page.get_pixmap(matrix=matrix, alpha=False))
+    display = page.get_displaylist()
+    image = Image.new("RGB", (box.width, box.height))
+    rows = max(1, BAND_PIXELS // box.width)
+    for top in range(box.y0, box.y1, rows):
+        check_time()
+        bottom = min(box.y1, top + rows)
+        drawn = pymupdf.IRect(box.x0, top - BAND_OVERLAP_ROWS, box.x1, bottom + BAND_OVERLAP_ROWS)
+        pixmap = display.get_pixmap(matrix=matrix, alpha=False, clip=pymupdf.Rect(drawn) * ~matrix)
+        band = _pixels(pixmap).crop((box.x0 - pixmap.x, top - pixmap.y, box.x1 - pixmap.x, bottom - pixmap.y))
+        image.paste(band, (0, top - box.y0))
+    return image
+
+
+def _pixels(pixmap: pymupdf.Pixmap) -> Image.Image:
+    # From MuPDF's own buffer: ``samples`` would copy it once more on the way.
+    return Image.frombytes("RGB", (pixmap.width, pixmap.height), pixmap.samples_mv)

@@ -1,7 +1,7 @@
 """The page stream: every page of a request flows through one loop that keeps the engine fed.
 
 A window of pages is at the engine at once; the moment one is answered the next is sent. Pages are rendered a
-bounded number ahead of the engine, so a request holds the pixels of a few pages whatever its length (pages at
+bounded number (and pixels) ahead of the engine, so a request holds a few pages' pixels whatever its length (pages at
 the engine hold only what the engine keeps: the remote engine, their encoded request until it is sent). A page
 seen to run away is sent again at once with a stronger guard, ahead of the pages not yet sent. Each page's slot
 is counted by the process's admission bound while the page is at the engine.
@@ -78,7 +78,8 @@ class StreamRules:
     """How a request's stream behaves; built by the service from the settings and the request's options."""
 
     window: int  # pages of this request at the engine at once
-    render_ahead: int  # pages rendered and waiting for a slot
+    render_ahead: int  # pages rendered and waiting for a slot, at most
+    render_ahead_pixels: int  # and no more rendered ahead once those hold this many pixels
     attempts: int  # 1 + RUNAWAY_RETRIES
     timeout_s: float  # ENGINE_TIMEOUT_S, per page
     # a page's key, its pixels and the attempt's number -> what the engine gets
@@ -134,7 +135,7 @@ class PageStream:
                     yield self._outcomes.popitem()
                 if not (self._at_engine or self._ready or self._again) and self._rendered_all:
                     break
-                if len(self._ready) < self._rules.render_ahead and not self._rendered_all:
+                if self._may_render_ahead():
                     self._render_next(pending)  # ahead of the engine, while it works
                     self._collect(timeout=0)
                 else:  # nothing to do but wait for an answer (or, for a job, for a free slot)
@@ -146,6 +147,14 @@ class PageStream:
             self._abandon()
             if started is not None:
                 self.engine_ms = round((time.perf_counter() - started) * 1000, 1)
+
+    def _may_render_ahead(self) -> bool:
+        """Whether another page may be rendered before the engine has room for it: few pages, few pixels held."""
+        if self._rendered_all or len(self._ready) >= self._rules.render_ahead:
+            return False
+        sizes = [page.image.width * page.image.height for _, page, _ in self._ready]
+        # The next page is taken to be the size of the last: one more may be rendered if both fit (or none is held).
+        return not sizes or sum(sizes) + sizes[-1] <= self._rules.render_ahead_pixels
 
     def _send(self, pending: Iterator[PageJob]) -> None:
         """Send pages while the window has room: runaways first, then rendered pages, then the next jobs."""
@@ -169,6 +178,7 @@ class PageStream:
                 self._ready.appendleft((job, page, attempt))
                 raise ClientGone()
             self._submit(job, page, attempt)
+            del page  # sent: its pixels are not held while the next page renders
         if not (self._again or self._ready) and self._rendered_all:
             self._give_back_spare_slots()
 

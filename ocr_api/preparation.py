@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import ctypes
+import ctypes.util
 import io
 import logging
 import struct
@@ -336,3 +338,20 @@ def _too_large(size: tuple[int, int] | None, limits: ImageLimits, what: str = "T
     return UnprocessableFile(
         f"{what} {declared}; the limit is {limits.max_pixels} pixels (width x height).", code="image_too_large"
     )
+
+
+# glibc hands a freed block back to the system only if it was mmapped, and by default it raises its mmap threshold
+# to the size of each mmapped block freed (up to 32 MiB): after the first full-size page, Pillow's 16 MiB blocks come
+# from the heap and stay in the process. A fixed threshold keeps every large block mmapped, so a worker's memory
+# falls back after a large page (tests/test_hostile.py measures it). 1 MiB: rows of pixels, not Python objects.
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+
+
+def give_large_blocks_back() -> bool:
+    """Make large allocations return to the system when freed (glibc); False where that cannot be set."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): their allocators decide for themselves
+        return False

@@ -25,7 +25,7 @@ from ocr_api.figures import inline_pictures
 from ocr_api.guard import UNGUARDED_ADVICE, GuardSettings
 from ocr_api.options import OcrOptions, OptionRules, parse_options
 from ocr_api.pipeline import PageJob, PageOutcome, PageStream, StreamRules
-from ocr_api.preparation import FitSize, ImageLimits
+from ocr_api.preparation import FitSize, ImageLimits, give_large_blocks_back
 from ocr_api.reading import PageReading
 from ocr_api.results import FileError, FileResult, FinishedPage
 from ocr_api.settings import Settings
@@ -37,7 +37,10 @@ logger = logging.getLogger(__name__)
 
 MAX_FILENAME_CHARS = 255
 
-RENDER_AHEAD_PAGES = 4  # rendered pages waiting for a slot: enough to hand one over at once, few pixels held
+# Pages rendered and waiting for a slot: enough to hand one over at once, few pixels held. At most this many, and
+# at most this many pixels (108 MB as RGB): four 300-dpi A4 scans; of pages larger than 18 megapixels, one.
+RENDER_AHEAD_PAGES = 4
+RENDER_AHEAD_PIXELS = 36_000_000
 
 
 class PageListener(Protocol):
@@ -95,6 +98,7 @@ class OcrService:
 
     def start(self) -> None:
         """Load the engine; raise EngineLoadError (state "failed") when it cannot be loaded."""
+        give_large_blocks_back()  # the process's pages are its largest allocations: freed, they leave it
         self.state = "loading"
         try:
             self.engine.load()
@@ -270,6 +274,7 @@ class OcrService:
             # Never more pages at the engine than the process's bound (or the jobs' share of it) allows.
             window=min(self.settings.engine_batch_pages, bound),
             render_ahead=RENDER_AHEAD_PAGES,
+            render_ahead_pixels=RENDER_AHEAD_PIXELS,
             attempts=1 if on_text is not None else 1 + self.settings.runaway_retries,
             timeout_s=self.settings.engine_timeout_s,
             build_request=build_request,

@@ -103,3 +103,18 @@ def scanned_page(size: tuple[int, int] = A4_300_DPI, fmt: str = "JPEG", seed: in
     buffer = io.BytesIO()
     rgb.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return buffer.getvalue()
+
+
+def text_page_pdf() -> bytes:
+    """An A4 page of lines of 5 to 9 pt text."""
+    document = pymupdf.open()
+    page = document.new_page(width=595, height=842)
+    top, sizes = 40.0, [5, 6, 7, 8, 9]
+    for line in range(80):
+        size = sizes[line % len(sizes)]
+        if top > 800:
+            break
+        page.insert_text((40, top), f"{line + 1}. The quick brown fox jumps over the lazy dog: 0123456789, totals.",
+                         fontsize=size)  # fmt: skip
+        top += size + 3
+    return document.tobytes()

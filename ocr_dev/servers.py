@@ -252,6 +252,11 @@ def memory_mib(pid: int, field: str = "VmRSS") -> float:
     return round(int(match[1]) / 1024, 1)
 
 
+def reset_peak_memory(pid: int) -> None:
+    """Start a process's VmHWM again from its resident memory now (Linux's clear_refs), to measure the next peak."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()

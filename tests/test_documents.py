@@ -11,16 +11,19 @@ import time
 import weakref
 from dataclasses import replace
 
+import numpy as np
+import pymupdf
 import pytest
 from PIL import Image
 from urllib3 import encode_multipart_formdata
 
+from ocr_api import documents
 from ocr_api.documents import PdfLimits, is_pdf, open_pdf, render_page
 from ocr_api.engines import EngineOutput, EngineRequest
 from ocr_api.errors import ApiError
 from ocr_api.options import PageSelection
 from ocr_api.preparation import Deadline
-from ocr_dev.inputs import make_pdf, png_bytes
+from ocr_dev.inputs import make_pdf, png_bytes, scanned_page, text_page_pdf
 from tests.conftest import CORPUS
 from tests.fakes import FakeEngine, SteppingClock
 from tests.hostile import pdf_content_bomb
@@ -132,6 +135,64 @@ def test_a_page_past_its_preparation_budget_is_422_preparation_timeout():
         render_page(document, 0, LIMITS, deadline=Deadline(30, clock=SteppingClock(20)))
     assert (caught.value.status, caught.value.code) == (422, "preparation_timeout")
     assert render_page(document, 0, LIMITS, deadline=Deadline(30, clock=SteppingClock(0))).image.mode == "RGB"
+
+
+def _drawn(pdf: bytes, dpi: int, rotation: int = 0) -> Image.Image:
+    document = open_pdf(pdf)
+    document[0].set_rotation(rotation)
+    return render_page(document, 0, replace(LIMITS, dpi=dpi)).image
+
+
+def _whole_and_banded(monkeypatch, pdf: bytes, dpi: int, rotation: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    whole = _drawn(pdf, dpi, rotation)
+    monkeypatch.setattr(documents, "DRAWN_WHOLE_UP_TO_PIXELS", 0)
+    monkeypatch.setattr(documents, "BAND_PIXELS", 97 * whole.width)  # bands of 97 rows: edges cross lines of text
+    banded = _drawn(pdf, dpi, rotation)
+    assert banded.size == whole.size
+    return np.asarray(whole, dtype=np.float64), np.asarray(banded, dtype=np.float64)
+
+
+def _db(whole: np.ndarray, banded: np.ndarray) -> float:
+    error = float(np.mean((whole - banded) ** 2))
+    return float("inf") if error == 0 else 10 * np.log10(255**2 / error)
+
+
+@pytest.mark.parametrize(("dpi", "rotation"), [(144, 0), (199, 90), (300, 270)])
+def test_a_large_text_page_is_drawn_in_bands_identical_to_the_whole_page(monkeypatch, dpi, rotation):
+    whole, banded = _whole_and_banded(monkeypatch, text_page_pdf(), dpi, rotation)
+    assert np.array_equal(whole, banded)
+
+
+def test_drawings_and_images_in_bands_differ_by_a_few_levels_at_most(monkeypatch):
+    document = pymupdf.open()
+    page = document.new_page(width=612, height=792)
+    page.insert_text((72, 100), "Base-14 Helvetica, drawn by MuPDF itself. " * 2, fontsize=9)
+    page.draw_circle((300, 400), 120, color=(1, 0, 0), fill=(0, 0, 1))
+    page.draw_line((50, 700), (560, 90), width=0.7)
+    whole, banded = _whole_and_banded(monkeypatch, document.tobytes(), 144)
+    assert _db(whole, banded) > 55  # a glyph of a base-14 font, where a band's edge crosses it
+    document = pymupdf.open()
+    page = document.new_page(width=612, height=792)
+    page.insert_image(pymupdf.Rect(30, 40, 580, 760), stream=scanned_page((1700, 2200), "JPEG", seed=3))
+    whole, banded = _whole_and_banded(monkeypatch, document.tobytes(), 295)  # the scan enlarged 1.3x
+    assert _db(whole, banded) > 50  # MuPDF scales an image by the region it draws
+
+
+def test_the_preparation_budget_is_checked_between_bands(monkeypatch):
+    reads = []
+
+    def clock() -> float:
+        reads.append(1)
+        return 0.0
+
+    monkeypatch.setattr(documents, "DRAWN_WHOLE_UP_TO_PIXELS", 0)
+    page = render_page(open_pdf(make_pdf(1)), 0, LIMITS, deadline=Deadline(30, clock=clock)).image
+    banded_reads = len(reads)
+    monkeypatch.setattr(documents, "DRAWN_WHOLE_UP_TO_PIXELS", 10**9)
+    reads.clear()
+    render_page(open_pdf(make_pdf(1)), 0, LIMITS, deadline=Deadline(30, clock=clock))
+    bands = -(-page.height // max(1, documents.BAND_PIXELS // page.width))
+    assert banded_reads - len(reads) == bands
 
 
 # --- through the API, with the fake engine ---

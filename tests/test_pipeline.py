@@ -51,6 +51,7 @@ def _rules(**changes) -> StreamRules:
     rules = {
         "window": 4,
         "render_ahead": 2,
+        "render_ahead_pixels": 10**9,
         "attempts": 2,
         "timeout_s": 1.0,
         "build_request": lambda key, image, attempt: EngineRequest(image, "<image>\nFree OCR.", 64, guard),
@@ -77,6 +78,29 @@ def test_an_engine_that_never_answers_is_504_and_its_pages_are_abandoned(monkeyp
     assert len(engine.futures) == 4  # the window, no more
     assert all(future.cancelled() for future in engine.futures)  # the engine aborts them
     assert admission.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("size", "ahead"),
+    [
+        ((100, 100), 3),  # 10,000 pixels a page: three fit in 30,000, as many as render_ahead allows
+        ((100, 160), 1),  # 16,000: a second would pass 30,000
+        ((300, 300), 1),  # 90,000: larger than the budget alone, still one, or the engine would wait for it
+    ],
+)
+def test_pages_are_rendered_ahead_within_a_count_and_a_pixel_budget(monkeypatch, size, ahead):
+    monkeypatch.setattr(pipeline, "BACKSTOP_S", 0.0)
+    rendered: list[int] = []
+
+    def render() -> RenderedPage:
+        rendered.append(1)
+        return RenderedPage(Image.new("RGB", size, "white"), size)
+
+    jobs = [PageJob((0, index), render) for index in range(10)]
+    rules = _rules(window=1, render_ahead=3, render_ahead_pixels=30_000, timeout_s=0.3)
+    with pytest.raises(ApiError):  # the engine never answers: what was rendered meanwhile is what is held
+        PageStream(SilentEngine(), Admission(8), rules, lambda: False).run(jobs)
+    assert len(rendered) == 1 + ahead  # the page at the engine, and those waiting for it
 
 
 def test_a_client_that_hangs_up_stops_the_stream_and_frees_its_slots():
