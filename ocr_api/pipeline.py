@@ -6,7 +6,7 @@ the engine hold only what the engine keeps: the remote engine, their encoded req
 seen to run away is sent again at once with a stronger guard, ahead of the pages not yet sent. Each page's slot
 is counted by the process's admission bound while the page is at the engine.
 
-    files ─> PageJob ... ─> render (≤ render_ahead ready) ─> submit (≤ window at the engine) ─> read_page
+    files ─> StreamPage ... ─> render (≤ render_ahead ready) ─> submit (≤ window at the engine) ─> read_page
                                     ^                                                              │
                                     └──────────── ran away: again, stronger guard ─────────────────┘
 """
@@ -55,7 +55,7 @@ BACKSTOP_S = 10.0
 
 
 @dataclass(frozen=True)
-class PageJob:
+class StreamPage:
     """One page of one file, and how to make its pixels (as often as needed)."""
 
     key: tuple[int, int]  # (file's position in the request, page's position in the file)
@@ -86,14 +86,14 @@ class StreamRules:
     build_request: Callable[[tuple[int, int], Image.Image, int], EngineRequest]
     ran_away: Callable[[PageReading], bool]
     draw: Callable[[Image.Image, PageReading], dict[str, Any]] | None = None  # pictures asked for, else None
-    wait_for_room: bool = False  # a job waits for a free slot; a request is refused (503) when it has none
+    wait_for_room: bool = False  # a document job waits for a free slot; a request is refused (503) when it has none
 
 
 @dataclass
 class _Sending:
-    """A page at the engine: the job, its attempt, when it was sent."""
+    """A page at the engine: which, its attempt, when it was sent."""
 
-    job: PageJob
+    entry: StreamPage
     attempt: int
     size: tuple[int, int]
     sent_at: float
@@ -107,22 +107,22 @@ class PageStream:
         self._admission = admission
         self._rules = rules
         self._should_stop = should_stop
-        self._ready: deque[tuple[PageJob, RenderedPage, int]] = deque()  # rendered, waiting for a slot
-        self._again: deque[tuple[PageJob, int]] = deque()  # ran away: to send again, before anything else
+        self._ready: deque[tuple[StreamPage, RenderedPage, int]] = deque()  # rendered, waiting for a slot
+        self._again: deque[tuple[StreamPage, int]] = deque()  # ran away: to send again, before anything else
         self._at_engine: dict[concurrent.futures.Future[EngineOutput], _Sending] = {}
         self._slots = 0  # admission slots this request holds: its pages at the engine, and one being handed on
         self._outcomes: dict[tuple[int, int], PageOutcome] = {}
-        self._rendered_all = False  # every job has been rendered once (or failed to)
+        self._rendered_all = False  # every page has been rendered once (or failed to)
         self._waiting_since: float | None = None  # when a page ready to send first found the process full
         self.engine_ms = 0.0  # from the first page sent to the last answered
 
-    def run(self, jobs: Iterable[PageJob]) -> dict[tuple[int, int], PageOutcome]:
+    def run(self, pages: Iterable[StreamPage]) -> dict[tuple[int, int], PageOutcome]:
         """Every page's outcome by its key, once all are finished."""
-        return dict(self.finished(jobs))
+        return dict(self.finished(pages))
 
-    def finished(self, jobs: Iterable[PageJob]) -> Iterator[tuple[tuple[int, int], PageOutcome]]:
+    def finished(self, pages: Iterable[StreamPage]) -> Iterator[tuple[tuple[int, int], PageOutcome]]:
         """Yield each page's key and outcome as it finishes (in the order pages finish, not their own)."""
-        pending = iter(jobs)
+        pending = iter(pages)
         started: float | None = None
         try:
             while True:
@@ -138,7 +138,7 @@ class PageStream:
                 if self._may_render_ahead():
                     self._render_next(pending)  # ahead of the engine, while it works
                     self._collect(timeout=0)
-                else:  # nothing to do but wait for an answer (or, for a job, for a free slot)
+                else:  # nothing to do but wait for an answer (or, for a document job, for a free slot)
                     self._collect(timeout=POLL_S)
                 self._check_deadlines()
             while self._outcomes:
@@ -156,28 +156,28 @@ class PageStream:
         # The next page is taken to be the size of the last: one more may be rendered if both fit (or none is held).
         return not sizes or sum(sizes) + sizes[-1] <= self._rules.render_ahead_pixels
 
-    def _send(self, pending: Iterator[PageJob]) -> None:
-        """Send pages while the window has room: runaways first, then rendered pages, then the next jobs."""
+    def _send(self, pending: Iterator[StreamPage]) -> None:
+        """Send pages while the window has room: runaways first, then rendered pages, then the next pages."""
         while len(self._at_engine) < self._rules.window:
             if self._again:
-                job, attempt = self._again.popleft()
-                page = self._render(job)
+                entry, attempt = self._again.popleft()
+                page = self._render(entry)
                 if page is None:
                     continue
             elif self._ready:
-                job, page, attempt = self._ready.popleft()
+                entry, page, attempt = self._ready.popleft()
             elif self._rendered_all:
                 break
             else:
                 self._render_next(pending)
                 continue  # rendered into _ready (or failed): take it on the next turn
             if not self._take_slot():
-                self._ready.appendleft((job, page, attempt))
+                self._ready.appendleft((entry, page, attempt))
                 break
             if self._should_stop():  # asked again before each page: none is sent once the request is stopped
-                self._ready.appendleft((job, page, attempt))
+                self._ready.appendleft((entry, page, attempt))
                 raise ClientGone()
-            self._submit(job, page, attempt)
+            self._submit(entry, page, attempt)
             del page  # sent: its pixels are not held while the next page renders
         if not (self._again or self._ready) and self._rendered_all:
             self._give_back_spare_slots()
@@ -195,7 +195,7 @@ class PageStream:
             raise self._admission.refusal()
         if self._waiting_since is None:
             self._waiting_since = time.monotonic()
-        return False  # the process is full; this request goes on with the slots it has (a job waits for one)
+        return False  # the process is full; this request goes on with the slots it has (a document job waits for one)
 
     def _give_back_spare_slots(self) -> None:
         spare = self._slots - len(self._at_engine)
@@ -203,35 +203,35 @@ class PageStream:
             self._admission.release(spare)
             self._slots -= spare
 
-    def _render_next(self, pending: Iterator[PageJob]) -> None:
-        """Render the next job into the ready queue (or record its failure), or note that there are no more."""
-        job = next(pending, None)
-        if job is None:
+    def _render_next(self, pending: Iterator[StreamPage]) -> None:
+        """Render the next page into the ready queue (or record its failure), or note that there are no more."""
+        entry = next(pending, None)
+        if entry is None:
             self._rendered_all = True
             return
-        page = self._render(job)
+        page = self._render(entry)
         if page is not None:
-            self._ready.append((job, page, 1))
+            self._ready.append((entry, page, 1))
 
-    def _render(self, job: PageJob) -> RenderedPage | None:
+    def _render(self, entry: StreamPage) -> RenderedPage | None:
         try:
-            return job.render()
+            return entry.render()
         except ApiError as error:  # this page alone fails; the request's other pages go on
-            self._done(job.key, PageOutcome(error=error))
+            self._done(entry.key, PageOutcome(error=error))
             return None
 
-    def _submit(self, job: PageJob, page: RenderedPage, attempt: int) -> None:
-        request = self._rules.build_request(job.key, page.image, attempt)
+    def _submit(self, entry: StreamPage, page: RenderedPage, attempt: int) -> None:
+        request = self._rules.build_request(entry.key, page.image, attempt)
         try:
             future = self._engine.submit(request)
         except Exception as exc:  # noqa: BLE001 - mapped as any engine failure is
             raise _request_error(exc, self._engine.name) from None
-        self._at_engine[future] = _Sending(job, attempt, page.size, time.monotonic())
+        self._at_engine[future] = _Sending(entry, attempt, page.size, time.monotonic())
 
     def _collect(self, timeout: float) -> None:
         """Take the answers that have come (waiting up to ``timeout`` for the first)."""
         if not self._at_engine:
-            time.sleep(timeout)  # only a job waiting for its first slot gets here with a timeout
+            time.sleep(timeout)  # only a document job waiting for its first slot gets here with a timeout
             return
         done, _ = concurrent.futures.wait(self._at_engine, timeout=timeout, return_when="FIRST_COMPLETED")
         for future in [future for future in self._at_engine if future in done]:  # in the order they were sent
@@ -240,7 +240,7 @@ class PageStream:
                 output = future.result()
             except PromptTooLong as exc:  # this page's image and prompt leave no room: the page fails
                 error = UnprocessableFile(str(exc), code="prompt_too_long_for_context")
-                self._done(sending.job.key, PageOutcome(sending.size, error=error, attempts=sending.attempt))
+                self._done(sending.entry.key, PageOutcome(sending.size, error=error, attempts=sending.attempt))
                 continue
             except Exception as exc:  # noqa: BLE001 - the engine itself failed: the whole request does
                 raise _request_error(exc, self._engine.name) from None
@@ -250,17 +250,17 @@ class PageStream:
     def _finish(self, sending: _Sending, output: EngineOutput) -> None:
         reading = read_page(output, sending.size)
         if sending.attempt < self._rules.attempts and self._rules.ran_away(reading):
-            logger.info("page %s ran away (%s); again with a stronger guard", sending.job.key, reading.status)
+            logger.info("page %s ran away (%s); again with a stronger guard", sending.entry.key, reading.status)
             count_page("retried")
-            self._again.append((sending.job, sending.attempt + 1))
+            self._again.append((sending.entry, sending.attempt + 1))
             return
         pictures: dict[str, Any] = {}
         if self._rules.draw is not None:
             # The pixels were not kept while the page was at the engine. Rendered once, should it fail now (its time
             # is up), the reading stands without pictures.
             with contextlib.suppress(ApiError):
-                pictures = self._rules.draw(sending.job.render().image, reading)
-        self._done(sending.job.key, PageOutcome(sending.size, reading, attempts=sending.attempt, pictures=pictures))
+                pictures = self._rules.draw(sending.entry.render().image, reading)
+        self._done(sending.entry.key, PageOutcome(sending.size, reading, attempts=sending.attempt, pictures=pictures))
 
     def _done(self, key: tuple[int, int], outcome: PageOutcome) -> None:
         """A page's last word: kept until yielded, and counted (its status; failed when it has an error)."""

@@ -24,7 +24,7 @@ from ocr_api.errors import ApiError, EngineNotReady, EngineUnguarded, ShuttingDo
 from ocr_api.figures import inline_pictures
 from ocr_api.guard import UNGUARDED_ADVICE, GuardSettings
 from ocr_api.options import OcrOptions, OptionRules, parse_options
-from ocr_api.pipeline import PageJob, PageOutcome, PageStream, StreamRules
+from ocr_api.pipeline import PageOutcome, PageStream, StreamPage, StreamRules
 from ocr_api.preparation import FitSize, ImageLimits, give_large_blocks_back
 from ocr_api.reading import PageReading
 from ocr_api.results import FileError, FileResult, FinishedPage
@@ -194,7 +194,7 @@ class OcrService:
             text = listener.text if listener is not None else None
             stream = self.page_stream(options, client_gone or _never, on_text=text)
             outcomes = {}
-            for key, outcome in stream.finished(_jobs(opened)):
+            for key, outcome in stream.finished(_stream_pages(opened)):
                 outcomes[key] = outcome
                 if listener is not None:
                     listener.finished(key, outcome)
@@ -301,13 +301,13 @@ class OcrService:
         return reading.status == "repetitive" or (reading.status == "truncated" and budget_is_default)
 
 
-def _jobs(opened: list[_OpenedFile | FileError]) -> Iterator[PageJob]:
+def _stream_pages(opened: list[_OpenedFile | FileError]) -> Iterator[StreamPage]:
     """Every page of every accepted file, in upload order: one stream for the whole request."""
     for position, item in enumerate(opened):
         if isinstance(item, FileError):
             continue
         for index in range(len(item.source.page_numbers())):
-            yield PageJob((position, index), partial(item.source.render, index))
+            yield StreamPage((position, index), partial(item.source.render, index))
 
 
 def _draw(options: OcrOptions, image: Image.Image, reading: PageReading) -> dict[str, Any]:

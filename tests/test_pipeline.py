@@ -13,7 +13,7 @@ from ocr_api.admission import Admission
 from ocr_api.engines import EngineOutput, EngineRequest, EngineUnavailable, PromptTooLong
 from ocr_api.errors import ApiError, ClientGone
 from ocr_api.guard import GuardSettings
-from ocr_api.pipeline import PageJob, PageStream, StreamRules
+from ocr_api.pipeline import PageStream, StreamPage, StreamRules
 from ocr_api.preparation import RenderedPage
 from ocr_dev.inputs import make_pdf
 from tests.fakes import FakeEngine
@@ -60,9 +60,9 @@ def _rules(**changes) -> StreamRules:
     return StreamRules(**{**rules, **changes})
 
 
-def _jobs(count: int) -> list[PageJob]:
+def _pages(count: int) -> list[StreamPage]:
     page = RenderedPage(Image.new("RGB", (64, 48), "white"), (64, 48))
-    return [PageJob((0, index), lambda: page) for index in range(count)]
+    return [StreamPage((0, index), lambda: page) for index in range(count)]
 
 
 def _code(caught: pytest.ExceptionInfo) -> tuple[int, str]:
@@ -73,7 +73,7 @@ def test_an_engine_that_never_answers_is_504_and_its_pages_are_abandoned(monkeyp
     monkeypatch.setattr(pipeline, "BACKSTOP_S", 0.0)
     engine, admission = SilentEngine(), Admission(8)
     with pytest.raises(ApiError) as caught:
-        PageStream(engine, admission, _rules(timeout_s=0.3), lambda: False).run(_jobs(6))
+        PageStream(engine, admission, _rules(timeout_s=0.3), lambda: False).run(_pages(6))
     assert _code(caught) == (504, "engine_timeout")
     assert len(engine.futures) == 4  # the window, no more
     assert all(future.cancelled() for future in engine.futures)  # the engine aborts them
@@ -96,7 +96,7 @@ def test_pages_are_rendered_ahead_within_a_count_and_a_pixel_budget(monkeypatch,
         rendered.append(1)
         return RenderedPage(Image.new("RGB", size, "white"), size)
 
-    jobs = [PageJob((0, index), render) for index in range(10)]
+    jobs = [StreamPage((0, index), render) for index in range(10)]
     rules = _rules(window=1, render_ahead=3, render_ahead_pixels=30_000, timeout_s=0.3)
     with pytest.raises(ApiError):  # the engine never answers: what was rendered meanwhile is what is held
         PageStream(SilentEngine(), Admission(8), rules, lambda: False).run(jobs)
@@ -112,7 +112,7 @@ def test_a_client_that_hangs_up_stops_the_stream_and_frees_its_slots():
         return len(asked) > 3
 
     with pytest.raises(ClientGone):
-        PageStream(engine, admission, _rules(), gone).run(_jobs(10))
+        PageStream(engine, admission, _rules(), gone).run(_pages(10))
     assert all(future.cancelled() for future in engine.futures)
     assert admission.in_flight == 0
 
@@ -122,7 +122,7 @@ def test_a_request_that_cannot_send_its_first_page_is_refused_whole():
     assert admission.try_take()
     assert admission.try_take()
     with pytest.raises(ApiError) as caught:
-        PageStream(FakeEngine(), admission, _rules(), lambda: False).run(_jobs(3))
+        PageStream(FakeEngine(), admission, _rules(), lambda: False).run(_pages(3))
     assert _code(caught) == (503, "overloaded")
     assert admission.in_flight == 2  # the others' slots, untouched
 
@@ -132,7 +132,7 @@ def test_a_started_request_goes_on_with_the_slots_it_gets():
     assert admission.try_take()
     assert admission.try_take()  # two of three slots are other requests'
     engine = CountingEngine(admission)
-    outcomes = PageStream(engine, admission, _rules(window=4), lambda: False).run(_jobs(5))
+    outcomes = PageStream(engine, admission, _rules(window=4), lambda: False).run(_pages(5))
     assert len(outcomes) == 5
     assert all(outcome.reading is not None for outcome in outcomes.values())
     assert max(engine.slots_held) == 3  # never past the bound: this request had one slot, handed from page to page
@@ -143,7 +143,7 @@ def test_an_engine_that_is_down_is_503_engine_unavailable():
     engine = FakeEngine(fail_with=EngineUnavailable("connection refused"))
     admission = Admission(4)
     with pytest.raises(ApiError) as caught:
-        PageStream(engine, admission, _rules(), lambda: False).run(_jobs(3))
+        PageStream(engine, admission, _rules(), lambda: False).run(_pages(3))
     assert _code(caught) == (503, "engine_unavailable")
     assert admission.in_flight == 0
 
@@ -175,6 +175,6 @@ def test_waiting_for_the_engine_polls_and_does_not_spin():
         return asked[-1] - asked[0] > 1.0
 
     with pytest.raises(ClientGone):  # every page sent, all rendered: nothing to do but wait for answers
-        PageStream(engine, admission, _rules(window=4), gone_after_a_second).run(_jobs(4))
+        PageStream(engine, admission, _rules(window=4), gone_after_a_second).run(_pages(4))
     # One look every POLL_S (0.2 s) while waiting, not thousands: the stream sleeps on the engine's futures.
     assert len(asked) < 20

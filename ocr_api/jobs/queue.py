@@ -36,7 +36,7 @@ CALLBACK_RETRY_BACKOFF = 4
 
 # What runs a job: its id, its retries left and whether the consumer is stopping; returns the job when it must be
 # queued again.
-JobRunner = Callable[[str, int, Callable[[], bool]], Job | None]
+RunJob = Callable[[str, int, Callable[[], bool]], Job | None]
 
 
 class CallbackFailed(Exception):
@@ -59,7 +59,7 @@ class JobQueue:
                 QUEUE_NAME, filename=str(root / "queue.db"), results=False, journal_mode="wal", cache_mb=2
             )
         self.store = JobStore(self.huey, root)
-        self.runner: JobRunner | None = None  # set in processes that run jobs, not in those that only queue them
+        self.runner: RunJob | None = None  # set in processes that run jobs, not in those that only queue them
         self._consumer: Consumer | None = None
         self._warden: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -134,7 +134,7 @@ class JobQueue:
 
     # The consumer and the warden: in the serving process with an in-process engine, else in their own.
 
-    def start_consumer(self, runner: JobRunner) -> None:
+    def start_consumer(self, runner: RunJob) -> None:
         """Run jobs in threads of this process (JOB_WORKERS of them), and the warden beside them."""
         self.runner = runner
         self._stopping.clear()
@@ -166,7 +166,7 @@ class JobQueue:
             self._lock_file = None
         logger.info("job consumer stopped")
 
-    def run_consumer_forever(self, runner: JobRunner) -> None:
+    def run_consumer_forever(self, runner: RunJob) -> None:
         """The consumer as a process of its own (start_production.sh): until SIGTERM or SIGINT."""
         self.start_consumer(runner)
         stop = threading.Event()

@@ -16,7 +16,7 @@ from ocr_api.figures import picture_links
 from ocr_api.jobs.queue import HEARTBEAT_S
 from ocr_api.jobs.store import Job, JobFile, JobStore
 from ocr_api.options import OcrOptions
-from ocr_api.pipeline import PageJob, PageOutcome
+from ocr_api.pipeline import PageOutcome, StreamPage
 from ocr_api.results import FinishedPage
 from ocr_api.sources import Source
 from ocr_api.tracking import working_for
@@ -96,7 +96,7 @@ class JobRunner:
                 stack.callback(source.close)
                 sources.append(source)
             todo = [
-                PageJob((position, index), partial(source.render, index))
+                StreamPage((position, index), partial(source.render, index))
                 for position, source in enumerate(sources)
                 for index in range(len(files[position].page_numbers))
                 if not self._stored(job, offsets[position] + index + 1)
