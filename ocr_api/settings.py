@@ -8,7 +8,7 @@ import math
 import os
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +31,85 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the variable."""
 
 
-def setting(env: str, default: Any, help: str, secret: bool = False) -> Any:
-    """Declare a settings field read from the environment variable ``env``; secrets stay out of repr()."""
-    return field(default=default, repr=not secret, metadata={"env": env, "help": help})
+def setting(
+    env: str,
+    default: Any,
+    help: str,
+    secret: bool = False,
+    *,
+    within: tuple[float, float] | None = None,
+    choices: tuple[str, ...] | None = None,
+    check: Callable[[str, Any], None] | None = None,
+) -> Any:
+    """Declare a settings field read from the environment variable ``env``, with what it may be: a number
+    ``within`` (low, high), one of ``choices``, or whatever ``check(env, value)`` accepts (it raises ConfigError).
+    Secrets stay out of repr()."""
+    rules = {"within": within, "choices": choices, "check": check}
+    return field(default=default, repr=not secret, metadata={"env": env, "help": help, **rules})
+
+
+# What a setting may be, beyond a range or a list of choices (see ``setting``): each raises ConfigError naming it.
+
+
+def _split_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _check_engine_urls(name: str, raw: str) -> None:
+    urls = [url.rstrip("/") for url in _split_list(raw)]
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{name}: every server must start with http:// or https://; got {url!r}")
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{name} names the same server twice")
+
+
+def _check_torch_device(name: str, value: str) -> None:
+    if value.split(":", maxsplit=1)[0] not in DEVICE_PREFIXES:
+        raise ConfigError(f"{name} must be one of auto, cpu, cuda, cuda:N, mps; got {value!r}")
+
+
+def _check_redis_url(name: str, value: str) -> None:
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL")
+
+
+def _check_api_keys(name: str, raw: str) -> None:
+    for key in _split_list(raw):
+        if len(key) < MIN_API_KEY_CHARS:
+            raise ConfigError(
+                f"{name}: every key needs {MIN_API_KEY_CHARS} characters or more; make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+
+
+def _check_storage_uri(name: str, value: str) -> None:
+    if "://" not in value:
+        raise ConfigError(f"{name} must be a URI such as memory:// or redis://host:6379/0")
+
+
+def _check_prompt(name: str, value: str) -> None:
+    if "<image>" not in value:
+        raise ConfigError(f"{name} must contain the <image> placeholder")
+
+
+def _check_rate_limit(name: str, raw: str) -> None:
+    if not raw:
+        return
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must look like 60/minute or 10/second;500/hour; got {raw!r}") from None
+
+
+def _check_networks(name: str, raw: str) -> None:
+    for network in _split_list(raw):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: {network!r} is not a network such as 10.0.0.0/8") from None
 
 
 @dataclass(frozen=True)
@@ -51,6 +127,7 @@ class Settings:
         "auto",
         "auto, transformers, vllm or remote. auto: remote when OCR_ENGINE_URL is set, else vllm where CUDA and "
         "vLLM are present, else transformers.",
+        choices=ENGINE_CHOICES,
     )
     engine_url: str = setting(
         "OCR_ENGINE_URL",
@@ -58,6 +135,7 @@ class Settings:
         "remote engine: base URL of an OpenAI-compatible vLLM server, e.g. http://127.0.0.1:8000, or several, "
         "comma-separated: each page goes to the healthy one with the fewest pages in flight. "
         "start_production.sh sets it to the server it starts unless it is set already.",
+        check=_check_engine_urls,
     )
     engine_api_key: str = setting(
         "OCR_ENGINE_API_KEY",
@@ -70,36 +148,42 @@ class Settings:
         240.0,
         "Seconds one page may take at the engine, from being sent to its answer, before the request is aborted "
         "with 504.",
+        within=(1, 86_400),
     )
     client_timeout_s: float = setting(
         "CLIENT_TIMEOUT_S",
         30.0,
         "start_production.sh's front server (nginx): seconds a client may take to send its headers, and the longest "
         "pause while it sends its body or reads the answer. Slower clients are cut off before they reach a worker.",
+        within=(1, 3600),
     )
     engine_connections: int = setting(
         "ENGINE_CONNECTIONS",
         64,
         "remote engine: connections one service process keeps to the engine; raised to MAX_PAGES_IN_FLIGHT when "
         "below it, as every page at the engine is one request on its own connection.",
+        within=(1, 4096),
     )
     gpu_memory_utilization: float = setting(
         "GPU_MEMORY_UTILIZATION",
         0.9,
         "vLLM engine: share of each GPU's memory vLLM may take for weights, activations and its KV cache "
         "(--gpu-memory-utilization). Lower it when something else shares the GPU.",
+        within=(0.05, 1.0),
     )
     tensor_parallel_size: int = setting(
         "TENSOR_PARALLEL_SIZE",
         1,
         "vLLM engine: GPUs one copy of the model is split across (--tensor-parallel-size). DeepSeek-OCR-2 fits one "
         "GPU; use DATA_PARALLEL_SIZE for more pages per second.",
+        within=(1, 64),
     )
     data_parallel_size: int = setting(
         "DATA_PARALLEL_SIZE",
         1,
         "vLLM engine: copies of the model behind one vLLM server, one per GPU (--data-parallel-size); the server "
         "spreads pages over them. GPUs used: TENSOR_PARALLEL_SIZE x DATA_PARALLEL_SIZE.",
+        within=(1, 64),
     )
     vllm_extra_args: str = setting(
         "VLLM_EXTRA_ARGS",
@@ -115,6 +199,7 @@ class Settings:
         "web page's (/, /static, /docs, /openapi.json) needs one, sent as `Authorization: Bearer <key>` or "
         "`X-API-Key: <key>`. Empty: no keys.",
         secret=True,
+        check=_check_api_keys,
     )
     cors_origins: str = setting(
         "CORS_ORIGINS",
@@ -127,6 +212,7 @@ class Settings:
         "",
         "Requests each client may make to /ocr and /ocr/batch, in Flask-Limiter notation such as "
         "`60/minute;1000/day`. A client is its API key, else its address. Empty: no limit.",
+        check=_check_rate_limit,
     )
     rate_limit_storage_uri: str = setting(
         "RATE_LIMIT_STORAGE_URI",
@@ -134,12 +220,14 @@ class Settings:
         "Where rate-limit counters live. `memory://`: in each worker process, so N gunicorn workers let up to N "
         "times the limit through; `redis://host:6379/0`: shared by every worker and host.",
         secret=True,  # may carry a password
+        check=_check_storage_uri,
     )
     trusted_proxies: int = setting(
         "TRUSTED_PROXIES",
         0,
         "Reverse proxies in front of the service whose X-Forwarded-For names the client (for rate limits). "
         "0: the peer address is the client.",
+        within=(0, 10),
     )
     max_pages_in_flight: int = setting(
         "MAX_PAGES_IN_FLIGHT",
@@ -147,6 +235,7 @@ class Settings:
         "Admission bound of each service process: pages at the engine and not yet answered. A request that "
         "cannot send its first page gets 503 `overloaded` with Retry-After at once; one that has started goes on "
         "with the slots it holds. Also caps ENGINE_BATCH_PAGES.",
+        within=(1, 100_000),
     )
     drain_file: str = setting(
         "DRAIN_FILE",
@@ -154,44 +243,65 @@ class Settings:
         "While this file exists, new OCR requests get 503 `shutting_down` and /ready answers 503; requests "
         "already running finish. start_production.sh creates it on SIGTERM. Empty: no drain.",
     )
-    log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.", choices=LOG_LEVELS)
     log_format: str = setting(
         "LOG_FORMAT",
         "text",
         "text: one line per record, `time level logger [request id]: message`; json: one JSON object per line "
         "(time, level, logger, message, request_id, and each request's summary fields). See docs/DEPLOYMENT.md.",
+        choices=LOG_FORMATS,
     )
     host: str = setting("HOST", "0.0.0.0", "Address `python app.py` and the start scripts bind to.")
-    port: int = setting("PORT", 5000, "Port `python app.py` and the start scripts listen on.")
-    max_upload_mb: int = setting("MAX_UPLOAD_MB", 16, "Largest request body in MiB; larger ones get 413.")
-    max_batch_files: int = setting("MAX_BATCH_FILES", 16, "Most files in one /ocr/batch request.")
+    port: int = setting("PORT", 5000, "Port `python app.py` and the start scripts listen on.", within=(1, 65535))
+    max_upload_mb: int = setting(
+        "MAX_UPLOAD_MB", 16, "Largest request body in MiB; larger ones get 413.", within=(1, 4096)
+    )
+    max_batch_files: int = setting("MAX_BATCH_FILES", 16, "Most files in one /ocr/batch request.", within=(1, 1000))
     max_image_pixels: int = setting(
         "MAX_IMAGE_PIXELS",
         40_000_000,
         f"Largest decoded image (width x height), checked before decoding; at most {PILLOW_BOMB_LIMIT}.",
+        within=(1, PILLOW_BOMB_LIMIT),
     )
     prepare_timeout_s: float = setting(
         "PREPARE_TIMEOUT_S",
         30.0,
         "Seconds preparing one upload, or one PDF page, may take (decoding, checks, rendering) before it is refused "
         "with 422 `preparation_timeout`; checked between steps, as a decoder cannot be interrupted.",
+        within=(0.1, 3600),
     )
-    min_image_side: int = setting("MIN_IMAGE_SIDE", 8, "Smallest width or height in pixels that is accepted.")
-    max_aspect_ratio: float = setting("MAX_ASPECT_RATIO", 64.0, "Longest side over shortest side, at most.")
+    min_image_side: int = setting(
+        "MIN_IMAGE_SIDE", 8, "Smallest width or height in pixels that is accepted.", within=(1, 10_000)
+    )
+    max_aspect_ratio: float = setting(
+        "MAX_ASPECT_RATIO", 64.0, "Longest side over shortest side, at most.", within=(1, 1000)
+    )
     upload_folder: str = setting("UPLOAD_FOLDER", "uploads", "Where uploads are stored while they are processed.")
     keep_uploads: bool = setting("KEEP_UPLOADS", False, "Keep stored uploads after the request (for debugging).")
     default_prompt: str = setting(
-        "DEFAULT_PROMPT", "<image>\nFree OCR.", "Prompt used when a request names neither prompt nor task."
+        "DEFAULT_PROMPT",
+        "<image>\nFree OCR.",
+        "Prompt used when a request names neither prompt nor task.",
+        check=_check_prompt,
     )
-    max_prompt_chars: int = setting("MAX_PROMPT_CHARS", 2000, "Longest prompt accepted, in characters.")
+    max_prompt_chars: int = setting(
+        "MAX_PROMPT_CHARS", 2000, "Longest prompt accepted, in characters.", within=(16, 1_000_000)
+    )
     max_tokens: int = setting(
         "MAX_TOKENS", 8192, "Most tokens generated per image; also bounded by the context the prompt leaves."
     )
-    max_model_len: int = setting("MAX_MODEL_LEN", 8192, "Context length (prompt, image and output tokens).")
-    ngram_size: int = setting(
-        "NGRAM_SIZE", 0, "No-repeat n-gram guard size. 0: the model's default (docs/CONFIGURATION.md)."
+    max_model_len: int = setting(
+        "MAX_MODEL_LEN", 8192, "Context length (prompt, image and output tokens).", within=(256, 1_000_000)
     )
-    ngram_window: int = setting("NGRAM_WINDOW", 0, "Window of the n-gram guard in tokens. 0: the model's default.")
+    ngram_size: int = setting(
+        "NGRAM_SIZE",
+        0,
+        "No-repeat n-gram guard size. 0: the model's default (docs/CONFIGURATION.md).",
+        within=(0, 1000),
+    )
+    ngram_window: int = setting(
+        "NGRAM_WINDOW", 0, "Window of the n-gram guard in tokens. 0: the model's default.", within=(0, 100_000)
+    )
     allow_unguarded_engine: bool = setting(
         "ALLOW_UNGUARDED_ENGINE",
         False,
@@ -205,10 +315,16 @@ class Settings:
         1,
         "Times a page that ran away (repetition loop, or the default token budget exhausted) is run again, "
         "each time with a stronger n-gram guard. 0: never.",
+        within=(0, 3),
     )
-    pdf_dpi: int = setting("PDF_DPI", 144, "Resolution PDF pages are rendered at (the model authors use 144).")
+    pdf_dpi: int = setting(
+        "PDF_DPI", 144, "Resolution PDF pages are rendered at (the model authors use 144).", within=(36, 600)
+    )
     max_pdf_pages: int = setting(
-        "MAX_PDF_PAGES", 100, "Most pages processed from one PDF per request; select others with pages=."
+        "MAX_PDF_PAGES",
+        100,
+        "Most pages processed from one PDF per request; select others with pages=.",
+        within=(1, 100_000),
     )
     engine_batch_pages: int = setting(
         "ENGINE_BATCH_PAGES",
@@ -216,6 +332,7 @@ class Settings:
         "Pages one request keeps at the engine at once (its window): the next is sent the moment one is answered. "
         "Also the transformers engine's largest batch. Memory does not grow with it: a page at the engine is held "
         "until the few hundred KB of its request are sent, and only a few pages are rendered ahead.",
+        within=(1, 4096),
     )
     engine_image_format: str = setting(
         "ENGINE_IMAGE_FORMAT",
@@ -224,6 +341,7 @@ class Settings:
         "megapixels, where the model's processor enlarges the page for its tiles; JPEG quality 90 above, where it "
         "shrinks it: at least 45 dB on every view the model sees), jpeg (quality 90 whatever the size) or png "
         "(lossless, compression level 1: several times the bytes and the CPU). See docs/QUALITY.md.",
+        choices=ENGINE_IMAGE_FORMATS,
     )
     page_size: str = setting(
         "PAGE_SIZE",
@@ -232,6 +350,7 @@ class Settings:
         "rendered at PDF_DPI, as the model authors' pipeline gives it) or fit (shrunk, box filter, to the smallest "
         "size from which the model's processor makes the same tile grid: fewer bytes and pixels held, but the "
         "model sees a page resampled twice, 27-38 dB on its views). See docs/QUALITY.md.",
+        choices=PAGE_SIZES,
     )
     jobs_dir: str = setting(
         "JOBS_DIR",
@@ -245,30 +364,44 @@ class Settings:
         "Redis for document jobs (redis://host:6379/0): their queue and state, shared by every API node and "
         "consumer. Empty: SQLite under JOBS_DIR, for one machine.",
         secret=True,  # may carry a password
+        check=_check_redis_url,
     )
-    job_max_upload_mb: int = setting("JOB_MAX_UPLOAD_MB", 512, "Largest POST /jobs body in MiB; larger ones get 413.")
-    job_max_pages: int = setting("JOB_MAX_PAGES", 5000, "Most pages one job processes, over all its files.")
-    job_max_files: int = setting("JOB_MAX_FILES", 1000, "Most files in one job (a folder of scans).")
+    job_max_upload_mb: int = setting(
+        "JOB_MAX_UPLOAD_MB", 512, "Largest POST /jobs body in MiB; larger ones get 413.", within=(1, 65_536)
+    )
+    job_max_pages: int = setting(
+        "JOB_MAX_PAGES", 5000, "Most pages one job processes, over all its files.", within=(1, 1_000_000)
+    )
+    job_max_files: int = setting(
+        "JOB_MAX_FILES", 1000, "Most files in one job (a folder of scans).", within=(1, 100_000)
+    )
     job_ttl: int = setting(
         "JOB_TTL",
         86_400,
         "Seconds a finished job (and its uploads and results) is kept; it is removed within the minute after (the "
         "sweep for expired jobs runs every 60 s).",
+        within=(60, 365 * 86_400),
     )
     job_pages_in_flight: int = setting(
         "JOB_PAGES_IN_FLIGHT",
         32,
         "Pages all the jobs of one process keep at the engine at once, taken from MAX_PAGES_IN_FLIGHT where the "
         "consumer shares a process with requests (start_server.sh), so that synchronous requests keep the rest.",
+        within=(1, 100_000),
     )
-    job_workers: int = setting("JOB_WORKERS", 1, "Jobs one consumer runs at once; each keeps its window full.")
+    job_workers: int = setting(
+        "JOB_WORKERS", 1, "Jobs one consumer runs at once; each keeps its window full.", within=(1, 64)
+    )
     job_engine_retries: int = setting(
         "JOB_ENGINE_RETRIES",
         3,
         "Times a job whose engine is unavailable or times out is run again (from the pages not yet done), "
         "JOB_RETRY_DELAY_S apart, before its remaining pages fail with the engine's error.",
+        within=(0, 100),
     )
-    job_retry_delay_s: int = setting("JOB_RETRY_DELAY_S", 30, "Seconds between a job's runs after an engine failure.")
+    job_retry_delay_s: int = setting(
+        "JOB_RETRY_DELAY_S", 30, "Seconds between a job's runs after an engine failure.", within=(0, 86_400)
+    )
     callback_secret: str = setting(
         "CALLBACK_SECRET",
         "",
@@ -293,18 +426,23 @@ class Settings:
         "With IMAGE_URL_FETCH: networks inside yours that images may be fetched from although they are not public, "
         "comma-separated (10.20.0.0/16,127.0.0.1/32). Empty: public addresses only. Keep cloud metadata addresses "
         "(169.254.169.254) out of them.",
+        check=_check_networks,
     )
     image_url_timeout_s: float = setting(
         "IMAGE_URL_TIMEOUT_S",
         10.0,
         "With IMAGE_URL_FETCH: seconds fetching one image may take in all, redirects included (its size is bounded "
         "by MAX_UPLOAD_MB).",
+        within=(0.1, 600),
     )
-    torch_device: str = setting("TORCH_DEVICE", "auto", "transformers engine: auto, cpu, cuda, cuda:N or mps.")
+    torch_device: str = setting(
+        "TORCH_DEVICE", "auto", "transformers engine: auto, cpu, cuda, cuda:N or mps.", check=_check_torch_device
+    )
     torch_dtype: str = setting(
         "TORCH_DTYPE",
         "auto",
         "transformers engine: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.",
+        choices=DTYPE_CHOICES,
     )
 
     def __post_init__(self) -> None:
@@ -314,74 +452,20 @@ class Settings:
         self._validate()
 
     def _validate(self) -> None:
-        _choice("OCR_ENGINE", self.engine, ENGINE_CHOICES)
+        """Each setting against what it was declared to be, then the rules across settings."""
+        for spec in dataclasses.fields(self):
+            env, value, rules = spec.metadata["env"], getattr(self, spec.name), spec.metadata
+            if rules["within"] is not None:
+                _within(env, value, *rules["within"])
+            if rules["choices"] is not None:
+                _choice(env, value, rules["choices"])
+            if rules["check"] is not None:
+                rules["check"](env, value)
         if self.engine == "remote" and not self.engine_url:
             raise ConfigError("OCR_ENGINE=remote needs OCR_ENGINE_URL, the vLLM server's base URL")
         if self.engine == "remote" and not self.engine_urls:
             raise ConfigError("OCR_ENGINE_URL names no server; give one base URL or several, comma-separated")
-        for url in self.engine_urls:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"OCR_ENGINE_URL: every server must start with http:// or https://; got {url!r}")
-        if len(set(self.engine_urls)) != len(self.engine_urls):
-            raise ConfigError("OCR_ENGINE_URL names the same server twice")
-        _within("GPU_MEMORY_UTILIZATION", self.gpu_memory_utilization, 0.05, 1.0)
-        _within("TENSOR_PARALLEL_SIZE", self.tensor_parallel_size, 1, 64)
-        _within("DATA_PARALLEL_SIZE", self.data_parallel_size, 1, 64)
-        _within("ENGINE_TIMEOUT_S", self.engine_timeout_s, 1, 86_400)
-        _within("ENGINE_CONNECTIONS", self.engine_connections, 1, 4096)
-        _within("CLIENT_TIMEOUT_S", self.client_timeout_s, 1, 3600)
-        _choice("LOG_LEVEL", self.log_level, LOG_LEVELS)
-        _choice("LOG_FORMAT", self.log_format, LOG_FORMATS)
-        _choice("TORCH_DTYPE", self.torch_dtype, DTYPE_CHOICES)
-        if self.torch_device.split(":")[0] not in DEVICE_PREFIXES:
-            raise ConfigError(f"TORCH_DEVICE must be one of auto, cpu, cuda, cuda:N, mps; got {self.torch_device!r}")
-        _within("PORT", self.port, 1, 65535)
-        _within("MAX_UPLOAD_MB", self.max_upload_mb, 1, 4096)
-        _within("MAX_BATCH_FILES", self.max_batch_files, 1, 1000)
-        _within("MAX_IMAGE_PIXELS", self.max_image_pixels, 1, PILLOW_BOMB_LIMIT)
-        _within("PREPARE_TIMEOUT_S", self.prepare_timeout_s, 0.1, 3600)
-        _within("MIN_IMAGE_SIDE", self.min_image_side, 1, 10_000)
-        _within("MAX_ASPECT_RATIO", self.max_aspect_ratio, 1, 1000)
-        _within("MAX_PROMPT_CHARS", self.max_prompt_chars, 16, 1_000_000)
-        _within("MAX_MODEL_LEN", self.max_model_len, 256, 1_000_000)
         _within("MAX_TOKENS", self.max_tokens, 1, self.max_model_len)
-        _within("NGRAM_SIZE", self.ngram_size, 0, 1000)
-        _within("NGRAM_WINDOW", self.ngram_window, 0, 100_000)
-        _within("RUNAWAY_RETRIES", self.runaway_retries, 0, 3)
-        _within("PDF_DPI", self.pdf_dpi, 36, 600)
-        _within("MAX_PDF_PAGES", self.max_pdf_pages, 1, 100_000)
-        _within("ENGINE_BATCH_PAGES", self.engine_batch_pages, 1, 4096)
-        _choice("ENGINE_IMAGE_FORMAT", self.engine_image_format, ENGINE_IMAGE_FORMATS)
-        _choice("PAGE_SIZE", self.page_size, PAGE_SIZES)
-        self._validate_jobs_and_access()
-
-    def _validate_jobs_and_access(self) -> None:
-        _within("JOB_MAX_UPLOAD_MB", self.job_max_upload_mb, 1, 65_536)
-        _within("JOB_MAX_PAGES", self.job_max_pages, 1, 1_000_000)
-        _within("JOB_MAX_FILES", self.job_max_files, 1, 100_000)
-        _within("JOB_TTL", self.job_ttl, 60, 365 * 86_400)
-        _within("JOB_PAGES_IN_FLIGHT", self.job_pages_in_flight, 1, 100_000)
-        _within("JOB_WORKERS", self.job_workers, 1, 64)
-        _within("JOB_ENGINE_RETRIES", self.job_engine_retries, 0, 100)
-        _within("JOB_RETRY_DELAY_S", self.job_retry_delay_s, 0, 86_400)
-        _within("IMAGE_URL_TIMEOUT_S", self.image_url_timeout_s, 0.1, 600)
-        _check_networks("IMAGE_URL_ALLOWED_NETWORKS", self.image_url_allowed_networks)
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
-        for key in self.api_key_list:
-            if len(key) < MIN_API_KEY_CHARS:
-                raise ConfigError(
-                    f"API_KEYS: every key needs {MIN_API_KEY_CHARS} characters or more; make one with "
-                    "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-                )
-        if self.rate_limit:
-            _check_rate_limit(self.rate_limit)
-        if "://" not in self.rate_limit_storage_uri:
-            raise ConfigError("RATE_LIMIT_STORAGE_URI must be a URI such as memory:// or redis://host:6379/0")
-        _within("TRUSTED_PROXIES", self.trusted_proxies, 0, 10)
-        _within("MAX_PAGES_IN_FLIGHT", self.max_pages_in_flight, 1, 100_000)
-        if "<image>" not in self.default_prompt:
-            raise ConfigError("DEFAULT_PROMPT must contain the <image> placeholder")
 
     @property
     def api_key_list(self) -> tuple[str, ...]:
@@ -440,16 +524,26 @@ def documented_settings() -> list[tuple[str, Any, str]]:
 
 def settings_table() -> str:
     """Render the settings as the Markdown table that docs/CONFIGURATION.md embeds (tests compare the two)."""
-    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
-    for env, default, help_text in documented_settings():
+    rows = ["| Variable | Default | Allowed | Meaning |", "|---|---|---|---|"]
+    for spec in dataclasses.fields(Settings):
+        default = spec.default
         if isinstance(default, bool):
             shown = f"`{str(default).lower()}`"
         elif default == "":
             shown = "(empty)"
         else:
             shown = f"`{str(default).encode('unicode_escape').decode()}`"
-        rows.append(f"| `{env}` | {shown} | {help_text} |")
+        rows.append(f"| `{spec.metadata['env']}` | {shown} | {_allowed(spec.metadata)} | {spec.metadata['help']} |")
     return "\n".join(rows)
+
+
+def _allowed(rules: Mapping[str, Any]) -> str:
+    if rules["within"] is not None:
+        low, high = (f"{bound:,}" if float(bound).is_integer() else f"{bound:g}" for bound in rules["within"])
+        return f"{low} to {high}".replace(",", "\u2009")  # thin spaces group the digits
+    if rules["choices"] is not None:
+        return ", ".join(f"`{choice}`" for choice in rules["choices"])
+    return ""
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
@@ -467,27 +561,6 @@ def _parse(name: str, raw: str, kind: type) -> Any:
             raise ConfigError(f"{name} must be a{'n integer' if kind is int else ' number'}; got {raw!r}") from None
     # A literal backslash-n in an env file means a newline, as it does in prompts.
     return raw.replace("\\n", "\n") if name == "DEFAULT_PROMPT" else raw
-
-
-def _split_list(raw: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-def _check_rate_limit(raw: str) -> None:
-    from limits import parse_many
-
-    try:
-        parse_many(raw)
-    except ValueError:
-        raise ConfigError(f"RATE_LIMIT must look like 60/minute or 10/second;500/hour; got {raw!r}") from None
-
-
-def _check_networks(name: str, raw: str) -> None:
-    for network in _split_list(raw):
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise ConfigError(f"{name}: {network!r} is not a network such as 10.0.0.0/8") from None
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

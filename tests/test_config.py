@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
 import pytest
 
 from ocr_api.engines import build_engine, choose_engine
-from ocr_api.settings import ConfigError, Settings
+from ocr_api.settings import ConfigError, Settings, settings_table
 
 
 def test_defaults_match_the_original_service():
@@ -62,6 +63,40 @@ def test_empty_variables_keep_defaults():
 def test_invalid_values_fail_at_start_naming_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+# What the rules across settings need, so that each setting's own bounds are what is tried.
+ACROSS = {"MAX_TOKENS": "1", "OCR_ENGINE_URL": "http://127.0.0.1:8000"}
+
+
+def _declared(rule: str) -> list[dataclasses.Field]:
+    return [spec for spec in dataclasses.fields(Settings) if spec.metadata[rule] is not None]
+
+
+@pytest.mark.parametrize("spec", _declared("within"), ids=lambda spec: spec.metadata["env"])
+def test_every_setting_declared_within_bounds_is_held_to_them(spec):
+    env, (low, high) = spec.metadata["env"], spec.metadata["within"]
+    step = 1 if isinstance(spec.default, int) else 0.01
+    for outside in (low - step, high + step):
+        with pytest.raises(ConfigError, match=f"{env} must be between"):
+            Settings.from_env({env: str(outside)})
+    for inside in (low, high):
+        assert getattr(Settings.from_env({**ACROSS, env: str(type(spec.default)(inside))}), spec.name) == inside
+
+
+@pytest.mark.parametrize("spec", _declared("choices"), ids=lambda spec: spec.metadata["env"])
+def test_every_setting_declared_with_choices_takes_only_them(spec):
+    env = spec.metadata["env"]
+    with pytest.raises(ConfigError, match=f"{env} must be one of"):
+        Settings.from_env({env: "NOT-A-CHOICE"})
+    for choice in spec.metadata["choices"]:
+        assert getattr(Settings.from_env({**ACROSS, env: choice}), spec.name) == choice
+
+
+def test_the_documented_table_shows_what_each_setting_allows():
+    rows = {row.split(" | ")[0].strip("| `"): row.split(" | ")[2] for row in settings_table().splitlines()[2:]}
+    assert rows["PORT"] == "1 to 65\u2009535"
+    assert rows["PAGE_SIZE"] == "`full`, `fit`"
 
 
 def test_secret_key_is_random_per_process_when_unset_and_kept_when_set():
