@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ocr_api.engines.base import RESOLUTION_MODES
-from ocr_api.errors import BadRequest, UnprocessableFile
+from ocr_api.errors import ApiError, BadRequest, UnprocessableFile
 from ocr_api.prompts import resolve_prompt
 
 _RANGE = re.compile(r"^\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?$")
@@ -87,8 +88,35 @@ class OptionRules:
     engine_modes: tuple[str, ...]
 
 
+WrongType = Callable[[str, object], ApiError]
+
 # The form fields the OCR endpoints read; parse_options reads each of them, and a repeated one is refused.
 FORM_FIELDS = ("prompt", "task", "phrase", "max_tokens", "pages", "password", "mode", "figures", "annotate")
+
+
+FLAG_FIELDS = ("figures", "annotate")
+NUMBER_FIELDS = ("max_tokens",)
+
+
+def form_from_json(values: Mapping[str, Any], names: Iterable[str], wrong_type: WrongType) -> dict[str, list[str]]:
+    """The fields ``names`` of a JSON object as the form would have carried them, for parse_options: strings as they
+    are, flags and whole numbers written out; absent or null fields left out. The one adapter from JSON to the form,
+    for /ocr's JSON body and a chat completion's ``ocr`` extension; ``wrong_type(name, value)`` is the error for a
+    value of another type (each route words it its own way)."""
+    form: dict[str, list[str]] = {}
+    for name in names:
+        value = values.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) and name in FLAG_FIELDS:
+            form[name] = ["true" if value else "false"]
+        elif isinstance(value, int) and not isinstance(value, bool) and name in NUMBER_FIELDS:
+            form[name] = [str(value)]
+        elif isinstance(value, str):
+            form[name] = [value]
+        else:
+            raise wrong_type(name, value)
+    return form
 
 
 def parse_options(form: Mapping[str, list[str]], rules: OptionRules) -> OcrOptions:

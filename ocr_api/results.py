@@ -8,6 +8,7 @@ from typing import Any
 from ocr_api.errors import ApiError
 from ocr_api.pipeline import PageOutcome
 from ocr_api.reading import blocks_as_dicts
+from ocr_api.shapes import BatchResult, DocumentPage, DocumentResult, FileFailure, ImageResult, PageFields
 
 # Between the pages of a document in the top-level text, as DeepSeek's own PDF script separates them.
 PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
@@ -20,7 +21,7 @@ class FinishedPage:
     number: int | None
     outcome: PageOutcome
 
-    def fields(self) -> dict[str, Any]:
+    def fields(self) -> PageFields:
         """The page's own fields: the same for an image's body and a document's ``pages`` entry."""
         reading, outcome = self.outcome.reading, self.outcome
         if reading is None:
@@ -41,11 +42,11 @@ class FinishedPage:
             **outcome.pictures,
         }
 
-    def entry(self, is_document: bool) -> dict[str, Any]:
+    def entry(self, is_document: bool) -> PageFields | DocumentPage:
         """The page as its file's result holds it: its fields, and for a document page its number and size."""
         if not is_document:
             return self.fields()
-        entry = {"page": self.number, **self.fields()}
+        entry: DocumentPage = {"page": self.number, **self.fields()}  # type: ignore[typeddict-item]
         if self.outcome.reading is not None:
             width, height = self.outcome.size
             entry.update(width=width, height=height)
@@ -67,7 +68,7 @@ class FileResult:
     model: str
     timing: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ImageResult | DocumentResult:
         head = {"image_path": self.image_path, "prompt": self.prompt, "task": self.task, "filename": self.filename}
         tail = {"engine": self.engine, "model": self.model, "timing": self.timing}
         entries = [page.entry(self.is_document) for page in self.pages]
@@ -77,9 +78,9 @@ class FileResult:
 def file_body(
     head: dict[str, Any], entries: list[dict[str, Any]], source: dict[str, Any], is_document: bool,
     tail: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> ImageResult | DocumentResult:  # fmt: skip
     """The one body of a file's result, from its page entries: what /ocr returns and a job's result holds."""
-    body: dict[str, Any] = {"text": PAGE_SEPARATOR.join(entry.get("text", "") for entry in entries), **head}
+    body: Any = {"text": PAGE_SEPARATOR.join(entry.get("text", "") for entry in entries), **head}
     if not is_document:
         (entry,) = entries
         body.update(entry, image=source)
@@ -118,8 +119,14 @@ class FileError:
     filename: str
     error: ApiError
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> FileFailure:
         """A batch's entry for the file: ``status`` is "failed", as a page's, and ``http_status`` the status the file
         would have had alone; ``text`` is empty, so that every entry has the earlier contract's text."""
         return {"filename": self.filename, "status": "failed", "http_status": self.error.status, "text": "",
                 **self.error.to_dict()}  # fmt: skip
+
+
+def batch_body(entries: list[ImageResult | DocumentResult | FileFailure]) -> BatchResult:
+    """What /ocr/batch answers, and a job of several files holds: each file's result or error, in upload order."""
+    failed = sum("http_status" in entry for entry in entries)
+    return {"results": entries, "total": len(entries), "succeeded": len(entries) - failed, "failed": failed}

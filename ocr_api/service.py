@@ -29,6 +29,7 @@ from ocr_api.preparation import FitSize, ImageLimits, give_large_blocks_back
 from ocr_api.reading import PageReading
 from ocr_api.results import FileError, FileResult, FinishedPage
 from ocr_api.settings import Settings
+from ocr_api.shapes import EngineState
 from ocr_api.sources import SaveUpload, Source, open_source
 from ocr_api.tiling import engine_size
 from ocr_api.uploads import UploadStore
@@ -130,7 +131,7 @@ class OcrService:
         self.state = "closed"
         self.engine.close()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EngineState:
         """Return what /health reports about the engine."""
         return {
             "engine": self.engine.name,

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ocr_api.errors import BadRequest, NotFound
+from ocr_api.options import form_from_json
 from ocr_api.results import PAGE_SEPARATOR, FileResult
+from ocr_api.shapes import SAMPLING_FIELDS, ChatChoice, ChatCompletion, ChatOcrOptions, Model, ModelList, Usage
 
 MAX_MESSAGES = 64
 MAX_PARTS = 64  # content parts of one message
@@ -24,11 +26,11 @@ MAX_TEXT_CHARS = 100_000  # all text parts together; the prompt itself is bounde
 PROMPT_ROLES = ("system", "developer")
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # ocr: {...}, this service's extension: the same fields as /ocr's form, and "structured" for the whole result.
-OCR_FIELDS = ("structured", "pages", "password", "mode", "figures", "annotate")
+OCR_FIELDS = tuple(ChatOcrOptions.__annotations__)
 # What clients send that changes nothing here: decoding is greedy (temperature 0, the model authors' setting) and
 # deterministic, so sampling settings and a seed have no effect; a client's own guard (vllm_xargs) is replaced by
 # the service's. Their types are still checked.
-IGNORED_NUMBERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed")
+IGNORED_NUMBERS = SAMPLING_FIELDS
 # OpenAI fields an OCR model cannot honour, and the values of each that ask for nothing (sent by clients that always
 # send them): any other value is refused.
 ASKING_NOTHING: dict[str, tuple[object, ...]] = {
@@ -99,7 +101,7 @@ def parse_chat(body: Mapping[str, Any], max_tokens_limit: int) -> ChatRequest:
     unknown = sorted(name for name in ocr if name not in OCR_FIELDS)
     if unknown:
         raise BadRequest(f"Unknown ocr field '{unknown[0][:40]}'.", code="unknown_field").naming("ocr")
-    form = {name: [_ocr_value(name, ocr[name])] for name in OCR_FIELDS[1:] if ocr.get(name) is not None}
+    form = form_from_json(ocr, OCR_FIELDS[1:], _wrong_ocr_type)
     return ChatRequest(
         model=model.strip(),
         image_url=images[0][1],
@@ -217,12 +219,8 @@ def _optional(body: Mapping[str, Any], name: str, kind: type, default: Any) -> A
     return value
 
 
-def _ocr_value(name: str, value: object) -> str:
-    if isinstance(value, bool) and name in ("figures", "annotate"):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    raise BadRequest(f"ocr.{name} has the wrong type ({type(value).__name__}).", code="invalid_parameter").naming(
+def _wrong_ocr_type(name: str, value: object) -> BadRequest:
+    return BadRequest(f"ocr.{name} has the wrong type ({type(value).__name__}).", code="invalid_parameter").naming(
         f"ocr.{name}"
     )
 
@@ -258,9 +256,9 @@ def check_model(requested: str, names: Sequence[str]) -> None:
         ).naming("model")
 
 
-def models_body(names: Sequence[str], created: int, context_length: int) -> dict[str, Any]:
+def models_body(names: Sequence[str], created: int, context_length: int) -> ModelList:
     """GET /v1/models: the served model, then its aliases, each as OpenAI lists a model."""
-    data = [
+    data: list[Model] = [
         {"id": name, "object": "model", "created": created, "owned_by": "deepseek-ocr-api", "root": names[0],
          "parent": None if name == names[0] else names[0], "max_model_len": context_length}
         for name in names
@@ -284,7 +282,7 @@ def finish_reason(result: FileResult) -> str:
     return "length" if truncated else "stop"
 
 
-def usage(result: FileResult) -> dict[str, int]:
+def usage(result: FileResult) -> Usage:
     readings = [page.outcome.reading for page in result.pages if page.outcome.reading is not None]
     prompt = sum(reading.output.prompt_tokens for reading in readings)
     completion = sum(reading.output.completion_tokens for reading in readings)
@@ -299,15 +297,16 @@ class Completion:
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def body(self, result: FileResult, structured: bool) -> dict[str, Any]:
+    def body(self, result: FileResult, structured: bool) -> ChatCompletion:
         """The whole ``chat.completion``; with ``structured`` the /ocr body rides along as ``ocr``."""
-        choice = {
+        choice: ChatChoice = {
             "index": 0,
             "message": {"role": "assistant", "content": raw_content(result)},
             "logprobs": None,
             "finish_reason": finish_reason(result),
         }
-        body = {**self._head("chat.completion"), "choices": [choice], "usage": usage(result)}
+        head = self._head("chat.completion")
+        body: ChatCompletion = {**head, "choices": [choice], "usage": usage(result)}  # type: ignore[typeddict-item]
         if structured:
             body["ocr"] = result.to_dict()
         return body

@@ -15,12 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ocr_api.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from ocr_api.options import FORM_FIELDS
+from ocr_api.options import FORM_FIELDS, form_from_json
 
 # The "API guide" style clients (../shared/reference/clients.md) send these beside the image; decoding is greedy,
 # so they change nothing, and refusing them would break those clients.
 IGNORED_FIELDS = ("temperature", "top_p", "seed")
-FLAG_FIELDS = ("figures", "annotate")
 # Scheme, type and ";base64" are case-insensitive (RFC 2397, RFC 3986).
 DATA_URL = re.compile(
     r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<base64>;base64)?,", re.IGNORECASE
@@ -126,15 +125,8 @@ def ocr_request(
             data = decode_image(value, name, max_bytes - total, max_bytes)
             total += len(data)
             named.append((name, data))
-    return named, {name: [_form_value(name, body[name])] for name in FORM_FIELDS if body.get(name) is not None}
+    return named, form_from_json(body, FORM_FIELDS, _wrong_type)
 
 
-def _form_value(name: str, value: object) -> str:
-    """A JSON field as the form would have carried it: strings as they are, whole numbers and flags written out."""
-    if isinstance(value, bool) and name in FLAG_FIELDS:
-        return "true" if value else "false"
-    if isinstance(value, int) and not isinstance(value, bool) and name == "max_tokens":
-        return str(value)
-    if isinstance(value, str):
-        return value
-    raise BadRequest(f"'{name}' has the wrong type ({type(value).__name__}).", code="invalid_field_type")
+def _wrong_type(name: str, value: object) -> BadRequest:
+    return BadRequest(f"'{name}' has the wrong type ({type(value).__name__}).", code="invalid_field_type")

@@ -4,26 +4,28 @@ The paths and methods come from Flask's url map, and every route must have an en
 without one, or an entry without a route, fails ``describe``, and so the tests). Which operations need a key
 comes from the blueprint, as access control decides it (ocr_api/access.py). The form fields are the ones
 ocr_api/options.py reads, the tasks and modes the ones ocr_api/prompts.py and the engines know, the limits the
-settings'. The bodies' schemas are written here and checked against real answers by tests/test_openapi.py and by
-schemathesis (every property named, none unknown: a field added to a result without a word here fails them).
+settings'. The bodies' schemas are generated from their one declaration, ocr_api/shapes.py, and checked against real
+answers by tests/test_openapi.py and by schemathesis (every property named, none unknown: a field added to a result
+without a word in shapes.py fails them).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
+from pydantic import TypeAdapter
 
 from ocr_api.engines.base import RESOLUTION_MODES
 from ocr_api.http.access import OPEN_BLUEPRINTS
-from ocr_api.http.chat import IGNORED_NUMBERS, OCR_FIELDS
-from ocr_api.jobs.store import FINISHED
 from ocr_api.options import FORM_FIELDS
 from ocr_api.prompts import TASKS
-from ocr_api.results import PAGE_SEPARATOR
 from ocr_api.settings import Settings
+from ocr_api.shapes import COMPONENTS
 
 Schema = dict[str, Any]
 JSON = "application/json"
@@ -48,314 +50,40 @@ def _string(description: str = "", **more: Any) -> Schema:
     return {"type": "string", **({"description": description} if description else {}), **more}
 
 
-def _object(properties: dict[str, Schema], required: tuple[str, ...] = (), closed: bool = True) -> Schema:
-    schema: Schema = {"type": "object", "properties": properties}
-    if required:
-        schema["required"] = list(required)
-    if closed:  # a field the code adds without a word here fails the tests
-        schema["additionalProperties"] = False
-    return schema
-
-
 def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(kind: str) -> Schema:
-    return {"type": [kind, "null"]}
+    return {"$ref": REF_TEMPLATE.format(model=name)}
 
 
 INTEGER = {"type": "integer"}
-NUMBER = {"type": "number"}
-BOOLEAN = {"type": "boolean"}
 STRING = {"type": "string"}
-USAGE = _object({"prompt_tokens": INTEGER, "completion_tokens": INTEGER, "total_tokens": INTEGER})
-BOX = {"type": "array", "items": INTEGER, "minItems": 4, "maxItems": 4, "description": "x1, y1, x2, y2 in pixels"}
-PAGE_FIELDS: dict[str, Schema] = {
-    "status": _string("ok, truncated (the budget ran out), repetitive (a loop the guard stopped), or failed"),
-    "text": _string("The page's text without the layout markup."),
-    "markdown": _string("The page as markdown: headings, tables, figure references."),
-    "blocks": {"type": "array", "items": _ref("Block")},
-    "raw_output": _string("The model's output as it wrote it, markup included."),
-    "finish_reason": _string("stop, or length when the budget ran out"),
-    "truncated": BOOLEAN,
-    "repetition_loop": BOOLEAN,
-    "attempts": INTEGER,
-    "usage": USAGE,
-    "max_tokens": INTEGER,
-    "guard": _ref("Guard"),
-    "figures": {"type": "array", "items": _ref("Figure")},
-    "annotated_image": _string("The page with the boxes drawn (annotate=true), a PNG data URL (/ocr)."),
-    "annotated_image_url": _string("A job's page: where its annotated page is made when fetched (annotate=true)."),
-    "error": _string("Why the page failed (status failed)."),
-    "code": _string(),
-}
-RESULT_HEAD: dict[str, Schema] = {
-    "text": _string(
-        f"All the text; a document's pages joined with `{PAGE_SEPARATOR.encode('unicode_escape').decode()}`."
-    ),
-    "image_path": _string("Where the service stored the upload."),
-    "prompt": _string("The prompt the model was given."),
-    "task": _nullable("string"),
-    "filename": _string(),
-}
-RESULT_TAIL: dict[str, Schema] = {
-    "engine": _string(),
-    "model": _string(),
-    "timing": {"type": "object", "additionalProperties": NUMBER, "description": "milliseconds by stage"},
-}
-FILE_ERROR = _object(
-    {
-        "filename": _string(),
-        "status": {"const": "failed"},
-        "http_status": {**INTEGER, "description": "The status the file would have had alone (/ocr)."},
-        "text": {"const": ""},
-        "error": _string(),
-        "code": _string(),
-    },
-    ("status", "http_status", "error", "code"),
-)
+BOOLEAN = {"type": "boolean"}
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 
 def _schemas(settings: Settings) -> dict[str, Schema]:
-    """The components: error bodies, results, jobs, OpenAI's objects."""
-    page = {
-        **PAGE_FIELDS,
-        "page": INTEGER,
-        "width": INTEGER,
-        "height": INTEGER,
-    }
-    job_page = {**page, "index": INTEGER, "file": INTEGER, "filename": _string(), "page": _nullable("integer")}
+    """The components: generated from the shapes (ocr_api/shapes.py), and what only the settings know."""
+    schemas = copy.deepcopy(_generated_schemas())
+    schemas["ChatRequest"]["properties"]["max_tokens"]["description"] = f"At most {settings.max_tokens}."
+    return schemas
+
+
+@functools.cache
+def _generated_schemas() -> dict[str, Schema]:
+    adapters = [(name, "serialization", TypeAdapter(shape)) for name, shape in COMPONENTS.items()]
+    _, definitions = TypeAdapter.json_schemas(adapters, ref_template=REF_TEMPLATE)
+    return _untitled(definitions["$defs"])
+
+
+def _untitled(schema: Any, in_properties: bool = False) -> Any:
+    """The schema without pydantic's titles (each field's name again, capitalised): a property named title stays."""
+    if isinstance(schema, list):
+        return [_untitled(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
     return {
-        "Error": _object({"error": _string(), "code": _string()}, ("error", "code")),
-        "OpenAIError": _object(
-            {
-                "error": _object(
-                    {"message": _string(), "type": _string(), "code": _string(), "param": _nullable("string")},
-                    ("message", "type", "code"),
-                )
-            },
-            ("error",),
-        ),
-        "Guard": {
-            **_object({"ngram_size": INTEGER, "window_size": INTEGER, "whitelist_token_ids": {"type": "array"}}),
-            "description": "The repetition guard the page was decoded with.",
-        },
-        "Block": _object(
-            {"label": _string(), "boxes": {"type": "array", "items": BOX}, "text": _string(), "figure": INTEGER},
-            ("label", "boxes", "text"),
-        ),
-        "Figure": _object(
-            {
-                "figure": INTEGER,
-                "box": BOX,
-                "image": _string("PNG data URL (/ocr)"),
-                "image_url": _string("A job's page: where the crop is made when fetched"),
-            },
-            ("figure", "box"),
-        ),
-        "ImageResult": _object(
-            {
-                **RESULT_HEAD,
-                **PAGE_FIELDS,
-                "image": _object(
-                    {"width": INTEGER, "height": INTEGER, "format": _string(), "mode": _string(), "frames": INTEGER}
-                ),
-                **RESULT_TAIL,
-            },
-            ("text", "image_path", "prompt", "status", "image"),
-        ),
-        "DocumentResult": _object(
-            {
-                **RESULT_HEAD,
-                "finish_reason": _string(),
-                "truncated": BOOLEAN,
-                **{name: INTEGER for name in ("pages_total", "pages_failed", "pages_truncated", "pages_repetitive")},
-                "pages_retried": INTEGER,
-                "usage": USAGE,
-                "guard": {"anyOf": [_ref("Guard"), {"type": "null"}]},
-                "markdown": _string(),
-                "document": {
-                    "type": "object",
-                    "description": "format, page_count, dpi; repaired (PyMuPDF repaired the file) and missing_pages "
-                    "(pages the file lost, failed with page_missing)",
-                },
-                "pages": {"type": "array", "items": _object(page, ("page", "status"))},
-                **RESULT_TAIL,
-            },
-            ("text", "image_path", "prompt", "document", "pages"),
-        ),
-        "OcrResult": {"anyOf": [_ref("ImageResult"), _ref("DocumentResult")]},
-        "BatchResult": _object(
-            {
-                "results": {"type": "array", "items": {"anyOf": [_ref("OcrResult"), FILE_ERROR]}},
-                "total": INTEGER,
-                "succeeded": INTEGER,
-                "failed": INTEGER,
-            },
-            ("results", "total", "succeeded", "failed"),
-        ),
-        "Health": _object(
-            {
-                "status": _string(),
-                "service": _string(),
-                "timestamp": _string(format="date-time"),
-                **_ENGINE_STATE,
-            },
-            ("status", "engine", "ready"),
-        ),
-        "Ready": _object({"status": _string(), **_ENGINE_STATE}, ("status", "ready")),
-        "Job": _object(
-            {
-                "id": _string(),
-                "status": _string("queued, running, " + ", ".join(FINISHED)),
-                "pages_total": INTEGER,
-                "files_total": INTEGER,
-                "progress": _object(
-                    {
-                        "pages_done": INTEGER,
-                        "pages_total": INTEGER,
-                        "fraction": NUMBER,
-                        "pages": {"type": "object", "additionalProperties": INTEGER},
-                        "pages_retried": INTEGER,
-                        "pages_per_second": _nullable("number"),
-                        "seconds_left": _nullable("number"),
-                    }
-                ),
-                **{name: _nullable("string") for name in ("created_at", "started_at", "finished_at")},
-                "runs": INTEGER,
-                "queue_position": _nullable("integer"),
-                "error": {"type": "object"},
-                "callback": {"type": "object"},
-                "urls": _object({name: _string() for name in ("self", "result", "pages", "events")}),
-            },
-            ("id", "status", "pages_total", "progress", "urls"),
-        ),
-        "JobPages": _object(
-            {
-                "id": _string(),
-                "status": _string(),
-                "pages_total": INTEGER,
-                "pages_ready": INTEGER,
-                "after": INTEGER,
-                "next_after": INTEGER,
-                "pages": {"type": "array", "items": _object(job_page, ("index", "file", "status"))},
-                "error": {
-                    "type": "object",
-                    "description": "Why the job waits or failed, as in its view (retrying: it will be run again).",
-                },
-            },
-            ("id", "pages", "next_after"),
-        ),
-        "ModelList": _object(
-            {
-                "object": {"const": "list"},
-                "data": {
-                    "type": "array",
-                    "items": _object(
-                        {
-                            "id": _string(),
-                            "object": {"const": "model"},
-                            "created": INTEGER,
-                            "owned_by": _string(),
-                            "root": _string(),
-                            "parent": _nullable("string"),
-                            "max_model_len": INTEGER,
-                        },
-                        ("id", "object"),
-                    ),
-                },
-            },
-            ("object", "data"),
-        ),
-        "ChatRequest": _chat_request(settings),
-        "ChatCompletion": _object(
-            {
-                "id": _string(),
-                "object": {"const": "chat.completion"},
-                "created": INTEGER,
-                "model": _string(),
-                "choices": {
-                    "type": "array",
-                    "items": _object(
-                        {
-                            "index": INTEGER,
-                            "message": _object({"role": _string(), "content": _string()}, closed=False),
-                            "finish_reason": _string("stop or length"),
-                            "logprobs": {"type": "null"},
-                        },
-                        closed=False,
-                    ),
-                },
-                "usage": USAGE,
-                "ocr": {**_ref("OcrResult"), "description": 'The structured result, with "ocr": {"structured": true}.'},
-            },
-            ("id", "object", "choices", "usage"),
-            closed=False,
-        ),
-    }
-
-
-_ENGINE_STATE: dict[str, Schema] = {
-    "engine": _string(),
-    "model": _string(),
-    "model_loaded": BOOLEAN,
-    "engine_state": _string(),
-    "ready": BOOLEAN,
-    "draining": BOOLEAN,
-    "pages_in_flight": INTEGER,
-    "max_pages_in_flight": INTEGER,
-    "guard": _object(
-        {
-            "required": BOOLEAN,
-            "checks": {
-                "type": "object",
-                "description": "Per vLLM server URL, or in-process: the start-up check of the repetition guard.",
-                "additionalProperties": _object(
-                    {"state": {"enum": ["verified", "missing", "unchecked"]}, "check": _string()}, ("state", "check")
-                ),
-            },
-        },
-        ("required", "checks"),
-    ),
-}
-
-
-def _chat_request(settings: Settings) -> Schema:
-    part = {
-        "type": "object",
-        "properties": {
-            "type": {"enum": ["text", "image_url"]},
-            "text": _string(),
-            "image_url": {"type": "object", "properties": {"url": _string("A data URL, or an http(s) URL")}},
-        },
-        "required": ["type"],
-    }
-    message = {
-        "type": "object",
-        "properties": {
-            "role": {"enum": ["system", "developer", "user", "assistant"]},
-            "content": {"anyOf": [_string(), {"type": "array", "items": part}]},
-        },
-        "required": ["role", "content"],
-    }
-    ocr = {name: BOOLEAN if name in ("structured", "figures", "annotate") else _string() for name in OCR_FIELDS}
-    return {
-        "type": "object",
-        "required": ["model", "messages"],
-        "properties": {
-            "model": _string("A model id from GET /v1/models."),
-            "messages": {"type": "array", "items": message, "minItems": 1},
-            "max_tokens": {"type": "integer", "minimum": 1, "description": f"At most {settings.max_tokens}."},
-            "max_completion_tokens": {"type": "integer", "minimum": 1},
-            "stream": BOOLEAN,
-            "stream_options": {"type": "object", "properties": {"include_usage": BOOLEAN}},
-            "n": {"const": 1},
-            **{
-                name: {**NUMBER, "description": "Accepted and ignored: decoding is greedy."} for name in IGNORED_NUMBERS
-            },
-            "ocr": {**_object(ocr), "description": "This service's extension: /ocr's fields."},
-        },
+        key: _untitled(value, in_properties=key == "properties" and not in_properties)
+        for key, value in schema.items()
+        if in_properties or key != "title"
     }
 
 

@@ -23,7 +23,7 @@ from ocr_api.http.disconnect import client_gone_probe
 from ocr_api.http.errors import error_response
 from ocr_api.http.state import current_service, jobs_of
 from ocr_api.jobs import Job, JobUpload, StorageUnavailable
-from ocr_api.results import FileError
+from ocr_api.results import FileError, batch_body
 from ocr_api.service import UploadedFile
 
 logger = logging.getLogger(__name__)
@@ -127,13 +127,7 @@ def ocr_batch():
     if len(uploads) > limit:
         raise BadRequest(f"A batch holds at most {limit} files; got {len(uploads)}.", code="too_many_files")
     results = service.recognize(uploads, service.options_from(form), client_gone_probe(request.environ))
-    failed = sum(isinstance(result, FileError) for result in results)
-    return jsonify(
-        results=[result.to_dict() for result in results],
-        total=len(results),
-        succeeded=len(results) - failed,
-        failed=failed,
-    )
+    return jsonify(batch_body([result.to_dict() for result in results]))
 
 
 @job_routes.post("/jobs")

@@ -31,7 +31,8 @@ from ocr_api.jobs.queue import JobQueue
 from ocr_api.jobs.runner import JobRunner
 from ocr_api.jobs.store import Job, JobFile
 from ocr_api.preparation import EXTENSIONS, sniff_format
-from ocr_api.results import FileError, file_body
+from ocr_api.results import FileError, batch_body, file_body
+from ocr_api.shapes import JobPages
 
 if TYPE_CHECKING:
     from ocr_api.service import OcrService
@@ -227,8 +228,7 @@ class Jobs:
             if first_error is not None:
                 return first_error.to_dict(), first_error.status
             return results[0], 200
-        failed = sum(result.get("status") == "failed" and "http_status" in result for result in results)
-        return {"results": results, "total": len(results), "succeeded": len(results) - failed, "failed": failed}, 200
+        return batch_body(results), 200
 
     def picture(self, job: Job, index: int, kind: str, number: int = 0) -> bytes:
         """One picture of the job's finished page ``index`` as PNG bytes, made now from the job's stored file and the
@@ -252,7 +252,7 @@ class Jobs:
             raise PictureNotFound()
         return png
 
-    def pages(self, job: Job, after: int, limit: int) -> dict[str, Any]:
+    def pages(self, job: Job, after: int, limit: int) -> JobPages:
         """The finished pages after the ``after``-th, in page order, at most ``limit`` of them."""
         limit = min(limit, MAX_PAGES_PER_CALL)  # 0: the status and counts alone
         stop = min(job.pages_ready, after + limit)
@@ -262,8 +262,10 @@ class Jobs:
         next_after = items[-1]["index"] if items else after
         if job.status == "cancelled":  # its pages were removed: nothing more will come, and the loop is over
             next_after = max(next_after, job.pages_ready)
-        body = {"id": job.id, "status": job.status, "pages_total": job.pages_total, "pages_ready": job.pages_ready,
-                "after": after, "next_after": next_after, "pages": items}  # fmt: skip
+        body: JobPages = {
+            "id": job.id, "status": job.status, "pages_total": job.pages_total, "pages_ready": job.pages_ready,
+            "after": after, "next_after": next_after, "pages": items,
+        }  # fmt: skip
         if job.error:  # why it waits (the engine down, retrying) or failed, as its view says: pollers see it here
             body["error"] = job.error
         return body

@@ -19,11 +19,12 @@ from typing import Any
 
 from huey import Huey
 
+from ocr_api import shapes
+from ocr_api.shapes import JOB_STATUSES, PAGE_STATUSES
+
 logger = logging.getLogger(__name__)
 
-FINISHED = ("succeeded", "partial", "failed", "cancelled")
-STATUSES = ("queued", "running", *FINISHED)
-PAGE_STATUSES = ("ok", "truncated", "repetitive", "failed")
+FINISHED = tuple(status for status in JOB_STATUSES if status not in ("queued", "running"))
 ACTIVE_MARKER = "active"
 
 
@@ -74,10 +75,10 @@ class Job:
         base = f"{self.base_url.rstrip('/')}/jobs/{self.id}"
         return {"self": base, "result": f"{base}/result", "pages": f"{base}/pages", "events": f"{base}/events"}
 
-    def view(self, now: float, queue_position: int | None = None, *, for_callback: bool = False) -> dict[str, Any]:
+    def view(self, now: float, queue_position: int | None = None, *, for_callback: bool = False) -> shapes.Job:
         """What GET /jobs/<id> answers, and a callback sends: that one without ``callback``, which tells how its own
         delivery went and so cannot be known while it is sent."""
-        body: dict[str, Any] = {
+        body: shapes.Job = {
             "id": self.id,
             "status": self.status,
             "pages_total": self.pages_total,
@@ -97,7 +98,7 @@ class Job:
         body["urls"] = self.links()
         return body
 
-    def progress(self, now: float) -> dict[str, Any]:
+    def progress(self, now: float) -> shapes.JobProgress:
         """Pages done of total, counts per page status, and the rate and time left of the current run."""
         rate = None
         if self.status == "running" and self.run_started_at is not None:
