@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Production: one vLLM OpenAI server owns the GPU, bound to loopback, and gunicorn's workers reach it over HTTP
-# with the remote engine, so no worker (nor the master) imports torch or touches CUDA, and every worker's
-# requests are batched together inside the one engine. With OCR_ENGINE_URL set, that server is used instead
-# and none is started. Clients reach nginx on HOST:PORT, which buffers each request whole before a worker sees
-# it (slow clients cost nginx a connection, not a worker a thread); gunicorn listens on a socket in a private
-# run directory. If the engine dies it is restarted (workers answer 503 meanwhile) up to ENGINE_MAX_RESTARTS
-# times, then everything stops with status 1 for a supervisor; so does nginx or gunicorn exiting. SIGTERM
-# drains (new requests get 503 shutting_down for DRAIN_SECONDS while running ones go on), stops nginx and
-# gunicorn gracefully, then the engine. See docs/DEPLOYMENT.md.
+# Production on one machine, in one command: one vLLM OpenAI server owns the GPU, bound to loopback, and gunicorn's
+# workers (scripts/start_api.sh) reach it over HTTP with the remote engine, so no worker (nor the master) imports
+# torch or touches CUDA, and every worker's requests are batched together inside the one engine. With
+# OCR_ENGINE_URL set, that server is used instead and none is started. Clients reach nginx (scripts/start_front.sh)
+# on HOST:PORT, which buffers each request whole before a worker sees it; gunicorn listens on a socket in a private
+# run directory. If the engine dies it is restarted (workers answer 503 meanwhile) up to ENGINE_MAX_RESTARTS times,
+# then everything stops with status 1 for a supervisor; so does nginx or gunicorn exiting. SIGTERM drains (new
+# requests get 503 shutting_down for DRAIN_SECONDS while running ones go on), stops nginx and gunicorn gracefully,
+# then the engine. deploy/ runs the same pieces as services of their own instead. See docs/DEPLOYMENT.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck source=scripts/bootstrap.sh
@@ -17,11 +17,11 @@ log_dir="${LOG_DIR:-logs}"
 mkdir -p uploads "$log_dir"
 log_dir=$(cd "$log_dir" && pwd)
 engine_pid=""
-gunicorn_pid=""
+engine_restarts=0
+api_pid=""
 consumer_pid=""
 consumer_restarts=0
 front_pid=""
-redactor_pid=""
 stopping=0
 # gunicorn's socket, nginx's configuration, pid and buffers: private to this run, removed when it ends.
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/deepseek-ocr.XXXXXX")
@@ -46,32 +46,11 @@ check_settings() {
   "$VENV/bin/python" -m config --check || exit 1
 }
 
-start_gunicorn() {
-  # THREADS > 1 makes gunicorn use its gthread worker. A gthread worker accepts up to --worker-connections
-  # connections whatever its free threads, and a kept-alive connection stays with its worker: so each worker
-  # takes only as many connections as it has threads, one request each (nginx reconnects per request over the
-  # unix socket, a few microseconds), and a request waits in the socket's backlog for whichever worker has a
-  # free thread instead of behind a busy one. THREADS=1 is a sync worker. Only nginx connects, through the
-  # socket in the run directory.
-  local threads="${THREADS:-16}"
-  PROMETHEUS_MULTIPROC_DIR="$metrics_dir" "$VENV/bin/gunicorn" \
-    --config python:ocr_api.gunicorn_hooks \
-    --workers "${WORKERS:-4}" \
-    --threads "$threads" \
-    --worker-connections "$threads" \
-    --keep-alive 0 \
-    --limit-request-line 8190 \
-    --limit-request-field_size 8190 \
-    --bind "unix:$run_dir/gunicorn.sock" \
-    --timeout "${GUNICORN_TIMEOUT:-300}" \
-    --graceful-timeout "${GUNICORN_GRACEFUL_TIMEOUT:-30}" \
-    --logger-class ocr_api.logs.GunicornLogger \
-    --access-logfile "$log_dir/access.log" \
-    --access-logformat '%(t)s "%(r)s" %(s)s %(b)s %(M)sms worker=%(p)s' \
-    --error-logfile "$log_dir/error.log" \
-    --capture-output \
-    "app:create_app()" &
-  gunicorn_pid=$!
+start_api() {
+  # gunicorn on a socket only nginx reaches; the script execs it, so this pid is gunicorn's.
+  PROMETHEUS_MULTIPROC_DIR="$metrics_dir" API_BIND="unix:$run_dir/gunicorn.sock" LOG_DIR="$log_dir" VENV="$VENV" \
+    scripts/start_api.sh &
+  api_pid=$!
 }
 
 start_consumer() {
@@ -104,20 +83,11 @@ restart_consumer() {
 }
 
 start_front() {
-  # nginx in the foreground (daemon off), its error log through the service's redaction into front-error.log.
-  "$VENV/bin/python" -m ocr_api.front_server --listen "${HOST:-0.0.0.0}:${PORT:-5000}" \
-    --upstream "unix:$run_dir/gunicorn.sock" --run-dir "$run_dir" --log-dir "$log_dir" >"$run_dir/nginx.conf" ||
-    exit 1
-  if ! "$NGINX" -t -q -p "$run_dir" -c "$run_dir/nginx.conf" -e stderr; then
-    say "error: nginx refused its configuration ($run_dir/nginx.conf); is ${HOST:-0.0.0.0}:${PORT:-5000} free?"
-    exit 1
-  fi
-  # The redactor is started first, on a descriptor of its own, so that stop_front can wait for it too.
-  exec {front_errors}> >("$VENV/bin/python" -m ocr_api.logs redact >>"$log_dir/front-error.log")
-  redactor_pid=$!
-  "$NGINX" -p "$run_dir" -c "$run_dir/nginx.conf" -e stderr -g 'daemon off;' 2>&"$front_errors" &
+  # nginx in the foreground; the script execs it, so this pid is nginx's. A configuration nginx refuses ends it at
+  # once with one line, and the loop below stops everything.
+  FRONT_RUN_DIR="$run_dir" API_UPSTREAM="unix:$run_dir/gunicorn.sock" LOG_DIR="$log_dir" VENV="$VENV" NGINX="$NGINX" \
+    scripts/start_front.sh &
   front_pid=$!
-  exec {front_errors}>&-  # nginx holds the only writer now: the redactor ends when nginx does
   say "front server (nginx, pid $front_pid) on ${HOST:-0.0.0.0}:${PORT:-5000}; gunicorn on unix:$run_dir/gunicorn.sock"
 }
 
@@ -139,23 +109,24 @@ stop_front() {
   kill -QUIT "$front_pid" 2>/dev/null || true
   kill_after "$front_pid" "$((${GUNICORN_GRACEFUL_TIMEOUT:-30} + 5))"
   wait "$front_pid" 2>/dev/null || true
-  # The redactor is a process substitution: bash's `wait` on one it has already reaped blocks until some other
-  # child (the engine) exits, so it is only watched, never waited for. It ends at EOF once nginx is gone.
-  [ -z "$redactor_pid" ] || kill_after "$redactor_pid" 5
+  # The redactor of its error log is not our child: it is only watched until it has written the last line (it ends
+  # at EOF once nginx is gone).
+  [ ! -f "$run_dir/redactor.pid" ] || kill_after "$(cat "$run_dir/redactor.pid")" 5
   front_pid=""
   say "nginx stopped"
 }
 
 start_service() {
-  start_gunicorn
+  start_api
   # JOB_CONSUMER=0: jobs run elsewhere (a consumer of their own, sharing REDIS_URL and JOBS_DIR).
   [ "${JOB_CONSUMER:-1}" = 0 ] || start_consumer
   start_front
 }
 
 watched_pids() {
-  # The processes the main loop waits on: the job consumer only where this script runs one.
-  watched=("$gunicorn_pid" "$front_pid" "$@")
+  # The processes the main loop waits on: the engine and the job consumer only where this script runs them.
+  watched=("$api_pid" "$front_pid")
+  [ -z "$engine_pid" ] || watched+=("$engine_pid")
   [ -z "$consumer_pid" ] || watched+=("$consumer_pid")
 }
 
@@ -206,111 +177,97 @@ stop_engine() {
   engine_pid=""
 }
 
+restart_engine() {
+  stop_engine  # its engine-core processes may outlive it
+  if [ "$engine_restarts" -ge "${ENGINE_MAX_RESTARTS:-5}" ]; then
+    say "error: the vLLM server exited and was restarted $engine_restarts times already; stopping"
+    return 1
+  fi
+  engine_restarts=$((engine_restarts + 1))
+  say "the vLLM server exited; restarting it ($engine_restarts of ${ENGINE_MAX_RESTARTS:-5}); requests get 503 meanwhile"
+  start_engine
+}
+
 stop_service() {
   # Drain first: for DRAIN_SECONDS new requests get 503 shutting_down (and load balancers see /ready 503) while
   # the port stays open; then nginx closes it and finishes what it proxies, then gunicorn stops, letting
   # anything still running finish within GUNICORN_GRACEFUL_TIMEOUT.
-  if [ -n "$gunicorn_pid" ] && [ -n "$front_pid" ]; then
+  if [ -n "$api_pid" ] && [ -n "$front_pid" ]; then
     touch "$DRAIN_FILE"
     say "draining for ${DRAIN_SECONDS:-5} s, then stopping nginx and gunicorn"
     sleep "${DRAIN_SECONDS:-5}"
   fi
   stop_front
-  if [ -n "$gunicorn_pid" ]; then
-    kill -TERM "$gunicorn_pid" 2>/dev/null || true
-    wait "$gunicorn_pid" 2>/dev/null || true
-    gunicorn_pid=""
+  if [ -n "$api_pid" ]; then
+    kill -TERM "$api_pid" 2>/dev/null || true
+    wait "$api_pid" 2>/dev/null || true
+    api_pid=""
     say "gunicorn stopped"
   fi
   stop_consumer
   rm -f "$DRAIN_FILE"
 }
 
+stop_everything() {
+  # Everything this script started, the engine last; then exit with status $1.
+  [ -z "$engine_pid" ] || [ "$1" != 0 ] ||
+    say "stopping: nginx and gunicorn first (in-flight requests finish), then the engine"
+  stop_service
+  stop_engine
+  exit "$1"
+}
+
 ensure_nginx
 # nginx is a proxy in front: the service counts its X-Forwarded-For entry as the client (rate limits).
 export TRUSTED_PROXIES=$((${TRUSTED_PROXIES:-0} + 1))
 
+trap 'stopping=1' TERM INT
 if [ -n "${OCR_ENGINE_URL:-}" ]; then
   # An engine run elsewhere: this machine needs only the service itself.
   use_environment remote
   export OCR_ENGINE=remote
   check_settings
   say "using the engine at $OCR_ENGINE_URL"
-  trap 'stopping=1' TERM INT
-  start_service
-  while true; do
-    exited=""
-    watched_pids
-    wait -n -p exited "${watched[@]}" || true
-    if [ "$stopping" = 1 ]; then
-      stop_service
-      exit 0
-    fi
-    if [ -n "$consumer_pid" ] && [ "$exited" = "$consumer_pid" ] && restart_consumer; then
-      continue
-    fi
-    [ "$exited" = "$gunicorn_pid" ] && gunicorn_pid="" && say "error: gunicorn exited; stopping"
-    [ "$exited" = "$front_pid" ] && front_pid="" && say "error: nginx exited; stopping"
-    stop_service
+else
+  use_environment vllm
+  engine_port="${VLLM_PORT:-8000}"
+  export OCR_ENGINE=remote OCR_ENGINE_URL="http://127.0.0.1:$engine_port"
+  check_settings
+  # The engine's flags are checked before anything starts: a checkpoint vLLM cannot load, or VLLM_EXTRA_ARGS that
+  # cannot be split, is one line and status 1 here rather than in vllm.log.
+  "$VENV/bin/python" -m ocr_api.engines.vllm_flags >/dev/null || exit 1
+  if ! port_is_free "$engine_port"; then
+    say "error: port $engine_port is in use; set VLLM_PORT to a free port for the vLLM server"
     exit 1
-  done
+  fi
+  start_engine
+  if ! wait_for_engine; then
+    stop_engine
+    [ "$stopping" = 1 ] && exit 0
+    exit 1
+  fi
+  say "vLLM server healthy; starting gunicorn and nginx"
 fi
-
-use_environment vllm
-engine_port="${VLLM_PORT:-8000}"
-export OCR_ENGINE=remote OCR_ENGINE_URL="http://127.0.0.1:$engine_port"
-check_settings
-# The engine's flags are checked before anything starts: a checkpoint vLLM cannot load, or VLLM_EXTRA_ARGS that
-# cannot be split, is one line and status 1 here rather than in vllm.log.
-"$VENV/bin/python" -m ocr_api.engines.vllm_flags >/dev/null || exit 1
-if ! port_is_free "$engine_port"; then
-  say "error: port $engine_port is in use; set VLLM_PORT to a free port for the vLLM server"
-  exit 1
-fi
-
-trap 'stopping=1' TERM INT
-start_engine
-if ! wait_for_engine; then
-  stop_engine
-  [ "$stopping" = 1 ] && exit 0
-  exit 1
-fi
-say "vLLM server healthy; starting gunicorn and nginx"
 start_service
 
-restarts=0
+# One loop for both: whichever watched process exits decides. The engine and the consumer are restarted within
+# ENGINE_MAX_RESTARTS; nginx or gunicorn exiting stops everything with status 1; SIGTERM stops everything with 0.
 while true; do
   exited=""
-  watched_pids "$engine_pid"
+  watched_pids
   wait -n -p exited "${watched[@]}" || true
   if [ "$stopping" = 1 ]; then
-    say "stopping: nginx and gunicorn first (in-flight requests finish), then the engine"
-    stop_service
-    stop_engine
-    exit 0
+    stop_everything 0
   fi
   if [ -n "$consumer_pid" ] && [ "$exited" = "$consumer_pid" ]; then
     restart_consumer && continue
-    stop_service
-    stop_engine
-    exit 1
+    stop_everything 1
   fi
-  if [ "$exited" = "$gunicorn_pid" ] || [ "$exited" = "$front_pid" ]; then
-    [ "$exited" = "$gunicorn_pid" ] && gunicorn_pid="" && say "error: gunicorn exited; stopping"
-    [ "$exited" = "$front_pid" ] && front_pid="" && say "error: nginx exited; stopping"
-    stop_service
-    stop_engine
-    exit 1
+  if [ -n "$engine_pid" ] && [ "$exited" = "$engine_pid" ]; then
+    restart_engine && continue
+    stop_everything 1
   fi
-  if [ "$exited" = "$engine_pid" ]; then
-    stop_engine  # its engine-core processes may outlive it
-    if [ "$restarts" -ge "${ENGINE_MAX_RESTARTS:-5}" ]; then
-      say "error: the vLLM server exited and was restarted $restarts times already; stopping"
-      stop_service
-      exit 1
-    fi
-    restarts=$((restarts + 1))
-    say "the vLLM server exited; restarting it ($restarts of ${ENGINE_MAX_RESTARTS:-5}); requests get 503 meanwhile"
-    start_engine
-  fi
+  [ "$exited" = "$api_pid" ] && api_pid="" && say "error: gunicorn exited; stopping"
+  [ "$exited" = "$front_pid" ] && front_pid="" && say "error: nginx exited; stopping"
+  stop_everything 1
 done

@@ -27,13 +27,16 @@ from ocr_dev.servers import (
     Production,
     dribble,
     environment,
+    free_port,
     gunicorn_socket_of,
     gunicorn_workers,
     metric,
     metric_samples,
     running,
     stand_in_engine,
+    start,
     stop,
+    wait_ready,
     wait_until,
 )
 from tests.conftest import REPO
@@ -361,3 +364,44 @@ def test_dev_server_accepts_exactly_max_upload_mb_too(tmp_path):
                 body, content_type = _padded_png(size)
                 answers.append(_post_raw(http.client.HTTPConnection("127.0.0.1", int(env["PORT"])), body, content_type))
     assert [status for status, _ in answers] == [200, 413], answers
+
+
+def test_the_front_server_and_the_api_run_as_processes_of_their_own(tmp_path):
+    """scripts/start_front.sh and scripts/start_api.sh as systemd's units and compose's services run them: each ends
+    in the server itself, nginx reaches gunicorn at API_UPSTREAM, the API drains on DRAIN_FILE, and each stops
+    gracefully on its own signal."""
+    with stand_in_engine(step_ms=5, tokens_per_page=4) as engine_url:
+        api_port = free_port()
+        env = environment(
+            tmp_path,
+            OCR_ENGINE_URL=engine_url,
+            WORKERS="1",
+            THREADS="2",
+            TRUSTED_PROXIES="1",
+            API_BIND=f"127.0.0.1:{api_port}",
+            API_UPSTREAM=f"127.0.0.1:{api_port}",
+            DRAIN_FILE=str(tmp_path / "draining"),
+            FRONT_RUN_DIR=str(tmp_path / "front"),
+        )
+        (tmp_path / "draining").touch()  # left by a stop that never finished: the API's start removes it
+        api = start("scripts/start_api.sh", env, tmp_path / "api.log")
+        front = start("scripts/start_front.sh", env, tmp_path / "front.log")
+        try:
+            url = f"http://127.0.0.1:{env['PORT']}"
+            wait_ready(url, api, tmp_path / "api.log", timeout_s=120)
+            response = requests.post(f"{url}/ocr", files={"file": ("p.png", png_bytes())}, timeout=30)
+            assert response.status_code == 200, response.text
+            # Each script became its server (exec): the process its supervisor watches and signals.
+            assert b"nginx" in Path(f"/proc/{front.pid}/cmdline").read_bytes()
+            assert b"gunicorn" in Path(f"/proc/{api.pid}/cmdline").read_bytes()
+            (tmp_path / "draining").touch()  # what the API unit's ExecStop does before systemd's SIGTERM
+            assert requests.get(f"{url}/ready", timeout=5).status_code == 503
+        finally:
+            front.send_signal(signal.SIGQUIT)
+            api.send_signal(signal.SIGTERM)
+            statuses = (front.wait(timeout=60), api.wait(timeout=60))
+        assert statuses == (0, 0), (tmp_path / "front.log").read_text()[-2000:] + (tmp_path / "api.log").read_text()
+    logs = tmp_path / "logs"
+    assert '"POST /ocr HTTP/1.1" 200' in (logs / "access.log").read_text()
+    assert "POST /ocr" in (logs / "front-access.log").read_text()
+    assert "Traceback" not in (logs / "error.log").read_text() + (logs / "front-error.log").read_text()

@@ -156,21 +156,43 @@ def _compose() -> dict:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
 
 
-def test_compose_runs_the_engine_the_api_a_consumer_and_redis_each_with_a_health_check():
+def test_compose_runs_each_process_as_a_service_of_its_own_with_a_health_check():
     services = _compose()["services"]
-    assert set(services) == {"engine", "api", "consumer", "redis"}
+    assert set(services) == {"engine", "front", "api", "consumer", "redis"}
     for name, service in services.items():
         assert service["healthcheck"]["test"], name
+        assert service.get("restart") == "unless-stopped", name  # compose restarts it, no script of ours
         assert service.get("user") in (None, "ocr", "redis"), name  # the images' own unprivileged users
         if "build" in service:
             assert (REPO / service["build"]["dockerfile"]).exists()
-    assert services["api"]["command"] == ["./start_production.sh"]  # nginx in front of gunicorn, as everywhere
-    assert services["consumer"]["command"] == ["./scripts/start_consumer.sh"]
+    commands = {name: services[name]["command"] for name in ("front", "api", "consumer")}
+    assert commands == {
+        "front": ["./scripts/start_front.sh"],
+        "api": ["./scripts/start_api.sh"],
+        "consumer": ["./scripts/start_consumer.sh"],
+    }
+    for name, command in commands.items():
+        assert _executable(in_repo(command[0])), name
+        assert "exec " in in_repo(command[0]).read_text(), name  # the script becomes the process compose watches
     for name in ("api", "consumer"):
-        assert _executable(in_repo(services[name]["command"][0]))
         conditions = {dependency: wait["condition"] for dependency, wait in services[name]["depends_on"].items()}
         assert conditions == {"engine": "service_healthy", "redis": "service_healthy"}
-    assert services["api"]["environment"]["JOB_CONSUMER"] == "0"
+    assert services["front"]["depends_on"] == {"api": {"condition": "service_healthy"}}
+    assert services["front"]["stop_signal"] == "SIGQUIT"  # nginx's graceful stop
+    assert services["front"]["ports"] == ["5000:5000"]
+    assert "ports" not in services["api"]
+
+
+def test_compose_front_reaches_the_api_on_a_socket_in_a_shared_volume():
+    services = _compose()["services"]
+    api, front = services["api"]["environment"], services["front"]["environment"]
+    assert api["API_BIND"] == front["API_UPSTREAM"] == "unix:/run/deepseek-ocr/gunicorn.sock"
+    assert "run:/run/deepseek-ocr" in services["api"]["volumes"]
+    assert "run:/run/deepseek-ocr" in services["front"]["volumes"]
+    assert "/run/deepseek-ocr/gunicorn.sock" in " ".join(services["api"]["healthcheck"]["test"])
+    assert api["TRUSTED_PROXIES"] == "1"  # the front service's address is the client's proxy
+    # The image makes the socket's directory for its user: a volume mounted there starts owned by it.
+    assert any(kind == "RUN" and "/run/deepseek-ocr" in args for kind, args in dockerfile("Dockerfile.api"))
 
 
 def test_compose_shares_redis_the_jobs_volume_and_the_engine_between_api_and_consumer():
@@ -185,7 +207,7 @@ def test_compose_shares_redis_the_jobs_volume_and_the_engine_between_api_and_con
         assert environment["OCR_ENGINE_URL"] == f"http://engine:{services['engine']['environment']['VLLM_PORT']}"
         assert f"jobs:{environment['JOBS_DIR']}" in services[name]["volumes"]
     assert services["engine"]["environment"]["VLLM_HOST"] == "0.0.0.0"  # reachable from the other containers
-    for name in ("api", "consumer"):
+    for name in ("front", "api", "consumer"):
         grace = int(services[name]["stop_grace_period"].removesuffix("s"))
         assert grace >= LONGEST_STOP_S
     assert set(_compose()["volumes"]) >= {"jobs", "redis", "models"}
@@ -201,10 +223,37 @@ def test_each_unit_runs_a_script_of_ours_unprivileged_and_stops_in_time(path):
     assert service["WorkingDirectory"] == [INSTALLED_AT]
     assert int(service["TimeoutStopSec"][0]) >= (LONGEST_STOP_S if "engine" not in path.name else 30)
     if "engine" not in path.name:
-        assert service["KillMode"] == ["mixed"]  # SIGTERM to the script alone: it stops the rest in order
+        assert service["KillMode"] == ["mixed"]  # the stop signal to the process the script became, not its children
     assert service["EnvironmentFile"] == ["/etc/deepseek-ocr/deepseek-ocr.env"]
     for assignment in service.get("Environment", []):
         assert {pair.split("=", 1)[0] for pair in assignment.split()} <= known_variables()
+
+
+def test_the_units_run_each_process_with_its_own_stop():
+    units = {path.name.removeprefix("deepseek-ocr-").removesuffix(".service"): unit(path) for path in UNITS}
+    assert set(units) == {"engine", "front", "api", "consumer"}
+    starts = {name: units[name]["Service"]["ExecStart"][0].rsplit("/", 1)[1] for name in units}
+    assert starts == {
+        "engine": "start_engine.sh",
+        "front": "start_front.sh",
+        "api": "start_api.sh",
+        "consumer": "start_consumer.sh",
+    }
+    assert units["front"]["Service"]["KillSignal"] == ["SIGQUIT"]  # nginx's graceful stop
+    # The API drains before systemd's SIGTERM: DRAIN_FILE in its environment, touched by ExecStop for DRAIN_SECONDS.
+    api = units["api"]["Service"]
+    environment = dict(pair.split("=", 1) for line in api["Environment"] for pair in line.split())
+    assert environment["TRUSTED_PROXIES"] == "1"
+    assert environment["DRAIN_FILE"].startswith("/run/deepseek-ocr-api/")
+    (stop,) = api["ExecStop"]
+    assert 'touch "$DRAIN_FILE"' in stop
+    assert "DRAIN_SECONDS" in stop
+    env_file = dict(
+        line.split("=", 1)
+        for line in (DEPLOY / "systemd" / "deepseek-ocr.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert env_file["API_BIND"] == env_file["API_UPSTREAM"]
 
 
 def test_the_units_environment_file_names_only_known_variables():
