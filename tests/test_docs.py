@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from ocr_api.profiles import DEFAULT_CHECKPOINTS, PROFILES
 from ocr_api.settings import DOCS_TABLE_END, DOCS_TABLE_START, settings_table
 from tests.conftest import REPO
@@ -84,3 +86,17 @@ def test_the_timings_and_formats_the_api_docs_state_are_the_codes():
     assert f"{', '.join(map(str, delays[:-1]))} and {delays[-1]} s after each failed attempt ends" in text
     assert f"an attempt gives up after {callbacks.TIMEOUT_S:g} s" in text
     assert f"swept every {EXPIRE_EVERY_S:g} s" in text
+
+
+TOP_FOLDERS = ("ocr_api/", "ocr_client/", "ocr_dev/", "bench/", "tests/", "deploy/", "scripts/", "docs/")
+FILE_KINDS = r"py|sh|md|yaml|toml|template|txt|service|env"
+
+
+@pytest.mark.parametrize("doc", [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"], ids=lambda doc: doc.name)
+def test_every_path_the_docs_name_exists(doc):
+    """A module moved or renamed is renamed in the docs too: every repository path they name in backticks exists."""
+    text = doc.read_text()
+    files = re.findall(rf"`((?:[\w.-]+/)+[\w.-]+\.(?:{FILE_KINDS}))`", text)
+    folders = [name for name in re.findall(r"`((?:[\w.-]+/)+)`", text) if name.startswith(TOP_FOLDERS)]
+    relative = [name for name in [*files, *folders] if not name.startswith("/")]
+    assert [name for name in relative if not (REPO / name).exists()] == []
