@@ -70,13 +70,18 @@ stop_consumer() {
   say "job consumer stopped"
 }
 
+within_restarts() {
+  # within_restarts WHAT TIMES: fails, saying so, once WHAT has been restarted ENGINE_MAX_RESTARTS times.
+  if [ "$2" -ge "${ENGINE_MAX_RESTARTS:-5}" ]; then
+    say "error: $1 exited and was restarted $2 times already; stopping"
+    return 1
+  fi
+}
+
 restart_consumer() {
   # A consumer that died (killed, out of memory) leaves its job running; the new one's warden takes it up.
   consumer_pid=""
-  if [ "$consumer_restarts" -ge "${ENGINE_MAX_RESTARTS:-5}" ]; then
-    say "error: the job consumer exited and was restarted $consumer_restarts times already; stopping"
-    return 1
-  fi
+  within_restarts "the job consumer" "$consumer_restarts" || return 1
   consumer_restarts=$((consumer_restarts + 1))
   say "the job consumer exited; restarting it ($consumer_restarts of ${ENGINE_MAX_RESTARTS:-5})"
   start_consumer
@@ -179,10 +184,7 @@ stop_engine() {
 
 restart_engine() {
   stop_engine  # its engine-core processes may outlive it
-  if [ "$engine_restarts" -ge "${ENGINE_MAX_RESTARTS:-5}" ]; then
-    say "error: the vLLM server exited and was restarted $engine_restarts times already; stopping"
-    return 1
-  fi
+  within_restarts "the vLLM server" "$engine_restarts" || return 1
   engine_restarts=$((engine_restarts + 1))
   say "the vLLM server exited; restarting it ($engine_restarts of ${ENGINE_MAX_RESTARTS:-5}); requests get 503 meanwhile"
   start_engine

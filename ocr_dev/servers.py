@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -185,7 +186,6 @@ def serve_service(tmp: Path, engine_url: str, **overrides: object) -> Iterator[s
     consumer running, on a loopback port; keyword arguments override settings."""
     from ocr_api.engines import build_engine
     from ocr_api.http.app import create_app
-    from ocr_api.http.state import jobs_of
     from ocr_api.service import OcrService
     from ocr_api.settings import Settings
 
@@ -193,7 +193,18 @@ def serve_service(tmp: Path, engine_url: str, **overrides: object) -> Iterator[s
     settings = Settings(engine="remote", engine_url=engine_url, **{**defaults, **overrides})  # type: ignore[arg-type]
     service = OcrService(settings, build_engine(settings))
     service.start()
-    app = create_app(service=service)
+    try:
+        with serve_with_jobs(create_app(service=service)) as url:
+            yield url
+    finally:
+        service.close()
+
+
+@contextlib.contextmanager
+def serve_with_jobs(app: Any) -> Iterator[str]:
+    """Serve ``app`` on a loopback port, its job consumer running in this process, as ``python app.py`` does."""
+    from ocr_api.http.state import jobs_of
+
     jobs = jobs_of(app)
     jobs.queue.start_consumer(jobs.runner())
     try:
@@ -201,7 +212,6 @@ def serve_service(tmp: Path, engine_url: str, **overrides: object) -> Iterator[s
             yield url
     finally:
         jobs.queue.stop_consumer()
-        service.close()
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from ocr_api.http.app import create_app
-from ocr_api.http.state import jobs_of
 from ocr_api.service import OcrService
 from ocr_dev.inputs import make_pdf, png_bytes
-from ocr_dev.servers import serve_app
+from ocr_dev.servers import serve_with_jobs
 from tests.conftest import REPO
 from tests.fakes import FakeEngine
 
@@ -36,14 +35,8 @@ def readme_curl_lines() -> list[str]:
 def service_url(settings) -> Iterator[str]:
     service = OcrService(settings, FakeEngine())
     service.start()
-    app = create_app(service=service)
-    jobs = jobs_of(app)
-    jobs.queue.start_consumer(jobs.runner())
-    try:
-        with serve_app(app) as url:
-            yield url
-    finally:
-        jobs.queue.stop_consumer()
+    with serve_with_jobs(create_app(service=service)) as url:
+        yield url
 
 
 def test_every_curl_line_of_the_readme_works_as_written(service_url: str, tmp_path: Path):
