@@ -15,13 +15,6 @@ from dataclasses import dataclass, field
 # answers. So a refusal naming ``ngram_size`` proves the guard is loaded, and an answer proves it is not.
 GUARD_PROBE_ARGS: dict[str, object] = {"ngram_size": 0}
 GUARD_PROBE_PROMPT = "guard check"
-# What an operator is told when an engine lacks the guard.
-UNGUARDED_ADVICE = (
-    "Start vLLM with the service's flags and environment (scripts/start_engine.sh; by hand: VLLM_USE_V2_MODEL_RUNNER=0 "
-    "and --logits-processors vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor, see "
-    "docs/DEPLOYMENT.md), or set ALLOW_UNGUARDED_ENGINE=1 to use it anyway (dangerous: pages can loop to the token "
-    "limit)."
-)
 
 
 def probe_refused_by_guard(message: str) -> bool:

@@ -116,8 +116,8 @@ def png_data_url(image: Image.Image) -> str:
 
 
 def data_url(image: Image.Image, image_format: str) -> str:
-    """Encode a page for the remote engine (ENGINE_IMAGE_FORMAT, config.ENGINE_IMAGE_FORMATS): auto by its size (see
-    LOSSLESS_UP_TO_PIXELS), JPEG at JPEG_QUALITY, or PNG at fast compression (lossless)."""
+    """Encode a page for the remote engine (ENGINE_IMAGE_FORMAT, ocr_api.settings.ENGINE_IMAGE_FORMATS): auto by its
+    size (see LOSSLESS_UP_TO_PIXELS), JPEG at JPEG_QUALITY, or PNG at fast compression (lossless)."""
     pixels = image.width * image.height
     if image_format == "auto":
         image_format = "png" if pixels <= LOSSLESS_UP_TO_PIXELS else "jpeg"

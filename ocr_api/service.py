@@ -20,9 +20,10 @@ from ocr_api.admission import Admission, Share
 from ocr_api.documents import PdfLimits
 from ocr_api.engines import EngineLoadError, EngineRequest, OcrEngine, build_engine
 from ocr_api.engines.base import GUARD_MISSING, StopCheck
+from ocr_api.engines.vllm_flags import UNGUARDED_ADVICE
 from ocr_api.errors import ApiError, EngineNotReady, EngineUnguarded, ShuttingDown
 from ocr_api.figures import inline_pictures
-from ocr_api.guard import UNGUARDED_ADVICE, GuardSettings
+from ocr_api.guard import GuardSettings
 from ocr_api.options import OcrOptions, OptionRules, parse_options
 from ocr_api.pipeline import PageOutcome, PageStream, StreamPage, StreamRules
 from ocr_api.preparation import FitSize, ImageLimits, give_large_blocks_back

@@ -351,9 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"error: {error}")
         return 2
     if skipped:
-        names = ", ".join(str(path) for path in skipped[:10]) + (
-            f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-        )
+        names = some([str(path) for path in skipped])
         console.print(f"skipped {len(skipped)} file(s) that are not images or PDFs: {names}", soft_wrap=True)
     if not inputs:
         console.print("error: no images or PDFs among the inputs")

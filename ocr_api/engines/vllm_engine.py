@@ -30,8 +30,8 @@ from ocr_api.engines.base import (
     PromptTooLong,
     context_budget,
 )
-from ocr_api.engines.vllm_flags import ENGINE_ENVIRONMENT
-from ocr_api.guard import GUARD_PROBE_ARGS, GUARD_PROBE_PROMPT, UNGUARDED_ADVICE, probe_refused_by_guard
+from ocr_api.engines.vllm_flags import ENGINE_ENVIRONMENT, UNGUARDED_ADVICE
+from ocr_api.guard import GUARD_PROBE_ARGS, GUARD_PROBE_PROMPT, probe_refused_by_guard
 from ocr_api.profiles import PROFILES, ModelProfile, layout_mismatch, profile_for_architectures
 
 logger = logging.getLogger(__name__)

@@ -32,6 +32,13 @@ RECIPE_FLAGS: tuple[str, ...] = (
 # run without the guard. The V1 runner runs the recipe's guard as the authors' scripts do, so it is pinned wherever the
 # project starts vLLM; tests/test_vllm_guard.py asks vLLM's own code what it would pick on a GPU with these.
 ENGINE_ENVIRONMENT: dict[str, str] = {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+# What an operator is told when an engine lacks the guard: the environment and the flag above, as vLLM takes them.
+UNGUARDED_ADVICE = (
+    "Start vLLM with the service's flags and environment (scripts/start_engine.sh; by hand: "
+    f"{' '.join(f'{name}={value}' for name, value in ENGINE_ENVIRONMENT.items())} and --logits-processors "
+    f"{NGRAM_PROCESSOR}, see docs/DEPLOYMENT.md), or set ALLOW_UNGUARDED_ENGINE=1 to use it anyway (dangerous: pages "
+    "can loop to the token limit)."
+)
 
 
 def model_for(settings: Settings) -> str:

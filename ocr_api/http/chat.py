@@ -27,10 +27,6 @@ PROMPT_ROLES = ("system", "developer")
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # ocr: {...}, this service's extension: the same fields as /ocr's form, and "structured" for the whole result.
 OCR_FIELDS = tuple(ChatOcrOptions.__annotations__)
-# What clients send that changes nothing here: decoding is greedy (temperature 0, the model authors' setting) and
-# deterministic, so sampling settings and a seed have no effect; a client's own guard (vllm_xargs) is replaced by
-# the service's. Their types are still checked.
-IGNORED_NUMBERS = SAMPLING_FIELDS
 # OpenAI fields an OCR model cannot honour, and the values of each that ask for nothing (sent by clients that always
 # send them): any other value is refused.
 ASKING_NOTHING: dict[str, tuple[object, ...]] = {
@@ -190,7 +186,10 @@ def _max_tokens(body: Mapping[str, Any], limit: int) -> int | None:
 
 def _check_unsupported(body: Mapping[str, Any]) -> None:
     """Refuse what would change the answer and cannot be honoured; check the types of what is ignored."""
-    for name in IGNORED_NUMBERS:
+    # What clients send that changes nothing here: decoding is greedy (temperature 0, the model authors' setting) and
+    # deterministic, so sampling settings and a seed have no effect; a client's own guard (vllm_xargs) is replaced by
+    # the service's. Their types are still checked.
+    for name in SAMPLING_FIELDS:
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise BadRequest(f"'{name}' must be a number.", code="invalid_parameter").naming(name)

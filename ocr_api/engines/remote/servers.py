@@ -29,7 +29,8 @@ from ocr_api.engines.base import (
     PromptTooLong,
 )
 from ocr_api.engines.remote.client import EngineHttp, SentOnce, Unreachable, error_message, is_context_error
-from ocr_api.guard import GUARD_PROBE_ARGS, GUARD_PROBE_PROMPT, UNGUARDED_ADVICE, probe_refused_by_guard
+from ocr_api.engines.vllm_flags import UNGUARDED_ADVICE
+from ocr_api.guard import GUARD_PROBE_ARGS, GUARD_PROBE_PROMPT, probe_refused_by_guard
 from ocr_api.profiles import ModelProfile, profile_for_checkpoint
 
 logger = logging.getLogger("ocr_api.engines.remote_engine")  # the name operators' log filters know
