@@ -135,8 +135,14 @@ def test_as_many_requests_as_threads_are_spread_over_every_worker(production):
     for sender in senders:
         sender.join()
     assert [response.status_code for response in responses] == [200] * 4
+
+    def spread_lines() -> list[str]:
+        return [line for line in (production.logs / "access.log").read_text().splitlines() if "/ocr?spread=" in line]
+
+    # gunicorn writes a request's access line after its answer is sent: the last may come a moment after the answer.
+    wait_until(lambda: len(spread_lines()) == 4, timeout_s=10)
     access = (production.logs / "access.log").read_text().splitlines()
-    workers = [line.rsplit("worker=", 1)[1] for line in access if "/ocr?spread=" in line]
+    workers = [line.rsplit("worker=", 1)[1] for line in spread_lines()]
     # Each worker accepts only as many connections as it has threads: two each, none queued behind a busy one.
     assert sorted(workers.count(worker) for worker in set(workers)) == [2, 2], access
 
