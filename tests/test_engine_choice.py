@@ -14,7 +14,7 @@ import pytest
 
 from ocr_api.engines import EngineLoadError, EngineTimeout, build_engine, choose_engine
 from ocr_api.engines.vllm_engine import VllmEngine
-from ocr_api.engines.vllm_flags import NGRAM_PROCESSOR, engine_flags
+from ocr_api.engines.vllm_flags import GUARD_PROCESSORS, engine_flags, with_guard
 from ocr_api.profiles import PROFILES, checkpoint_layout, layout_mismatch, profile_for_checkpoint
 from ocr_api.settings import ConfigError, Settings
 from ocr_dev.tiny_vllm_model import write_tiny_vllm_model
@@ -55,9 +55,10 @@ def test_secrets_stay_out_of_the_settings_repr():
 def test_engine_flags_put_the_recipe_first_and_extra_args_last():
     extra = "--max-model-len 2048 --foo 'a b'"
     settings = Settings(model_name="/models/ocr", max_model_len=4096, max_tokens=4096, vllm_extra_args=extra)
-    flags = engine_flags(settings)
-    assert flags[:2] == ["--model", "/models/ocr"]
-    assert flags[flags.index("--logits-processors") + 1] == NGRAM_PROCESSOR
+    assert "--logits-processors" not in engine_flags(settings)  # the runner decides it: with_guard
+    for runner, processor in GUARD_PROCESSORS.items():
+        flags = with_guard(engine_flags(settings), runner)
+        assert flags[:4] == ["--model", "/models/ocr", "--logits-processors", processor]
     assert "--no-enable-prefix-caching" in flags
     assert flags[flags.index("--mm-processor-cache-gb") + 1] == "0"
     assert flags[flags.index("--max-model-len") + 1] == "4096"
@@ -91,10 +92,25 @@ def test_the_gpu_settings_reach_the_shell_from_their_variables():
     assert "--tensor-parallel-size" not in lines
 
 
-def _print_flags(extra_args: str, **more: str) -> subprocess.CompletedProcess:
+def _print_flags(extra_args: str, *options: str, **more: str) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "DEEPSEEK_MODEL_NAME": "/m", "VLLM_EXTRA_ARGS": extra_args, **more}
-    command = [sys.executable, "-m", "ocr_api.engines.vllm_flags"]
+    command = [sys.executable, "-m", "ocr_api.engines.vllm_flags", *(options or ("--runner", "v2"))]
     return subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def test_the_flags_name_the_guard_of_the_runner_asked_and_without_vllm_say_what_to_install():
+    for runner, processor in GUARD_PROCESSORS.items():
+        lines = _print_flags("", "--runner", runner).stdout.splitlines()
+        assert lines[lines.index("--logits-processors") + 1] == processor
+    # Asked to decide (the default), a Python without vLLM cannot: one line, status 1, nothing for the shell.
+    run = _print_flags("", "--runner", "auto")
+    assert (run.returncode, run.stdout) == (1, "")
+    assert run.stderr.startswith("error: the vLLM engine needs vLLM, which is not importable in this Python")
+    # --check: the settings and the checkpoint only, silently.
+    run = _print_flags("", "--check")
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+    run = _print_flags("--served-model-name 'unclosed", "--check")
+    assert run.returncode == 1
 
 
 def test_flags_for_the_shell_and_a_broken_extra_args_line():
@@ -110,7 +126,7 @@ def test_in_process_engine_without_vllm_fails_with_one_clear_message():
     engine = build_engine(Settings(engine="vllm", model_name="/models/ocr"))
     assert isinstance(engine, VllmEngine)
     assert engine.model_id == "/models/ocr"
-    with pytest.raises(EngineLoadError, match="OCR_ENGINE=vllm needs vLLM"):
+    with pytest.raises(EngineLoadError, match="the vLLM engine needs vLLM"):
         engine.load()
 
 

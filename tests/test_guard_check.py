@@ -56,7 +56,7 @@ def test_an_unguarded_engine_is_not_ready_says_why_and_is_ready_once_it_comes_ba
         assert (ready.status_code, ready.json()["code"]) == (503, "engine_unguarded")
         assert ready.headers["Retry-After"]
         assert engine in ready.json()["error"]
-        assert "VLLM_USE_V2_MODEL_RUNNER=0" in ready.json()["error"]
+        assert "ocr_guard.vllm_v2:NoRepeatNGramGuard" in ready.json()["error"]  # what to start vLLM with
         health = requests.get(f"{url}/health", timeout=5)
         assert health.status_code == 200
         assert health.json()["guard"]["checks"][engine]["state"] == "missing"
@@ -125,3 +125,41 @@ def test_the_transformers_engines_check_runs_what_generate_is_given(monkeypatch)
     check = transformers_engine._check_guard()
     assert check.state == "unchecked"
     assert "banned [] instead of [6]" in check.detail
+
+
+def _health_of(url: str, engine: str) -> tuple[bool, str]:
+    """Whether the service sees ``engine`` healthy (its gauge), and the state of its guard check (/health)."""
+    samples = metric_samples(requests.get(f"{url}/metrics", timeout=5).text)
+    healthy = samples[("ocr_engine_server_healthy", (("server", engine),))] == 1.0
+    return healthy, requests.get(f"{url}/health", timeout=5).json()["guard"]["checks"][engine]["state"]
+
+
+def test_a_slow_guard_check_holds_up_neither_the_start_nor_the_other_servers_health(tmp_path: Path):
+    with _stand_in() as fast, _stand_in() as slow:
+        requests.post(f"{slow}/stand-in/guard", json={"probe_delay_s": 60}, timeout=5).raise_for_status()
+        # The start waits for the first checks a moment at most: ready through the fast server, the slow one unchecked.
+        with serve_service(tmp_path, f"{fast},{slow}") as url:
+            assert requests.get(f"{url}/ready", timeout=5).status_code == 200
+            assert _health_of(url, slow) == (True, "unchecked")
+            # The fast server goes down while the slow check is still out: seen at the next health check, not after it.
+            requests.post(f"{fast}/stand-in/mode", json={"mode": "unhealthy"}, timeout=5).raise_for_status()
+            wait_until(lambda: _health_of(url, fast) == (False, "unchecked"), timeout_s=10)
+            assert requests.get(f"{url}/ready", timeout=5).status_code == 503
+            requests.post(f"{fast}/stand-in/mode", json={"mode": "normal"}, timeout=5).raise_for_status()
+            wait_until(lambda: _health_of(url, fast) == (True, "verified"), timeout_s=10)
+            assert _health_of(url, slow) == (True, "unchecked")  # its check still out, nothing else held up
+
+
+def test_a_healthy_server_is_checked_again_both_ways(tmp_path: Path):
+    """A URL that balances over several vLLMs (one started with other flags), or a server fixed in place: neither
+    fails a health check, and GUARD_RECHECK_S later the service knows."""
+    with _stand_in() as engine, serve_service(tmp_path, engine, guard_recheck_s=1) as url:
+        assert _ocr(url).status_code == 200
+        _set_guard(engine, False)
+        wait_until(lambda: requests.get(f"{url}/ready", timeout=5).json().get("code") == "engine_unguarded", 10)
+        assert _health_of(url, engine) == (True, "missing")
+        assert _ocr(url).json()["code"] == "engine_unguarded"
+        _set_guard(engine, True)
+        wait_until(lambda: requests.get(f"{url}/ready", timeout=5).status_code == 200, timeout_s=10)
+        assert _health_of(url, engine) == (True, "verified")
+        assert _ocr(url).status_code == 200

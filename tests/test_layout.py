@@ -20,6 +20,9 @@ from tests.conftest import REPO
 
 SERVICE = [REPO / "app.py", REPO / "config.py", *sorted((REPO / "ocr_api").rglob("*.py"))]
 TOOLS = [*sorted((REPO / "ocr_dev").glob("*.py")), *sorted((REPO / "bench").glob("*.py"))]
+# Code that runs inside vLLM's processes, loaded by name in a Python that has vLLM and what vLLM needs, nothing else.
+IN_VLLM = sorted((REPO / "ocr_guard").glob("*.py"))
+WHAT_VLLMS_PYTHON_HAS = {"__future__", "collections", "typing", "numpy", "torch", "vllm"}
 
 
 def _imported(path: Path) -> set[str]:
@@ -37,6 +40,11 @@ def test_the_service_imports_no_development_tool(path):
     assert not _imported(path) & {"tests", "ocr_dev", "bench"}
 
 
+@pytest.mark.parametrize("path", IN_VLLM, ids=lambda path: str(path.relative_to(REPO)))
+def test_the_guard_vllm_loads_imports_only_what_vllms_python_has(path):
+    assert _imported(path) <= WHAT_VLLMS_PYTHON_HAS
+
+
 @pytest.mark.parametrize("path", TOOLS, ids=lambda path: str(path.relative_to(REPO)))
 def test_the_tools_and_benchmarks_import_no_test(path):
     assert "tests" not in _imported(path)
@@ -51,7 +59,9 @@ def test_no_source_file_is_ignored_by_git():
     """A .gitignore pattern for a runtime directory (jobs/, uploads/) must not swallow a package of the same name."""
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
-    sources = [str(path.relative_to(REPO)) for path in [*SERVICE, *TOOLS, *sorted((REPO / "tests").glob("*.py"))]]
+    sources = [
+        str(path.relative_to(REPO)) for path in [*SERVICE, *TOOLS, *IN_VLLM, *sorted((REPO / "tests").glob("*.py"))]
+    ]
     assert len(sources) > 50, "the lists found too few files: the test would check nothing"
     ignored = subprocess.run(
         ["git", "check-ignore", "--no-index", *sources], cwd=REPO, capture_output=True, text=True, check=False
@@ -74,7 +84,7 @@ def _named_modules() -> set[str]:
 def _modules_with_code() -> list[str]:
     """Every module of the package and the client that holds more than its docstring."""
     paths = [REPO / "app.py", REPO / "config.py"]
-    paths += sorted((REPO / "ocr_api").rglob("*.py")) + sorted((REPO / "ocr_client").rglob("*.py"))
+    paths += sorted((REPO / "ocr_api").rglob("*.py")) + sorted((REPO / "ocr_client").rglob("*.py")) + IN_VLLM
     with_code = [path for path in paths if len(ast.parse(path.read_text()).body) > 1]
     return [str(path.relative_to(REPO)) for path in with_code]
 

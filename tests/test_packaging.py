@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ocr_api.engines.vllm_flags import GUARD_PROCESSORS
 from ocr_api.settings import documented_settings
 from ocr_dev.servers import what_start_engine_sh_runs
-from tests.conftest import REPO
+from ocr_dev.tiny_vllm_model import write_tiny_vllm_model
+from tests.conftest import REPO, vllm_python_or_skip
 
 DEPLOY = REPO / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
@@ -102,9 +104,13 @@ def test_the_api_image_has_the_front_server():
     assert "NGINX=/usr/sbin/nginx" in envs
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_what_the_engine_image_copies_is_enough_to_start_the_engine(tmp_path):
-    # The files the image copies, alone in a directory: the flags print, and start_engine.sh runs the server with
-    # them (a stand-in interpreter records the command instead of starting vLLM).
+    # The files the image copies, alone in a directory: the flags print (asking the vLLM installed, here the CPU
+    # build, which runner it runs), start_engine.sh runs the server with them (a stand-in interpreter records the
+    # command instead of starting vLLM), and the guard's processor imports from the environment vLLM is given.
+    vllm_python = vllm_python_or_skip()
     app = tmp_path / "app"
     for instruction, arguments in dockerfile("Dockerfile.engine"):
         if instruction == "COPY":
@@ -116,17 +122,28 @@ def test_what_the_engine_image_copies_is_enough_to_start_the_engine(tmp_path):
                 else:
                     destination.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(REPO / source, destination)
+    model = write_tiny_vllm_model(tmp_path / "model", "v1")  # the image's default checkpoint is on the hub
     env = {"PATH": os.environ["PATH"], "VLLM_HOST": "0.0.0.0", "VLLM_PORT": "8123", "DATA_PARALLEL_SIZE": "2",
-           "OCR_ENGINE_API_KEY": "engine-key"}  # fmt: skip
-    command, environment = what_start_engine_sh_runs(app / "scripts" / "start_engine.sh", env, tmp_path)
+           "OCR_ENGINE_API_KEY": "engine-key", "DEEPSEEK_MODEL_NAME": str(model), "MAX_MODEL_LEN": "4096",
+           "MAX_TOKENS": "2048"}  # fmt: skip
+    command, environment = what_start_engine_sh_runs(app / "scripts" / "start_engine.sh", env, tmp_path,
+                                                     (str(vllm_python),))  # fmt: skip
     assert command[:4] == ["-m", "vllm.entrypoints.openai.api_server", "--host", "0.0.0.0"]
     assert command[command.index("--port") + 1] == "8123"
-    assert command[command.index("--model") + 1] == "deepseek-ai/DeepSeek-OCR-2"
+    assert command[command.index("--model") + 1] == str(model)
     assert command[command.index("--data-parallel-size") + 1] == "2"
     assert command[-2:] == ["--api-key", "engine-key"]
-    assert "--logits-processors" in command
-    # The model runner that applies the guard (ocr_api/engines/vllm_flags.py ENGINE_ENVIRONMENT).
-    assert environment["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    # The CPU build runs Model Runner V1 and so DeepSeek's class; a GPU's vLLM gets ocr_guard's (test_vllm_guard.py),
+    # which must import from the image's files wherever vLLM runs.
+    assert command[command.index("--logits-processors") + 1] == GUARD_PROCESSORS["v1"]
+    assert "VLLM_USE_V2_MODEL_RUNNER" not in environment
+    # The service's own variables that vLLM would take for its own (VLLM_PORT is vLLM's internal base port).
+    assert not {"VLLM_HOST", "VLLM_PORT", "VLLM_EXTRA_ARGS"} & set(environment)
+    module, name = GUARD_PROCESSORS["v2"].split(":")
+    run = subprocess.run([str(vllm_python), "-c", f"import {module}; print({module}.{name}.__name__)"], cwd="/",
+                         env=environment, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert run.stdout.strip() == name, run.stderr[-2000:]
+    assert Path(environment["PYTHONPATH"].split(os.pathsep)[0]) == app
 
 
 def test_every_vllm_the_scripts_start_is_start_engine_shs():

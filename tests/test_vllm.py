@@ -333,7 +333,7 @@ def test_vllms_own_parser_reads_the_gpu_settings_as_the_service_passes_them():
         "import json, subprocess, sys; "
         "from vllm.engine.arg_utils import AsyncEngineArgs; "
         "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
-        "flags = subprocess.run([sys.executable, '-m', 'ocr_api.engines.vllm_flags'], check=True, "
+        "flags = subprocess.run([sys.executable, '-m', 'ocr_api.engines.vllm_flags', '--runner', 'v1'], check=True, "
         "capture_output=True, text=True).stdout.split(); "
         "args = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(exit_on_error=False)).parse_args(flags); "
         "print(json.dumps([args.gpu_memory_utilization, args.tensor_parallel_size, args.data_parallel_size, "

@@ -1,10 +1,13 @@
 """The repetition guard under the real vLLM: the model runner vLLM would pick on a GPU, and the start-up check.
 
-vLLM's CPU build has no Triton and always runs its V1 model runner; on a CUDA machine vLLM picks Model Runner V2,
-whose loader refuses NGramPerReqLogitsProcessor (a V1-interface processor). ocr_dev/runner_decision.py runs vLLM's
-own configuration and loader code as on a CUDA machine (Triton reported present) for exactly the flags and environment
-the project starts vLLM with. The start-up check is then run against a real vLLM server started without the processor
-(the guarded one is tests/test_vllm.py's) and an in-process engine without it. Random weights, CPU build.
+vLLM's CPU build has no Triton and always runs its V1 model runner; on a CUDA machine vLLM 0.32 and 0.33 pick Model
+Runner V2, whose loader refuses DeepSeek's NGramPerReqLogitsProcessor (a V1-interface processor), and 0.34 has no
+other runner, no DeepSeek class and refuses VLLM_USE_V2_MODEL_RUNNER=0. ocr_dev/runner_decision.py runs vLLM's own
+configuration and loader code as on a CUDA machine (Triton reported present) for exactly the flags and environment
+scripts/start_engine.sh and the in-process engine give vLLM, each asking the installed vLLM which runner it will run.
+vLLM 0.34.0 is its wheel's Python modules (.vllm-releases/) on .venv-vllm's torch: its runner needs no decision, and its
+checks of the environment run here. The start-up check is then run against a real vLLM server started without the
+guard (the guarded one is tests/test_vllm.py's) and an in-process engine without it. Random weights, CPU build.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ocr_api.engines.vllm_flags import NGRAM_PROCESSOR, engine_flags
+from ocr_api.engines.vllm_flags import GUARD_PROCESSORS, engine_flags, with_guard
 from ocr_api.settings import Settings
 from ocr_dev.inputs import png_bytes
 from ocr_dev.servers import free_port, metric_samples, serve_service, wait_until, what_start_engine_sh_runs
@@ -28,9 +31,13 @@ from tests.conftest import REPO, vllm_python_or_skip
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 VLLM_PYTHON = vllm_python_or_skip()
+NEWEST = REPO / ".vllm-releases" / "0.34.0"
 START_TIMEOUT_S = 600
 # The project's settings for the tiny checkpoint: its positions stop at 4096.
 TINY = {"MAX_MODEL_LEN": "4096", "MAX_TOKENS": "2048"}
+# The same vLLM on a machine with Triton (a CUDA machine): scripts/start_engine.sh's Python there.
+ON_A_GPU = (str(VLLM_PYTHON), "-m", "ocr_dev.runner_decision", "as-gpu")
+GUARDED = {"guard_loaded": True, "probe_refused": True, "page_accepted": True, "error": None}
 
 
 @pytest.fixture(scope="module")
@@ -42,57 +49,104 @@ def _tiny_settings(tiny_model: Path, **more: str) -> Settings:
     return Settings(model_name=str(tiny_model), max_model_len=4096, max_tokens=2048, **more)
 
 
+def _with_release(env: dict[str, str], release: Path | None) -> dict[str, str]:
+    """``env`` with another vLLM release's modules first on PYTHONPATH (None: .venv-vllm's own)."""
+    if release is None:
+        return env
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(release), env.get("PYTHONPATH", "")]))}
+
+
 def _decide(flags: list[str], env: dict[str, str], in_process: bool = False) -> dict:
     """What vLLM's own code decides for ``flags`` in ``env`` on a machine with Triton (ocr_dev/runner_decision.py)."""
-    command = [str(VLLM_PYTHON), "-m", "ocr_dev.runner_decision", *(["--in-process"] if in_process else []), *flags]
+    command = [str(VLLM_PYTHON), "-m", "ocr_dev.runner_decision", "decide", *(["--in-process"] if in_process else []),
+               *flags]  # fmt: skip
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _what_start_engine_sh_runs(tmp_path: Path, tiny_model: Path) -> tuple[list[str], dict[str, str]]:
+def _what_start_engine_sh_runs(tmp_path: Path, tiny_model: Path, python: tuple[str, ...],
+                               release: Path | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
     """The engine flags and the whole environment scripts/start_engine.sh hands vLLM (start_production.sh, the engine
-    image and the systemd unit all run it): an interpreter that records them stands in for vLLM's."""
-    env = {"PATH": os.environ["PATH"], "DEEPSEEK_MODEL_NAME": str(tiny_model), **TINY}
-    args, environment = what_start_engine_sh_runs(REPO / "scripts" / "start_engine.sh", env, tmp_path)
+    image and the systemd unit all run it), its flags printed by ``python``: an interpreter that records them stands
+    in for vLLM's server."""
+    env = _with_release({"PATH": os.environ["PATH"], "DEEPSEEK_MODEL_NAME": str(tiny_model), **TINY}, release)
+    args, environment = what_start_engine_sh_runs(REPO / "scripts" / "start_engine.sh", env, tmp_path, python)
     assert args[:2] == ["-m", "vllm.entrypoints.openai.api_server"]
     flags = args[args.index("--port") + 2 :]  # the server's own --host and --port are not engine flags
     return flags, environment
 
 
-def test_on_a_gpu_vllm_started_by_the_scripts_runs_the_guard(tmp_path: Path, tiny_model: Path):
-    flags, env = _what_start_engine_sh_runs(tmp_path, tiny_model)
-    assert NGRAM_PROCESSOR in flags
-    decision = _decide(flags, env)
-    assert decision == {"runner": "v1", "guard_loaded": True, "probe_refused": True, "page_accepted": True,
-                        "error": None}  # fmt: skip
+def _processor(flags: list[str]) -> str:
+    return flags[flags.index("--logits-processors") + 1]
 
 
-def test_on_a_gpu_the_in_process_engine_runs_the_guard(tiny_model: Path):
+def test_on_a_gpu_vllm_started_by_the_scripts_runs_the_v2_guard(tmp_path: Path, tiny_model: Path):
+    flags, env = _what_start_engine_sh_runs(tmp_path, tiny_model, ON_A_GPU)
+    assert _processor(flags) == GUARD_PROCESSORS["v2"]
+    assert "VLLM_USE_V2_MODEL_RUNNER" not in env
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)  # where vLLM's processes import ocr_guard from
+    assert _decide(flags, env) == {"runner": "v2", **GUARDED}
+
+
+def test_on_this_cpu_build_the_scripts_give_deepseeks_v1_class(tmp_path: Path, tiny_model: Path):
+    """The CPU build has Model Runner V1 alone, which runs DeepSeek's own class (test_vllm.py serves pages with it)."""
+    flags, env = _what_start_engine_sh_runs(tmp_path, tiny_model, (str(VLLM_PYTHON),))
+    assert _processor(flags) == GUARD_PROCESSORS["v1"]
+    assert "VLLM_USE_V2_MODEL_RUNNER" not in env
+
+
+def test_on_a_gpu_the_in_process_engine_runs_the_v2_guard(tiny_model: Path):
     flags = engine_flags(_tiny_settings(tiny_model))
     env = {"PATH": os.environ["PATH"]}  # nothing set beforehand: the engine sets what it needs itself
-    decision = _decide(flags, env, in_process=True)
-    assert decision == {"runner": "v1", "guard_loaded": True, "probe_refused": True, "page_accepted": True,
-                        "error": None}  # fmt: skip
+    assert _decide(flags, env, in_process=True) == {"runner": "v2", **GUARDED}
 
 
-def test_without_the_projects_environment_a_gpu_would_refuse_the_guard(tmp_path: Path, tiny_model: Path):
-    """What the two tests above guard against: the same flags without VLLM_USE_V2_MODEL_RUNNER=0 (vLLM's default on
-    a CUDA machine) pick Model Runner V2, whose loader refuses the guard, so the server would not start."""
-    flags, env = _what_start_engine_sh_runs(tmp_path, tiny_model)
-    env.pop("VLLM_USE_V2_MODEL_RUNNER")
-    decision = _decide(flags, env)
+def test_a_gpu_refuses_deepseeks_class_under_the_runner_it_picks(tiny_model: Path):
+    """What the decision guards against: the V1 class on a CUDA machine's default runner (the recipe's old flags
+    without a runner pin) stops vLLM at start."""
+    flags = with_guard(engine_flags(_tiny_settings(tiny_model)), "v1")
+    decision = _decide(flags, {"PATH": os.environ["PATH"]})
     assert decision["runner"] == "v2"
     assert "NGramPerReqLogitsProcessor is not a subclass" in decision["error"]
+
+
+@pytest.fixture(scope="module")
+def newest_release() -> Path:
+    if not (NEWEST / ".unpacked").exists():
+        message = "vLLM 0.34.0's modules are missing: scripts/run_tests.sh unpacks them (ensure_vllm_release_sources)"
+        if os.environ.get("CI"):
+            raise RuntimeError(message)
+        pytest.skip(message)
+    return NEWEST
+
+
+def test_with_the_newest_vllm_the_scripts_pass_no_pin_it_refuses_and_name_the_v2_guard(
+    tmp_path: Path, tiny_model: Path, newest_release: Path
+):
+    flags, env = _what_start_engine_sh_runs(tmp_path, tiny_model, ON_A_GPU, newest_release)
+    assert _processor(flags) == GUARD_PROCESSORS["v2"]
+    # vLLM 0.34's own check of the environment (create_engine_config runs it so) passes on what the script hands vLLM,
+    # and refuses the V1 pin the project used to set.
+    check = "from vllm.platforms.interface import Platform; Platform.validate_environ(hard_fail=False); print('ok')"
+    for pin, expected in ((None, "ok"), ("0", "Model Runner V1 has been removed")):
+        environment = {**env, "VLLM_USE_V2_MODEL_RUNNER": pin} if pin else env
+        run = subprocess.run([str(VLLM_PYTHON), "-c", check], cwd=tmp_path, env=environment, capture_output=True,
+                             text=True, timeout=300, check=False)  # fmt: skip
+        assert expected in run.stdout + run.stderr, run.stderr[-2000:]
+    # From the environment vLLM is given (not this checkout's folder), 0.34's V2 loader loads the processor named.
+    load = ("from vllm.v1.worker.gpu.sample.logits_processor.loader import build_custom_logits_processors_params_"
+            "validator as build; import sys; build([sys.argv[1]]); print('loaded')")  # fmt: skip
+    run = subprocess.run([str(VLLM_PYTHON), "-c", load, _processor(flags)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert run.stdout.strip().endswith("loaded"), run.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
 def unguarded_server(tmp_path_factory, tiny_model: Path) -> Iterator[str]:
     """A real vLLM server with the service's flags but without --logits-processors: a server started by hand from an
     old recipe, or on a runner that cannot load the processor."""
-    flags = engine_flags(_tiny_settings(tiny_model, vllm_extra_args=CPU_TRIAL_FLAGS))
-    at = flags.index("--logits-processors")
-    del flags[at : at + 2]
+    flags = engine_flags(_tiny_settings(tiny_model, vllm_extra_args=CPU_TRIAL_FLAGS))  # no guard's processor
     port = free_port()
     log = tmp_path_factory.mktemp("unguarded") / "vllm.log"
     env = {**os.environ, **CPU_TRIAL_ENV}
@@ -138,15 +192,13 @@ def test_a_real_vllm_without_the_guard_is_refused_and_says_why(tmp_path: Path, u
 
 def test_the_in_process_engine_without_the_guard_refuses_to_start(tmp_path: Path, tiny_model: Path):
     flags = engine_flags(_tiny_settings(tiny_model, vllm_extra_args=CPU_TRIAL_FLAGS))
-    at = flags.index("--logits-processors")
-    del flags[at : at + 2]
     script = tmp_path / "start.py"
     script.write_text(
         "import sys\n"
         "from ocr_api.engines import GuardMissing\n"
         "from ocr_api.engines.vllm_engine import VllmEngine\n"
         "if __name__ == '__main__':\n"  # vLLM spawns its engine process, which imports this file again
-        f"    engine = VllmEngine({flags!r})\n"
+        f"    engine = VllmEngine({flags!r}, guard_processor=False)\n"
         "    try:\n"
         "        engine.load()\n"
         "    except GuardMissing as exc:\n"
@@ -163,4 +215,4 @@ def test_the_in_process_engine_without_the_guard_refuses_to_start(tmp_path: Path
     assert refusal, run.stdout[-2000:]
     assert refusal[0].startswith("REFUSED"), refusal
     assert "no n-gram guard is loaded" in refusal[0]
-    assert "VLLM_USE_V2_MODEL_RUNNER=0" in refusal[0]
+    assert GUARD_PROCESSORS["v2"] in refusal[0]  # what to start vLLM with

@@ -58,6 +58,7 @@ def build_engine(settings: Settings) -> OcrEngine:
             api_key=settings.engine_api_key,
             image_format=settings.engine_image_format,
             require_guard=not settings.allow_unguarded_engine,
+            guard_recheck_s=settings.guard_recheck_s,
         )
     if name == "vllm":
         from ocr_api.engines.vllm_engine import VllmEngine

@@ -30,9 +30,16 @@ from ocr_api.engines.base import (
     PromptTooLong,
     context_budget,
 )
-from ocr_api.engines.vllm_flags import ENGINE_ENVIRONMENT, UNGUARDED_ADVICE
+from ocr_api.engines.vllm_flags import (
+    UNGUARDED_ADVICE,
+    installed_runner,
+    vllm_engine_args,
+    with_guard,
+    with_guard_importable,
+)
 from ocr_api.guard import GUARD_PROBE_ARGS, GUARD_PROBE_PROMPT, probe_refused_by_guard
 from ocr_api.profiles import PROFILES, ModelProfile, layout_mismatch, profile_for_architectures
+from ocr_api.settings import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +50,18 @@ class VllmEngine:
     name = "vllm"
     modes = ("gundam",)  # vLLM's DeepSeek-OCR processors hard-code it
 
-    def __init__(self, flags: Sequence[str], timeout_s: float = 240.0, *, require_guard: bool = True):
+    def __init__(
+        self,
+        flags: Sequence[str],
+        timeout_s: float = 240.0,
+        *,
+        require_guard: bool = True,
+        guard_processor: bool = True,
+    ):
+        """``flags`` are vllm_flags.engine_flags'; ``guard_processor`` False loads no guard (to test the check)."""
         self._flags = list(flags)
         self._require_guard = require_guard
+        self._guard_processor = guard_processor
         self._guard = GuardCheck(GUARD_UNCHECKED, "the engine has not started")
         self.model_id = self._flags[self._flags.index("--model") + 1] if "--model" in self._flags else ""
         self._timeout_s = timeout_s
@@ -62,7 +78,10 @@ class VllmEngine:
         mismatch = layout_mismatch(self.name, self.model_id)
         if mismatch:
             raise EngineLoadError(mismatch)
-        engine_args = vllm_engine_args(self._flags)
+        try:
+            engine_args = vllm_engine_args(self._flags_with_guard())
+        except ConfigError as exc:
+            raise EngineLoadError(str(exc)) from None
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self._loop = asyncio.new_event_loop()
@@ -94,6 +113,19 @@ class VllmEngine:
             logger.warning("the guard check failed, and ALLOW_UNGUARDED_ENGINE is set: %s", self._guard.detail)
         else:
             logger.info("repetition guard verified: %s", self._guard.detail)
+
+    def _flags_with_guard(self) -> list[str]:
+        """The flags with the guard's processor for the model runner this vLLM will run (vLLM's own decision).
+
+        vLLM imports the processor by name in each process it starts, which inherit this process's environment: so
+        ocr_guard's folder goes on PYTHONPATH here, as scripts/start_engine.sh puts it for the server.
+        """
+        if not self._guard_processor:
+            return self._flags
+        runner, why = installed_runner(self._flags)
+        logger.info("the repetition guard for Model Runner %s: %s", runner.upper(), why)
+        os.environ.update(with_guard_importable(dict(os.environ)))
+        return with_guard(self._flags, runner)
 
     def is_ready(self) -> bool:
         return self._engine is not None and not self._engine.errored
@@ -195,26 +227,3 @@ class VllmEngine:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop = None
-
-
-def vllm_engine_args(flags: Sequence[str]) -> Any:
-    """Return vLLM's AsyncEngineArgs for ``flags``, parsed by vLLM's own parser, with ENGINE_ENVIRONMENT set.
-
-    The environment is set in this process, before vLLM reads it, so that vLLM and the engine processes it spawns
-    (they inherit it) run the model runner that applies the guard, as scripts/start_engine.sh's server does.
-    """
-    os.environ.update(ENGINE_ENVIRONMENT)
-    try:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
-    except ImportError as exc:
-        raise EngineLoadError(
-            f"OCR_ENGINE=vllm needs vLLM, which is not importable here ({exc}). Install requirements-vllm.txt "
-            "on a CUDA machine, or use OCR_ENGINE=transformers."
-        ) from None
-    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="VLLM_EXTRA_ARGS", exit_on_error=False))
-    try:
-        args = parser.parse_args(list(flags))
-    except (SystemExit, Exception) as exc:  # noqa: BLE001 - argparse reports bad flags by exiting
-        raise EngineLoadError(f"VLLM_EXTRA_ARGS holds a flag vLLM's engine does not accept: {exc}") from None
-    return AsyncEngineArgs.from_cli_args(args)

@@ -44,6 +44,7 @@ from ocr_api.profiles import ModelProfile
 logger = logging.getLogger("ocr_api.engines.remote_engine")  # the name operators' log filters know
 
 CHECK_TIMEOUT_S = HEALTH_TIMEOUT_S + CONNECT_TIMEOUT_S + METADATA_TIMEOUT_S  # health, then the model's facts
+GUARD_WAIT_AT_START_S = 2.0
 
 
 class RemoteEngine:
@@ -68,10 +69,11 @@ class RemoteEngine:
         api_key: str = "",
         image_format: str = "auto",
         require_guard: bool = True,
+        guard_recheck_s: float = 60.0,
     ):
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         http = EngineHttp(connections, api_key)
-        self._pool = ServerPool(urls, http, model_name, require_guard)
+        self._pool = ServerPool(urls, http, model_name, require_guard, guard_recheck_s)
         self._timeout_s = timeout_s
         self._image_format = image_format
         self._call_numbers = itertools.count(1)
@@ -101,11 +103,13 @@ class RemoteEngine:
         return self._pool.model.whitelist_token_ids
 
     def load(self) -> None:
-        """Ask every server's health, learn the served model from one, and keep watching their health.
+        """Ask every server's health, learn the served model from one, start their guard checks, and keep watching.
 
-        An unreachable server is asked again every HEALTH_EVERY_S: /ready says 503 until one answers.
+        An unreachable server is asked again every HEALTH_EVERY_S: /ready says 503 until one answers. Start-up waits
+        for the first guard checks only GUARD_WAIT_AT_START_S: a slow one goes on while the service starts.
         """
         self._calls.run(self._pool.check_health(), timeout=CHECK_TIMEOUT_S)
+        self._calls.run(self._pool.guard_checks_done(GUARD_WAIT_AT_START_S), timeout=GUARD_WAIT_AT_START_S + 1)
         if not self._pool.model.known:
             logger.warning("remote engine at %s not reachable yet; will retry", self._pool.urls())
         if not self._calls.running_tasks:

@@ -2,8 +2,11 @@
 
 Every server's /health is asked every HEALTH_EVERY_S by each process. A server that fails a call (unreachable,
 502/503/504, an aborted request) or its health check is left out until its health check passes again, and the page
-it failed is sent to another. A server gets pages only once it has proven that it applies the repetition guard,
-when it is first healthy and again each time it comes back after failing a health check.
+it failed is sent to another. A server gets pages only once it has proven that it applies the repetition guard: it
+is checked when it is first healthy, each time it comes back after failing a health check, and every
+``guard_recheck_s`` while it stays healthy (a URL that balances over several vLLMs, one restarted with other flags),
+each check a task of its own, so that a slow one never holds up the health checks. Between checks a server keeps the
+verdict of its last one: verified, it gets pages; found without the guard, it gets none until a check finds it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -52,6 +57,16 @@ class EngineServer:
     guard: GuardCheck = NOT_CHECKED_YET  # checked again each time the server comes back from a failed health check
     in_flight: int = 0
     sent: int = 0  # pages ever sent: between servers equally busy, the one sent fewer gets the next
+    guard_checked_at: float = -math.inf  # time.monotonic() of the last guard check that got an answer
+    guard_check: asyncio.Task[None] | None = None  # the guard check in flight, if any
+
+    def forget_guard(self) -> None:
+        """A server that failed its health check may come back as another (restarted, other flags): check it then."""
+        self.guard = NOT_CHECKED_YET
+        self.guard_checked_at = -math.inf
+        if self.guard_check is not None:
+            self.guard_check.cancel()  # its answer would be about the server that went away
+            self.guard_check = None
 
 
 class AlreadyStreamed(EngineUnavailable):
@@ -72,8 +87,11 @@ class ServedModel:
 class ServerPool:
     """The remote engine's servers, watched; ``on_some_server`` runs a call on the best one, then on the next."""
 
-    def __init__(self, urls: list[str], http: EngineHttp, requested_model: str, require_guard: bool):
+    def __init__(
+        self, urls: list[str], http: EngineHttp, requested_model: str, require_guard: bool, guard_recheck_s: float
+    ):
         self.servers = [EngineServer(url.rstrip("/")) for url in urls]
+        self._guard_recheck_s = guard_recheck_s
         self.http = http
         profile = profile_for_checkpoint(requested_model)
         self.model = ServedModel(requested_model, profile, profile.context_length)
@@ -104,26 +122,42 @@ class ServerPool:
 
     async def check_health(self) -> None:
         """Ask every server's /health at once; learn the model's facts from the first healthy one if not yet known;
-        check the guard of every healthy server whose guard is not known."""
+        start a guard check of every healthy server whose guard is unknown or last checked GUARD_RECHECK_S ago."""
         verdicts = await asyncio.gather(*(self.healthy_now(server) for server in self.servers))
         for server, healthy in zip(self.servers, verdicts, strict=True):
             if healthy != server.healthy:
                 log = logger.info if healthy else logger.warning
                 log("engine server %s is %s", server.url, "healthy" if healthy else "down")
             server.healthy = healthy
-            if not healthy:  # it may come back as another server (restarted, other flags): checked again then
-                server.guard = NOT_CHECKED_YET
+            if not healthy:
+                server.forget_guard()
         if not self.model.known:
-            for server in self.servers:
-                if server.healthy:
-                    try:
-                        await self._load_model(server)
-                        break
-                    except EngineUnavailable as exc:
-                        logger.warning("remote engine metadata not available from %s: %s", server.url, exc)
+            await self._learn_model()
         if self.model.known:
-            unknown = [server for server in self.servers if server.healthy and server.guard.state == GUARD_UNCHECKED]
-            await asyncio.gather(*(self._check_guard(server) for server in unknown))
+            now = time.monotonic()
+            for server in self.servers:
+                if self._guard_check_due(server, now):
+                    server.guard_check = asyncio.create_task(self._check_guard(server))
+
+    async def _learn_model(self) -> None:
+        for server in self.servers:
+            if server.healthy:
+                try:
+                    await self._load_model(server)
+                    return
+                except EngineUnavailable as exc:
+                    logger.warning("remote engine metadata not available from %s: %s", server.url, exc)
+
+    def _guard_check_due(self, server: EngineServer, now: float) -> bool:
+        if not server.healthy or (server.guard_check is not None and not server.guard_check.done()):
+            return False
+        return server.guard.state == GUARD_UNCHECKED or now - server.guard_checked_at >= self._guard_recheck_s
+
+    async def guard_checks_done(self, timeout_s: float) -> None:
+        """Wait until the guard checks in flight have answered, ``timeout_s`` at most (they go on after it)."""
+        checks = [server.guard_check for server in self.servers if server.guard_check is not None]
+        if checks:
+            await asyncio.wait(checks, timeout=timeout_s)
 
     async def healthy_now(self, server: EngineServer) -> bool:
         try:
@@ -187,26 +221,42 @@ class ServerPool:
         return min(candidates, key=lambda server: (server.in_flight, server.sent))
 
     async def _check_guard(self, server: EngineServer) -> None:
-        """Send the probe (ocr_api/guard.py): a server with the guard refuses it, one without answers it."""
+        """Send the probe (ocr_api/guard.py): a server with the guard refuses it, one without answers it. The server
+        keeps its last verdict until this one answers; a change either way is logged."""
         body = {"model": self.model.model_id, "prompt": GUARD_PROBE_PROMPT, "max_tokens": 1, "temperature": 0.0,
                 "vllm_xargs": dict(GUARD_PROBE_ARGS)}  # fmt: skip
         asked = f"POST /v1/completions with vllm_xargs {GUARD_PROBE_ARGS}"
         try:
             status, payload = await self.call(server, "POST", "/v1/completions", METADATA_TIMEOUT_S, json=body)
         except EngineFailure as exc:
-            server.guard = GuardCheck(GUARD_UNCHECKED, f"{asked} failed: {exc}")
+            self._no_verdict(server, f"{asked} failed: {exc}")
             return
+        before = server.guard.state
         message = error_message(payload) if status != 200 else ""
-        if status == 400 and probe_refused_by_guard(message):
+        if status not in (200, 400) or (status == 400 and not probe_refused_by_guard(message)):
+            self._no_verdict(server, f"{asked} answered {status}: {message}; asked again")
+            return
+        server.guard_checked_at = time.monotonic()
+        if status == 400:
             server.guard = GuardCheck(GUARD_VERIFIED, f"{asked} was refused by the guard's validation: {message}")
-            logger.info("engine server %s applies the repetition guard", server.url)
-        elif status == 200:
-            server.guard = GuardCheck(GUARD_MISSING, f"{asked} was answered (200): the server loads no n-gram guard")
-            use = "using it anyway (ALLOW_UNGUARDED_ENGINE)" if not self._require_guard else "it gets no pages"
-            logger.warning("engine server %s runs without the repetition guard; %s. %s", server.url, use,
-                           UNGUARDED_ADVICE)  # fmt: skip
+            if before != GUARD_VERIFIED:
+                logger.info("engine server %s applies the repetition guard", server.url)
         else:
-            server.guard = GuardCheck(GUARD_UNCHECKED, f"{asked} answered {status}: {message}; asked again")
+            server.guard = GuardCheck(GUARD_MISSING, f"{asked} was answered (200): the server loads no n-gram guard")
+            if before != GUARD_MISSING:
+                use = "using it anyway (ALLOW_UNGUARDED_ENGINE)" if not self._require_guard else "it gets no pages"
+                logger.warning("engine server %s runs without the repetition guard; %s. %s", server.url, use,
+                               UNGUARDED_ADVICE)  # fmt: skip
+
+    @staticmethod
+    def _no_verdict(server: EngineServer, detail: str) -> None:
+        """A check that got no verdict: a server never checked stays unchecked (saying why), one checked before keeps
+        its last verdict; either is asked again at the next health check."""
+        if server.guard.state == GUARD_UNCHECKED:
+            server.guard = GuardCheck(GUARD_UNCHECKED, detail)
+        else:
+            logger.warning("engine server %s: its guard check got no verdict (%s); it keeps the last one", server.url,
+                           detail)  # fmt: skip
 
     async def _load_model(self, server: EngineServer) -> None:
         status, payload = await self.call(server, "GET", "/v1/models", METADATA_TIMEOUT_S)
