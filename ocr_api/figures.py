@@ -78,6 +78,11 @@ def picture_links(page_blocks: tuple[Block, ...], base: str, *, figures: bool, a
     return links
 
 
+def has_figure(raw_output: str, number: int) -> bool:
+    """Whether the page's output has figure ``number`` (read from the markup alone: nothing is drawn)."""
+    return any(block.figure == number for block in figure_blocks(parse_blocks(raw_output, 1000, 1000)))
+
+
 def picture_png(page: Image.Image, raw_output: str, kind: str, number: int = 0) -> bytes | None:
     """One picture of a page as PNG bytes: the annotated page, or figure ``number``; None when there is no such one."""
     blocks = parse_blocks(raw_output, *page.size)

@@ -11,7 +11,7 @@ from ocr_api.engines.base import RESOLUTION_MODES
 from ocr_api.errors import ApiError, BadRequest, UnprocessableFile
 from ocr_api.prompts import resolve_prompt
 
-_RANGE = re.compile(r"^\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?$")
+_RANGE = re.compile(r"^\s*([0-9]{1,6})\s*(?:-\s*([0-9]{1,6})\s*)?$")  # ASCII digits: ١ is not 1
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,9 @@ class PageSelection:
             for first, last in self.ranges:
                 if last > page_count:
                     shown = f"{first}-{last}" if first != last else str(first)
-                    raise BadRequest(f"pages {shown} is outside the document's 1-{page_count}.", code="invalid_pages")
+                    raise BadRequest(f"Page {shown} is outside the document's pages 1-{page_count}." if first == last
+                                     else f"Pages {shown} are outside the document's pages 1-{page_count}.",
+                                     code="invalid_pages")  # fmt: skip
                 chosen.extend(range(first - 1, last))
                 if len(chosen) > max_pages:
                     break
@@ -110,8 +112,10 @@ def form_from_json(values: Mapping[str, Any], names: Iterable[str], wrong_type: 
             continue
         if isinstance(value, bool) and name in FLAG_FIELDS:
             form[name] = ["true" if value else "false"]
-        elif isinstance(value, int) and not isinstance(value, bool) and name in NUMBER_FIELDS:
-            form[name] = [str(value)]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and name in NUMBER_FIELDS:
+            if isinstance(value, float) and not value.is_integer():
+                raise wrong_type(name, value)
+            form[name] = [str(int(value))]  # JSON has one kind of number: 100.0 is 100, 1e400 out of range
         elif isinstance(value, str):
             form[name] = [value]
         else:
@@ -165,10 +169,10 @@ def _parse_flag(name: str, raw: str | None) -> bool:
 def _parse_max_tokens(raw: str | None, limit: int) -> int:
     if raw is None or not raw.strip():
         return limit
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise BadRequest(f"max_tokens must be an integer; got {raw[:20]!r}.", code="invalid_max_tokens") from None
+    text = raw.strip()
+    if not re.fullmatch(r"-?[0-9]+", text):  # int() would also read 1_000 and other scripts' digits
+        raise BadRequest(f"max_tokens must be an integer; got {raw[:20]!r}.", code="invalid_max_tokens")
+    value = int(text) if len(text) <= 20 else limit + 1  # longer: out of range, however many digits
     if not 1 <= value <= limit:
         raise BadRequest(f"max_tokens must be between 1 and {limit}.", code="invalid_max_tokens")
     return value

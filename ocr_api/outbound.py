@@ -188,7 +188,7 @@ def fetch(url: str, limits: FetchLimits, *, what: str = "The image URL") -> byte
 def _read_bounded(response: urllib3.BaseHTTPResponse, limits: FetchLimits, deadline: float, what: str) -> bytes:
     declared = response.headers.get("Content-Length", "")
     too_large = FetchTooLarge(f"{what}'s body is larger than the upload limit of {limits.max_bytes} bytes.")
-    if declared.isdigit() and int(declared) > limits.max_bytes:
+    if declared.isascii() and declared.isdigit() and int(declared) > limits.max_bytes:
         raise too_large
     chunks, size = [], 0
     while chunk := response.read1(READ_CHUNK):  # what one read brings: a trickle cannot hold a read open

@@ -265,4 +265,4 @@ def _key(document: pymupdf.Document, xref: int, key: str) -> str:
 
 def _int_key(document: pymupdf.Document, xref: int, key: str) -> int:
     kind, value = document.xref_get_key(xref, key)
-    return int(value) if kind == "int" and value.isdigit() else 0
+    return int(value) if kind == "int" and value.isascii() and value.isdigit() else 0

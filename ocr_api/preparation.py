@@ -71,6 +71,17 @@ class ImageLimits:
 
 # Given a page's upright size, the size the engine should get (ocr_api.tiling.engine_size for the loaded model).
 FitSize = Callable[[tuple[int, int]], tuple[int, int]]
+
+
+def within_pixels(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """``size``, shrunk (its shape kept) to at most ``max_pixels`` pixels; a FitSize with max_pixels bound."""
+    width, height = size
+    if width * height <= max_pixels:
+        return size
+    scale = (max_pixels / (width * height)) ** 0.5
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
 # ENGINE_IMAGE_FORMAT=auto, by a page's pixels (bench/fidelity.py measures what the model's processor makes of each):
 # up to the global view's 1024x1024 the processor enlarges every view, JPEG's artefacts with it, and a lossless PNG is
 # small anyway; up to six 768-pixel tiles (3.6 megapixels) it still enlarges the tiles, and JPEG needs quality 95 to

@@ -26,7 +26,7 @@ from ocr_api.figures import inline_pictures
 from ocr_api.guard import GuardSettings
 from ocr_api.options import OcrOptions, OptionRules, parse_options
 from ocr_api.pipeline import PageOutcome, PageStream, StreamPage, StreamRules
-from ocr_api.preparation import FitSize, ImageLimits, give_large_blocks_back
+from ocr_api.preparation import FitSize, ImageLimits, give_large_blocks_back, within_pixels
 from ocr_api.reading import PageReading
 from ocr_api.results import FileError, FileResult, FinishedPage
 from ocr_api.settings import Settings
@@ -235,13 +235,18 @@ class OcrService:
         )
 
     def open_upload(
-        self, data: bytes | Path, options: OcrOptions, save: SaveUpload | None, for_job: bool = False
+        self,
+        data: bytes | Path,
+        options: OcrOptions,
+        save: SaveUpload | None,
+        for_job: bool = False,
+        max_pixels: int | None = None,
     ) -> tuple[Source, Path | None]:
-        """Check and open one upload (bytes, or a job's stored file) as a source of pages; raises its ApiError."""
+        """Check and open one upload (bytes, or a job's stored file) as a source of pages; raises its ApiError.
+        ``max_pixels``: its pages drawn at most that large, whatever PAGE_SIZE says (pictures of a job's pages)."""
         pdf_limits = self._job_pdf_limits if for_job else self._pdf_limits
-        return open_source(
-            data, options, save, image_limits=self._limits, pdf_limits=pdf_limits, fit=self._fit(options)
-        )
+        fit = self._fit(options) if max_pixels is None else partial(within_pixels, max_pixels=max_pixels)
+        return open_source(data, options, save, image_limits=self._limits, pdf_limits=pdf_limits, fit=fit)
 
     def page_stream(
         self,

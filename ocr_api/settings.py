@@ -218,8 +218,9 @@ class Settings:
     rate_limit: str = setting(
         "RATE_LIMIT",
         "",
-        "Requests each client may make to /ocr and /ocr/batch, in Flask-Limiter notation such as "
-        "`60/minute;1000/day`. A client is its API key, else its address. Empty: no limit.",
+        "Requests each client may make that ask for work (/ocr, /ocr/batch, /v1/..., POST and DELETE /jobs, a job's "
+        "pictures: one budget for all of them), in Flask-Limiter notation such as `60/minute;1000/day`. Reading a "
+        "job's progress is not counted. A client is its API key, else its address. Empty: no limit.",
         check=_check_rate_limit,
     )
     rate_limit_storage_uri: str = setting(

@@ -12,6 +12,10 @@ cd "$(dirname "$0")/.."
 . scripts/bootstrap.sh
 
 ensure_nginx
+# nginx reads NGINX from its environment as sockets inherited from an old binary ("[emerg] invalid socket number"):
+# the binary's path goes on under another name, and nginx never sees the variable.
+nginx_binary="$NGINX"
+unset NGINX
 if [ -z "${VENV:-}" ]; then
   use_environment remote
 fi
@@ -23,7 +27,7 @@ mkdir -p "$run_dir"
 listen="${HOST:-0.0.0.0}:${PORT:-5000}"
 "$VENV/bin/python" -m ocr_api.front_server --listen "$listen" --upstream "${API_UPSTREAM:-127.0.0.1:5001}" \
   --run-dir "$run_dir" --log-dir "$log_dir" >"$run_dir/nginx.conf" || exit 1
-if ! "$NGINX" -t -q -p "$run_dir" -c "$run_dir/nginx.conf" -e stderr; then
+if ! "$nginx_binary" -t -q -p "$run_dir" -c "$run_dir/nginx.conf" -e stderr; then
   echo "start_front: error: nginx refused its configuration ($run_dir/nginx.conf); is $listen free?" >&2
   exit 1
 fi
@@ -32,4 +36,4 @@ fi
 exec {errors}> >("$VENV/bin/python" -m ocr_api.logs redact >>"$log_dir/front-error.log")
 echo "$!" >"$run_dir/redactor.pid"
 echo "start_front: nginx on $listen in front of ${API_UPSTREAM:-127.0.0.1:5001}" >&2
-exec "$NGINX" -p "$run_dir" -c "$run_dir/nginx.conf" -e stderr -g 'daemon off;' 2>&"$errors" {errors}>&-
+exec "$nginx_binary" -p "$run_dir" -c "$run_dir/nginx.conf" -e stderr -g 'daemon off;' 2>&"$errors" {errors}>&-

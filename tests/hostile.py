@@ -300,6 +300,11 @@ def json_cases(good: bytes) -> list[Case]:
              "invalid_json", content_type=JSON),
         Case("JSON with Infinity", b'{"image": "AAAA", "max_tokens": Infinity}', 400, "invalid_json",
              content_type=JSON),
+        # Valid JSON numbers past what Python holds as written: the field's own range message, no Python in it.
+        Case("JSON number 1e400", b'{"image": "AAAA", "max_tokens": 1e400}', 400, "invalid_max_tokens",
+             content_type=JSON),
+        Case("JSON integer of 5,001 digits", b'{"image": "AAAA", "max_tokens": ' + b"9" * 5001 + b"}", 400,
+             "invalid_max_tokens", content_type=JSON),
         Case("JSON data URL declaring no type", _json({"image": "data:;base64," + base64.b64encode(good).decode()}),
              415, "unsupported_media_type", content_type=JSON),
         Case("JSON DATA: URL in capitals", _json({"image": "DATA:image/PNG;Base64," + base64.b64encode(good).decode()}),

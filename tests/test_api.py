@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import io
 import threading
 import time
 from pathlib import Path
@@ -442,6 +444,31 @@ def test_invalid_json_says_where_in_its_own_words(client, body, says):
     response = client.post("/ocr", data=body, content_type="application/json")
     assert (response.status_code, response.get_json()["code"]) == (400, "invalid_json")
     assert response.get_json()["error"] == says  # not the parser's own text ("Expecting value: ...")
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"9" * 5001, b"-" + b"9" * 5001, b"100.5"])
+def test_numbers_beyond_a_fields_range_get_its_own_message(client, number):
+    image = base64.b64encode(png_bytes((64, 48)))
+    response = client.post("/ocr", data=b'{"image": "' + image + b'", "max_tokens": ' + number + b"}",
+                           content_type="application/json")  # fmt: skip
+    body = response.get_json()
+    if number == b"100.5":
+        assert (response.status_code, body["code"]) == (400, "invalid_field_type")
+    else:
+        assert (response.status_code, body) == (400, {"error": "max_tokens must be between 1 and 64.",
+                                                      "code": "invalid_max_tokens"})  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["١٠", "1_000", "²", " 12 ", "12a"])
+def test_only_ascii_digits_are_numbers_in_fields(client, value):
+    response = client.post("/ocr", data={"file": (io.BytesIO(png_bytes((64, 48))), "p.png"), "max_tokens": value})
+    if value == " 12 ":
+        assert response.status_code == 200
+    else:
+        assert (response.status_code, response.get_json()["code"]) == (400, "invalid_max_tokens")
+    pages = client.post("/ocr", data={"file": (io.BytesIO(png_bytes((64, 48))), "p.png"), "pages": value})
+    if value != " 12 ":
+        assert (pages.status_code, pages.get_json()["code"]) == (400, "invalid_pages")
 
 
 def test_a_doubled_slash_is_a_json_404_not_an_html_redirect(client):

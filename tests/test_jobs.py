@@ -233,6 +233,75 @@ def test_a_jobs_pictures_are_links_made_when_fetched_as_ocr_makes_them_never_sto
     assert (beyond.status_code, beyond.json["code"]) == (404, "picture_not_found")
 
 
+def test_a_picture_that_does_not_exist_is_404_whatever_the_headers(make_jobs):
+    jobs_app = make_jobs(FigureEngine())
+    job = jobs_app.submit((pdf_bytes(2), "doc.pdf"), annotate="true", figures="true")
+    jobs_app.start()
+    assert jobs_app.wait(job["id"])["status"] == "succeeded"
+    base = f"/jobs/{job['id']}/pages"
+    for path, tag in ((f"{base}/3/annotated.png", f'"{job["id"]}-3-annotated-0"'),
+                      (f"{base}/1/figures/9.png", f'"{job["id"]}-1-figure-9"'),
+                      (f"{base}/1/figures/2.png", "*")):  # fmt: skip
+        for headers in ({}, {"If-None-Match": tag}, {"If-None-Match": "*"}):
+            answer = jobs_app.client.get(path, headers=headers)
+            assert (answer.status_code, answer.json["code"]) == (404, "picture_not_found"), (path, headers)
+    # Page numbers are ASCII digits: Arabic-Indic ١ is no page 1.
+    answer = jobs_app.client.get(f"{base}/\u0661/figures/1.png")
+    assert (answer.status_code, answer.json["code"]) == (404, "not_found")
+    assert jobs_app.client.get(f"{base}/1/figures/1.png").status_code == 200
+
+
+def test_a_jobs_picture_is_made_once_at_a_bounded_size_by_a_bounded_number_of_threads(make_jobs, monkeypatch):
+    from ocr_api.jobs import service as job_service
+
+    jobs_app = make_jobs(FigureEngine())
+    job = jobs_app.submit((pdf_bytes(2), "doc.pdf"), annotate="true", figures="true")
+    jobs_app.start()
+    assert jobs_app.wait(job["id"])["status"] == "succeeded"
+    drawn: list[tuple[int, int]] = []
+    at_once, most = [0], [0]
+    lock = threading.Lock()
+    original = job_service.picture_png
+
+    def counted(page, *args, **kwargs):
+        with lock:
+            at_once[0] += 1
+            most[0] = max(most[0], at_once[0])
+        drawn.append(page.size)
+        time.sleep(0.2)  # long enough for the other threads to arrive while it draws
+        with lock:
+            at_once[0] -= 1
+        return original(page, *args, **kwargs)
+
+    monkeypatch.setattr(job_service, "picture_png", counted)
+    monkeypatch.setattr(job_service, "PICTURE_MAX_PIXELS", 50_000)
+    names = ("annotated.png", "figures/1.png")
+    urls = [f"/jobs/{job['id']}/pages/{index}/{name}" for index in (1, 2) for name in names]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(jobs_app.client.get, urls * 4))
+    assert {answer.status_code for answer in answers} == {200}
+    assert most[0] == job_service.PICTURES_AT_ONCE  # the others waited for a slot
+    assert len(drawn) == len(urls)  # each made once, then read from the job's files
+    assert all(width * height <= 50_000 for width, height in drawn)
+    for url in urls:  # the same bytes every time
+        assert len({answer.data for answer, asked in zip(answers, urls * 4, strict=True) if asked == url}) == 1
+    # Every slot taken for longer than PICTURE_WAIT_S: 503 with Retry-After, as at capacity.
+    monkeypatch.setattr(job_service, "PICTURE_WAIT_S", 0.1)
+    slots = jobs_of(jobs_app.client.application)._picture_slots
+    for _ in range(job_service.PICTURES_AT_ONCE):
+        slots.acquire()
+    try:
+        kept = jobs_app.client.get(f"/jobs/{job['id']}/pages/1/annotated.png")
+        assert kept.status_code == 200  # made already: read from the job's files, no slot needed
+        other = jobs_app.submit((pdf_bytes(1), "other.pdf"), annotate="true")
+        assert jobs_app.wait(other["id"])["status"] == "succeeded"
+        busy = jobs_app.client.get(f"/jobs/{other['id']}/pages/1/annotated.png")
+        assert (busy.status_code, busy.json["code"], busy.headers["Retry-After"]) == (503, "overloaded", "5")
+    finally:
+        for _ in range(job_service.PICTURES_AT_ONCE):
+            slots.release()
+
+
 def test_a_job_that_asked_for_no_pictures_serves_none(make_jobs):
     jobs_app = make_jobs(FigureEngine())
     job = jobs_app.submit((pdf_bytes(1), "doc.pdf"))
@@ -312,6 +381,15 @@ def test_jobs_have_their_own_larger_limits(make_jobs, settings):
     assert (too_many.status_code, too_many.json["code"]) == (422, "too_many_pages")
     too_big = jobs_app.post("/jobs", (b"%PDF-" + b"x" * (4 << 20), "huge.pdf"))
     assert (too_big.status_code, too_big.json["code"]) == (413, "payload_too_large")
+    # Each route's 413 names its own limits: 3 MiB and 2 x JOB_MAX_FILES + 16 parts here, 1 MiB and 48 for /ocr.
+    assert too_big.json["error"].startswith("The request is larger than the upload limit of 3 MiB, has more than "
+                                            f"{2 * settings.job_max_files + 16} form parts")  # fmt: skip
+    parts = {f"field{index}": "x" for index in range(2 * settings.job_max_files + 20)}
+    too_many_parts = jobs_app.client.post("/jobs", data={"file": (io.BytesIO(pdf_bytes(1)), "a.pdf"), **parts})
+    assert (too_many_parts.status_code, too_many_parts.json["error"]) == (413, too_big.json["error"])
+    on_ocr = jobs_app.post("/ocr/batch", (big, "big.pdf")).json["error"]
+    assert on_ocr.startswith(f"The request is larger than the upload limit of 1 MiB, has more than "
+                             f"{2 * settings.max_batch_files + 16} form parts")  # fmt: skip
     assert len(stored_jobs(settings)) == 1  # only the accepted one
 
 

@@ -214,6 +214,30 @@ def test_without_keys_a_made_up_key_does_not_open_a_new_budget(make_client):
     assert statuses == [200, 200, 429]
 
 
+def test_the_rate_limit_counts_work_not_polling_and_only_refusals_carry_retry_after(make_client):
+    client = make_client(rate_limit="3/minute", api_keys=KEY_A)
+    key = {"X-API-Key": KEY_A}
+    posted = client.post("/jobs", data={"file": (io.BytesIO(png_bytes()), "page.png")}, headers=key)
+    assert posted.status_code == 202  # submitting a job counts: 1 of 3
+    job = posted.get_json()["id"]
+    # The documented polling loop and the web page read progress every second or two: never counted.
+    polls = [client.get(f"/jobs/{job}", headers=key) for _ in range(10)]
+    polls += [client.get(f"/jobs/{job}/pages", headers=key), client.get(f"/jobs/{job}/result", headers=key)]
+    assert {answer.status_code for answer in polls} <= {200, 202}
+    missing = client.get("/jobs/no-such-job", headers=key)
+    assert missing.status_code == 404
+    for answer in [*polls, missing, posted]:  # Retry-After belongs to 429 and 503 alone
+        assert "Retry-After" not in answer.headers
+    # A job's pictures cost a page's drawing each: counted, as OCR requests are.
+    picture = client.get(f"/jobs/{job}/pages/1/annotated.png", headers=key)
+    assert picture.status_code == 404  # the job asked for none; counted all the same: 2 of 3
+    assert _ocr(client, key).status_code == 200  # 3 of 3
+    refused = _ocr(client, key)
+    assert (refused.status_code, refused.get_json()["code"]) == (429, "rate_limited")
+    assert int(refused.headers["Retry-After"]) > 0
+    assert client.get(f"/jobs/{job}", headers=key).status_code in (200, 202)  # polling goes on
+
+
 def test_rate_limit_storage_down_falls_back_to_this_process_instead_of_500(make_client):
     client = make_client(rate_limit="2/minute", rate_limit_storage_uri=f"redis://127.0.0.1:{free_port()}/0")
     statuses = [_ocr(client).status_code for _ in range(6)]

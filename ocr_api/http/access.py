@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from flask import Flask, request
+from flask import Flask, Response, request
 from flask_cors import CORS
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -21,6 +21,12 @@ from ocr_api.settings import Settings
 OPEN_BLUEPRINTS = frozenset({"probes", "web"})
 # Open to clients on loopback (a Prometheus beside the service), behind a key for others; never rate-limited.
 LOOPBACK_BLUEPRINTS = frozenset({"metrics"})
+# RATE_LIMIT counts what makes work: every request but those above and the reads of a job's progress (GET and HEAD
+# of this blueprint), which the documented polling loop and the web page make every second or two. A job's pictures,
+# which cost a page's rendering each, have a blueprint of their own and count.
+PROGRESS_BLUEPRINTS = frozenset({"jobs"})
+# Headers that only 429 and 503 answers carry (the rate limiter would add them to every answer).
+RETRY_STATUSES = frozenset({429, 503})
 LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 API_KEY_HEADERS = ("Authorization: Bearer", "X-API-Key")
 
@@ -43,14 +49,17 @@ def install_access_control(app: Flask, settings: Settings) -> None:
         keys = [key.encode() for key in settings.api_key_list]
         app.before_request(lambda: require_api_key(keys))
     if settings.rate_limit:
+        # Registered before the limiter, so that it runs after the limiter's own hook (Flask runs them in reverse).
+        app.after_request(_retry_after_only_when_refused)
         # With keys on, the key (already checked) names the client; without, a made-up key would be a free
         # new bucket on every request, so the address does.
         identity = client_by_key if settings.api_key_list else client_by_address
         Limiter(
             identity,
             app=app,
-            default_limits=[settings.rate_limit],
-            default_limits_exempt_when=lambda: request.blueprint in OPEN_BLUEPRINTS | LOOPBACK_BLUEPRINTS,
+            # One budget per client for all the work it asks for, whichever route (not one per route).
+            application_limits=[settings.rate_limit],
+            application_limits_exempt_when=_not_rate_limited,
             storage_uri=settings.rate_limit_storage_uri,
             headers_enabled=True,
             key_prefix="deepseek-ocr",
@@ -58,6 +67,19 @@ def install_access_control(app: Flask, settings: Settings) -> None:
             swallow_errors=True,
             in_memory_fallback_enabled=True,
         )
+
+
+def _not_rate_limited() -> bool:
+    if request.blueprint in OPEN_BLUEPRINTS | LOOPBACK_BLUEPRINTS:
+        return True
+    return request.blueprint in PROGRESS_BLUEPRINTS and request.method in ("GET", "HEAD")
+
+
+def _retry_after_only_when_refused(response: Response) -> Response:
+    """The rate limiter's Retry-After belongs on a 429 (and our 503s carry their own), not on every answer."""
+    if response.status_code not in RETRY_STATUSES:
+        response.headers.pop("Retry-After", None)
+    return response
 
 
 def require_api_key(keys: list[bytes]) -> None:

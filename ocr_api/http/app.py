@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     from ocr_api.http.errors import register_error_handlers
     from ocr_api.http.metrics import install_metrics
     from ocr_api.http.openai_routes import openai_routes
-    from ocr_api.http.routes import UploadRequest, job_routes, ocr_routes, probes
+    from ocr_api.http.routes import AsciiIntegerConverter, UploadRequest, job_pictures, job_routes, ocr_routes, probes
     from ocr_api.http.state import jobs_of
     from ocr_api.http.tracking import install_request_tracking
     from ocr_api.http.web import web
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     app.request_class = UploadRequest
     # /v1//models is not redirected to /v1/models (werkzeug's 308 has an HTML body): no such path, a JSON 404.
     app.url_map.merge_slashes = False
+    app.url_map.converters["int"] = AsciiIntegerConverter  # /pages/١/ is no page number
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, service: OcrService | None = No
     app.register_blueprint(probes)
     app.register_blueprint(ocr_routes)
     app.register_blueprint(job_routes)
+    app.register_blueprint(job_pictures)
     app.register_blueprint(openai_routes)
     app.register_blueprint(web)
     install_metrics(app, [JobQueueCollector(settings, lambda: jobs_of(app).queue), EngineCollector(service.engine)])

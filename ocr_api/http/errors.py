@@ -61,7 +61,7 @@ def register_error_handlers(app: Flask) -> None:
             api_error.status = error.code or 500
             api_error.code = (error.name or "error").lower().replace(" ", "_")
         elif kind is PayloadTooLarge:
-            api_error = PayloadTooLarge(_too_large_message(app))
+            api_error = PayloadTooLarge(_too_large_message())
         else:
             api_error = kind()
         response, status = error_response(api_error)
@@ -76,9 +76,11 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(ApiError())
 
 
-def _too_large_message(app: Flask) -> str:
-    limit = app.config.get("MAX_CONTENT_LENGTH")
-    parts = app.config.get("MAX_FORM_PARTS")
+def _too_large_message() -> str:
+    """The limits of the route refused (POST /jobs has larger ones than the app's), in the client's words."""
+    if not has_request_context():
+        return PayloadTooLarge.message
+    limit, parts = request.max_content_length, request.max_form_parts
     if limit:
         return (
             f"The request is larger than the upload limit of {limit // (1024 * 1024)} MiB, "

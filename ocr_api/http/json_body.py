@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -30,14 +31,14 @@ ACCEPTED_TYPES = ("image/", "application/pdf", "application/octet-stream")
 def parse_object(data: bytes) -> dict[str, Any]:
     """The body as a JSON object; 400 ``invalid_json`` for anything else: not UTF-8 (JSON's only encoding between
     systems, RFC 8259; Python would also guess UTF-16 and UTF-32), bad syntax, NaN or Infinity (not JSON), nesting
-    too deep."""
+    too deep. Numbers too large to hold stand as BEYOND_ANY_RANGE, for their field to refuse."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"The body is not UTF-8 (a byte at {exc.start} is not); send JSON in UTF-8.",
                          code="invalid_json") from None  # fmt: skip
     try:
-        body = json.loads(text, parse_constant=_not_json)
+        body = json.loads(text, parse_constant=_not_json, parse_float=_finite, parse_int=_bounded)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"The body is not valid JSON (line {exc.lineno}, column {exc.colno}).",
                          code="invalid_json") from None  # fmt: skip
@@ -50,8 +51,24 @@ def parse_object(data: bytes) -> dict[str, Any]:
     return body
 
 
+# Valid JSON numbers too large for Python to hold as written (1e400; an integer of 5,001 digits) stand as this large
+# number, so that the field they are in refuses them with its own range message.
+BEYOND_ANY_RANGE = 10**100
+
+
 def _not_json(constant: str) -> None:
-    raise ValueError(f"{constant} is not a JSON number")
+    raise ValueError(f"{constant} is not a JSON number")  # NaN, Infinity: Python writes them, JSON has no such thing
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    return value if math.isfinite(value) else math.copysign(BEYOND_ANY_RANGE, value)
+
+
+def _bounded(literal: str) -> int:
+    if len(literal) > 1000:  # Python refuses to read integers of over 4,300 digits, naming its own settings
+        return -BEYOND_ANY_RANGE if literal.startswith("-") else BEYOND_ANY_RANGE
+    return int(literal)
 
 
 def decode_image(value: object, field: str, max_bytes: int, limit: int | None = None) -> bytes:

@@ -231,14 +231,14 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
             {"200": _json(_ref("JobPages"), "Up to `limit` pages."), **_errors("400"), **job_errors},
             parameters=[job_id, after, limit],
         ),
-        ("jobs.get_job_annotated_page", "GET"): Operation(
+        ("job_pictures.get_job_annotated_page", "GET"): Operation(
             "A finished page with its blocks' boxes drawn (a job with annotate=true)",
             "jobs",
             {"200": png, "304": not_modified, **job_errors},
             parameters=[job_id, page_index],
             description="Made from the job's file when asked for; the page entry's `annotated_image_url` links it.",
         ),
-        ("jobs.get_job_figure", "GET"): Operation(
+        ("job_pictures.get_job_figure", "GET"): Operation(
             "A figure cut from a finished page (a job with figures=true)",
             "jobs",
             {"200": png, "304": not_modified, **job_errors},

@@ -12,6 +12,7 @@ from typing import IO
 from flask import Blueprint, Request, Response, current_app, jsonify, request, stream_with_context
 from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import IntegerConverter
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
@@ -36,10 +37,24 @@ SERVICE_NAME = "DeepSeek-OCR API"
 probes = Blueprint("probes", __name__)
 ocr_routes = Blueprint("ocr", __name__)
 job_routes = Blueprint("jobs", __name__)
+# A job's pictures: behind its keys like its other routes, but each costs a page's rendering, so the rate limit counts
+# them as work (ocr_api/http/access.py) and each process makes a bounded number at once (Jobs.picture).
+job_pictures = Blueprint("job_pictures", __name__)
 SPOOL_IN_MEMORY_BYTES = 1 << 20
 # Behind the same keys as the job: kept by the client that fetched it, not by shared caches; a day, like JOB_TTL's
 # default, and never asked again meanwhile (a page's pictures do not change once it is finished).
 PICTURE_CACHE = "private, max-age=86400, immutable"
+
+
+def is_ascii_number(text: str) -> bool:
+    """Digits 0-9 alone: str.isdigit() also takes other scripts' digits (١) and superscripts (²)."""
+    return text.isascii() and text.isdigit()
+
+
+class AsciiIntegerConverter(IntegerConverter):
+    """``<int:...>`` in a path matches 0-9 alone (werkzeug's ``\\d`` matches every script's digits)."""
+
+    regex = r"[0-9]+"
 
 
 class UploadRequest(Request):
@@ -177,20 +192,20 @@ def get_job_events(job_id: str):
     """Server-Sent Events of the job; a reconnecting client's Last-Event-ID resumes after the last page it got."""
     job = _job(job_id)
     last = request.headers.get("Last-Event-ID", "").strip()
-    after = job.pages_total if last == "end" else int(last) if last.isdigit() else _int_arg("after", 0)
+    after = job.pages_total if last == "end" else int(last) if is_ascii_number(last) else _int_arg("after", 0)
     events = jobs_of(current_app).events(job, _owner(), after)
     # X-Accel-Buffering: nginx (start_production.sh's front server) passes each event on as it comes.
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return Response(stream_with_context(events), mimetype="text/event-stream", headers=headers)
 
 
-@job_routes.get("/jobs/<job_id>/pages/<int:index>/annotated.png")
+@job_pictures.get("/jobs/<job_id>/pages/<int:index>/annotated.png")
 def get_job_annotated_page(job_id: str, index: int):
     """A finished page with its blocks' boxes drawn (annotate=true), made from the job's file when asked for."""
     return _picture(job_id, index, ANNOTATED)
 
 
-@job_routes.get("/jobs/<job_id>/pages/<int:index>/figures/<int:number>.png")
+@job_pictures.get("/jobs/<job_id>/pages/<int:index>/figures/<int:number>.png")
 def get_job_figure(job_id: str, index: int, number: int):
     """Figure ``number`` of a finished page, cut from the page (figures=true), made from the job's file when asked."""
     return _picture(job_id, index, FIGURE, number)
@@ -200,10 +215,12 @@ def _picture(job_id: str, index: int, kind: str, number: int = 0) -> Response:
     # A page's pictures never change once it is finished: the browser keeps them, and asks again only with its tag.
     tag = f"{job_id}-{index}-{kind}-{number}"
     job = _job(job_id)  # first: a client of another key learns nothing, not even that its copy is current
+    jobs = jobs_of(current_app)
+    jobs.check_picture(job, index, kind, number)  # a picture that does not exist is 404 whatever the headers
     if request.if_none_match.contains(tag):
         response = Response(status=304)
     else:
-        response = Response(jobs_of(current_app).picture(job, index, kind, number), mimetype="image/png")
+        response = Response(jobs.picture(job, index, kind, number), mimetype="image/png")
     response.set_etag(tag)
     response.headers["Cache-Control"] = PICTURE_CACHE
     return response
@@ -221,6 +238,9 @@ def delete_job(job_id: str):
 @job_routes.errorhandler(OSError)
 @job_routes.errorhandler(sqlite3.Error)
 @job_routes.errorhandler(RedisError)
+@job_pictures.errorhandler(OSError)
+@job_pictures.errorhandler(sqlite3.Error)
+@job_pictures.errorhandler(RedisError)
 def job_storage_failed(error: Exception):
     """JOBS_DIR or the queue failed under a job route: 503, the same for SQLite, Redis and the disk."""
     logger.error("job storage failed: %s: %s", type(error).__name__, error)
@@ -240,7 +260,7 @@ def _int_arg(name: str, default: int) -> int:
     raw = request.args.get(name, "")
     if not raw:
         return default
-    if not raw.isdigit():
+    if not is_ascii_number(raw):
         raise BadRequest(f"'{name}' must be a whole number of 0 or more; got {raw[:20]!r}.", code="invalid_parameter")
     return int(raw)
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -21,11 +24,12 @@ from ocr_api.errors import (
     Conflict,
     InsufficientStorage,
     NotFound,
+    Overloaded,
     ServiceUnavailable,
     ShuttingDown,
     UnprocessableFile,
 )
-from ocr_api.figures import ANNOTATED, picture_png
+from ocr_api.figures import ANNOTATED, has_figure, picture_png
 from ocr_api.jobs import callbacks
 from ocr_api.jobs.queue import JobQueue
 from ocr_api.jobs.runner import JobRunner
@@ -42,6 +46,12 @@ logger = logging.getLogger(__name__)
 EVENT_POLL_S = 0.5
 KEEPALIVE_S = 15.0
 MAX_PAGES_PER_CALL = 500
+# A job's pictures are made when first fetched, from a page drawn again; what that costs is bounded in each process:
+# pages drawn at most this large (a 300-dpi A4 scan, 8.7 M pixels, is drawn whole; a poster is shrunk), this many
+# made at once (the others wait, PICTURE_WAIT_S at most, then 503), and each made once (kept with the job's files).
+PICTURE_MAX_PIXELS = 12_000_000
+PICTURES_AT_ONCE = 2
+PICTURE_WAIT_S = 30.0
 
 
 class JobNotFound(NotFound):
@@ -78,6 +88,9 @@ class Jobs:
         self.queue = queue
         self.store = queue.store
         self.settings = service.settings
+        self._picture_slots = threading.BoundedSemaphore(PICTURES_AT_ONCE)
+        self._pictures_lock = threading.Lock()
+        self._pictures_in_making: dict[Path, tuple[threading.Lock, int]] = {}
 
     def runner(self) -> JobRunner:
         """What runs this deployment's jobs on this process's engine (in the consumer)."""
@@ -230,19 +243,65 @@ class Jobs:
             return results[0], 200
         return batch_body(results), 200
 
-    def picture(self, job: Job, index: int, kind: str, number: int = 0) -> bytes:
-        """One picture of the job's finished page ``index`` as PNG bytes, made now from the job's stored file and the
-        page's output, as /ocr makes it: the page rendered at the size the engine saw it."""
+    def check_picture(self, job: Job, index: int, kind: str, number: int = 0) -> dict[str, Any]:
+        """The finished page's record when it has this picture (asked for, page finished and not failed, the figure
+        in its output); PictureNotFound otherwise. Reads the record only: nothing is drawn."""
         record = self.store.page(job.id, index) if 1 <= index <= job.pages_total else None
         options = self.service.options_from(job.form)
         wanted = options.annotate if kind == ANNOTATED else options.figures
         if record is None or not wanted or record["entry"]["status"] == "failed":
             raise PictureNotFound()
+        if kind != ANNOTATED and not has_figure(record["entry"]["raw_output"], number):
+            raise PictureNotFound()
+        return record
+
+    def picture(self, job: Job, index: int, kind: str, number: int = 0) -> bytes:
+        """One picture of the job's finished page ``index`` as PNG bytes, as /ocr makes it, from the job's stored
+        file and the page's output: made once (drawn at most PICTURE_MAX_PIXELS, by at most PICTURES_AT_ONCE threads
+        of this process at a time), then kept with the job's files until the job is removed."""
+        record = self.check_picture(job, index, kind, number)
+        kept = self.store.directory(job.id) / "pictures" / f"{index}-{kind}-{number}.png"
+        with contextlib.suppress(FileNotFoundError):
+            return kept.read_bytes()
+        with self._making(kept):  # a second client of the same picture waits for it rather than making it again
+            with contextlib.suppress(FileNotFoundError):
+                return kept.read_bytes()
+            if not self._picture_slots.acquire(timeout=PICTURE_WAIT_S):
+                raise Overloaded("Every slot for making pictures is busy; try again after the time in Retry-After.")
+            try:
+                png = self._draw_picture(job, record, index, kind, number)
+            finally:
+                self._picture_slots.release()
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            partial = kept.with_suffix(f".{uuid.uuid4().hex}.part")
+            partial.write_bytes(png)
+            partial.replace(kept)  # whole or not at all, whoever reads it (another process too)
+        return png
+
+    @contextlib.contextmanager
+    def _making(self, picture: Path) -> Iterator[None]:
+        """Hold the lock of one picture while it is made in this process."""
+        with self._pictures_lock:
+            lock, users = self._pictures_in_making.get(picture, (threading.Lock(), 0))
+            self._pictures_in_making[picture] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._pictures_lock:
+                lock, users = self._pictures_in_making[picture]
+                if users == 1:
+                    del self._pictures_in_making[picture]
+                else:
+                    self._pictures_in_making[picture] = (lock, users - 1)
+
+    def _draw_picture(self, job: Job, record: dict[str, Any], index: int, kind: str, number: int) -> bytes:
+        options = self.service.options_from(job.form)
         files = self.store.files(job.id)
         position = record["file"]
         first = 1 + sum(len(item.page_numbers) for item in files[:position])  # the file's first page's index
         path = self.store.directory(job.id) / "uploads" / files[position].stored
-        source, _ = self.service.open_upload(path, options, None, for_job=True)
+        source, _ = self.service.open_upload(path, options, None, for_job=True, max_pixels=PICTURE_MAX_PIXELS)
         try:
             page = source.render(index - first)
         finally:
