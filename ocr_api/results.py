@@ -90,6 +90,10 @@ def file_body(
     return body
 
 
+# A document's status is the worst of its pages', in this order (pages_failed and the others say how many).
+WORST_FIRST = ("failed", "repetitive", "truncated", "ok")
+
+
 def _document_fields(entries: list[dict[str, Any]], source: dict[str, Any]) -> dict[str, Any]:
     statuses = [entry["status"] for entry in entries]
     read = [entry for entry in entries if entry["status"] != "failed"]
@@ -97,6 +101,7 @@ def _document_fields(entries: list[dict[str, Any]], source: dict[str, Any]) -> d
     prompt = sum(entry["usage"]["prompt_tokens"] for entry in read)
     completion = sum(entry["usage"]["completion_tokens"] for entry in read)
     return {
+        "status": next((status for status in WORST_FIRST if status in statuses), "ok"),
         "finish_reason": "length" if truncated else "stop",
         "truncated": truncated > 0,
         "pages_total": len(entries),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import ipaddress
 import math
 import os
 import secrets
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -102,6 +104,19 @@ def _check_rate_limit(name: str, raw: str) -> None:
         parse_many(raw)
     except ValueError:
         raise ConfigError(f"{name} must look like 60/minute or 10/second;500/hour; got {raw!r}") from None
+
+
+def _check_host(name: str, value: str) -> None:
+    """An address to bind to: an IP address, or a name this machine resolves (localhost, its own hostname)."""
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(value, None)
+    except (OSError, UnicodeError):
+        raise ConfigError(f"{name}: {value!r} is neither an IP address nor a name this machine resolves") from None
 
 
 def _check_networks(name: str, raw: str) -> None:
@@ -260,7 +275,7 @@ class Settings:
         "(time, level, logger, message, request_id, and each request's summary fields). See docs/DEPLOYMENT.md.",
         choices=LOG_FORMATS,
     )
-    host: str = setting("HOST", "0.0.0.0", "Address `python app.py` and the start scripts bind to.")
+    host: str = setting("HOST", "0.0.0.0", "Address `python app.py` and the start scripts bind to.", check=_check_host)
     port: int = setting("PORT", 5000, "Port `python app.py` and the start scripts listen on.", within=(1, 65535))
     max_upload_mb: int = setting(
         "MAX_UPLOAD_MB", 16, "Largest request body in MiB; larger ones get 413.", within=(1, 4096)
@@ -597,13 +612,23 @@ def update_docs(path: str = "docs/CONFIGURATION.md") -> None:
 
 def main(argv: list[str]) -> int:
     """`--check`: validate the environment's settings (one line, exit 1, when bad); `--update-docs`; else the table."""
-    if argv == ["--check"]:
+    parser = argparse.ArgumentParser(
+        prog="python -m config",
+        description="The service's settings, read from the environment (docs/CONFIGURATION.md).",
+    )
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--check", action="store_true", help="validate this environment's settings: one line and "
+                        "status 1 when one is wrong")  # fmt: skip
+    action.add_argument("--update-docs", action="store_true", help="rewrite docs/CONFIGURATION.md's table")
+    action.add_argument("--table", action="store_true", help="print every setting as a markdown table (the default)")
+    args = parser.parse_args(argv)
+    if args.check:
         try:
             Settings.from_env()
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    elif argv == ["--update-docs"]:
+    elif args.update_docs:
         update_docs()
     else:
         print(settings_table())

@@ -168,6 +168,15 @@ class ImageResult(ResultHead, PageFields, ResultTail, total=False):
 class DocumentResult(ResultHead, ResultTail, total=False):
     """A document's result: its pages, and their sums."""
 
+    status: Required[  # type: ignore[misc]
+        Annotated[
+            PageStatus,
+            Field(
+                description="The worst of its pages' statuses: failed, then repetitive, then "
+                "truncated, then ok (pages_failed, pages_repetitive, pages_truncated count them)."
+            ),
+        ]
+    ]
     finish_reason: str
     truncated: bool
     pages_total: int

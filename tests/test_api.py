@@ -277,6 +277,25 @@ def test_one_bad_file_is_an_error_entry_not_a_failed_batch(client, fake_engine):
     assert len(fake_engine.requests) == 1
 
 
+def test_every_batch_entry_has_a_status_a_documents_the_worst_of_its_pages(make_client):
+    class CutsPageTwoShort(FakeEngine):
+        def answer(self, request: EngineRequest) -> EngineOutput:
+            output = super().answer(request)
+            if len(self.requests) == 3:  # the image is the first request, the PDF's pages the next
+                return EngineOutput(output.text, "length", 300, request.max_tokens, request.max_tokens, request.guard)
+            return output
+
+    client = make_client(CutsPageTwoShort(), runaway_retries=0)  # a runaway is not sent again
+    files = [_file(png_bytes(), "p1.png"), _file(make_pdf(3), "report.pdf"), _file(b"text", "notes.txt")]
+    body = _post(client, "/ocr/batch", files=files, field="files").get_json()
+    image, document, text = body["results"]
+    assert (image["status"], text["status"]) == ("ok", "failed")
+    assert [page["status"] for page in document["pages"]] == ["ok", "truncated", "ok"]
+    assert (document["status"], document["pages_truncated"]) == ("truncated", 1)
+    alone = _post(client, "/ocr", files=_file(make_pdf(2), "two.pdf")).get_json()
+    assert alone["status"] == "ok"
+
+
 def test_batch_of_only_bad_files_never_calls_the_engine(client, fake_engine):
     body = _post(client, "/ocr/batch", files=[_file(b"nope", "a.txt")], field="files").get_json()
     assert body["failed"] == 1

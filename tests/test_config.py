@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from ocr_api.engines import build_engine, choose_engine
 from ocr_api.settings import ConfigError, Settings, settings_table
+from tests.conftest import REPO
 
 
 def test_defaults_match_the_original_service():
@@ -137,3 +140,24 @@ def test_image_url_allowed_networks_are_checked_one_by_one():
     ):
         Settings.from_env({"IMAGE_URL_ALLOWED_NETWORKS": "10.0.0.0/8,nope"})
     assert len(Settings.from_env({"IMAGE_URL_ALLOWED_NETWORKS": "10.0.0.0/8, 127.0.0.1/32"}).image_url_networks) == 2
+
+
+def _config(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {"PATH": os.environ["PATH"], **env}
+    return subprocess.run([sys.executable, "-m", "config", *args], cwd=REPO, env=environment, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+
+
+def test_python_m_config_says_how_to_use_it_and_checks_what_it_is_given():
+    helped = _config("--help")
+    assert helped.returncode == 0
+    assert helped.stdout.startswith("usage: python -m config")
+    assert "| Variable |" not in helped.stdout  # help, not the table
+    assert _config().stdout.startswith("| Variable |")  # the table stays the default
+    wrong = _config("--bogus")
+    assert (wrong.returncode, wrong.stdout) == (2, "")
+    for host, status in (("notahost.invalid", 1), ("localhost", 0), ("::", 0), ("127.0.0.1", 0)):
+        checked = _config("--check", HOST=host)
+        assert checked.returncode == status, (host, checked.stderr)
+    refused = _config("--check", HOST="notahost.invalid").stderr
+    assert "HOST: 'notahost.invalid' is neither an IP address nor a name" in refused

@@ -302,6 +302,17 @@ def test_a_jobs_picture_is_made_once_at_a_bounded_size_by_a_bounded_number_of_th
             slots.release()
 
 
+def test_a_jobs_result_times_what_ocrs_times(make_jobs):
+    jobs_app = make_jobs()
+    job = jobs_app.submit((pdf_bytes(2), "doc.pdf"))
+    jobs_app.start()
+    assert jobs_app.wait(job["id"])["status"] == "succeeded"
+    timing = jobs_app.client.get(f"/jobs/{job['id']}/result").json["timing"]
+    direct = jobs_app.client.post("/ocr", data={"file": (io.BytesIO(pdf_bytes(2)), "doc.pdf")}).json["timing"]
+    assert set(timing) == set(direct) == {"preparation_ms", "inference_ms", "total_ms"}
+    assert timing["preparation_ms"] > 0
+
+
 def test_a_job_that_asked_for_no_pictures_serves_none(make_jobs):
     jobs_app = make_jobs(FigureEngine())
     job = jobs_app.submit((pdf_bytes(1), "doc.pdf"))
@@ -476,7 +487,9 @@ def test_a_queued_job_is_cancelled_and_its_files_removed(make_jobs, settings):
     after = jobs_app.submit((pdf_bytes(2), "b.pdf"))  # queued behind it: once it is done, the first was passed over
     jobs_app.start()
     assert jobs_app.wait(after["id"])["status"] == "succeeded"
-    assert jobs_app.client.get(f"/jobs/{job['id']}").json["status"] == "cancelled"
+    view = jobs_app.client.get(f"/jobs/{job['id']}").json
+    assert (view["status"], view["finished_at"] is not None) == ("cancelled", True)
+    assert response.json["finished_at"] is not None
     assert len(jobs_app.engine.requests) == 2  # the second job's pages alone: the consumer never ran the first
     assert (jobs_app.client.get(f"/jobs/{job['id']}/result").json["code"]) == "job_cancelled"
 
@@ -487,7 +500,9 @@ def test_a_running_job_is_cancelled_and_its_pages_at_the_engine_aborted(make_job
     job = jobs_app.submit((pdf_bytes(40), "a.pdf"))
     jobs_app.start()
     wait_until(lambda: len(engine.requests) >= 8, timeout_s=10)  # running, its second window of pages out
-    assert jobs_app.client.delete(f"/jobs/{job['id']}").json["status"] == "cancelled"
+    cancelled = jobs_app.client.delete(f"/jobs/{job['id']}").json
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["finished_at"] is not None  # cancelled is finished, from the answer on
     submitted = len(engine.requests)
     # The consumer ends its run (the record finished by it, not by the API) with its pages aborted at the engine.
     wait_until(lambda: jobs_app.jobs.store.get(job["id"]).finished_at is not None, timeout_s=10)

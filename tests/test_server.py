@@ -27,6 +27,7 @@ class Server:
     url: str
     uploads: Path
     process: subprocess.Popen
+    log: Path
 
 
 def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -41,7 +42,7 @@ def server(tmp_path_factory, tiny_model_dir) -> Iterator[Server]:
     )
     log = tmp_path / "server.log"
     with running("start_server.sh", env, log, START_TIMEOUT_S) as process:
-        yield Server(f"http://127.0.0.1:{env['PORT']}", tmp_path / "uploads", process)
+        yield Server(f"http://127.0.0.1:{env['PORT']}", tmp_path / "uploads", process, log)
 
 
 def _uploads_left(server: Server) -> list[Path]:
@@ -165,6 +166,21 @@ def test_the_openai_sdk_through_start_server_on_the_tiny_model(server, tiny_mode
 
 def _data_url(name: str) -> str:
     return data_url((CORPUS / "images" / name).read_bytes())
+
+
+def test_the_development_servers_log_has_one_plain_line_a_request_and_probes_below_info(server):
+    def lines(text: str) -> list[str]:
+        return [line for line in server.log.read_text().splitlines() if text in line]
+
+    before = len(lines("POST /ocr "))
+    for _ in range(3):
+        assert requests.get(f"{server.url}/ready", timeout=10).status_code == 200
+    png = (CORPUS / "images" / "hopper.png").read_bytes()
+    assert requests.post(f"{server.url}/ocr", files={"file": ("hopper.png", png)}, timeout=120).status_code == 200
+    time.sleep(0.5)  # the summary line is written as the answer closes
+    assert len(lines("POST /ocr ")) == before + 1  # ours alone, not werkzeug's as well
+    assert lines("/ready") == []  # probes are logged at DEBUG
+    assert "\x1b[" not in server.log.read_text()  # no terminal colours in a log file
 
 
 def test_framework_errors_are_json_over_http(server):

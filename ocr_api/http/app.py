@@ -95,6 +95,9 @@ def main() -> int:
     # instead of leaving them orphaned with the GPU's memory. Set after the consumer's start, which sets its own.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     logger.info("serving on http://%s:%d", settings.host, settings.port)
+    # Each request is logged once, by the service's own summary line (probes at DEBUG); werkzeug's own line would be
+    # a second one, with terminal colours in it.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
         app.run(host=settings.host, port=settings.port, threaded=True, debug=False, use_reloader=False)
     except KeyboardInterrupt:

@@ -157,6 +157,7 @@ class Jobs:
             path = directory / f"{number:05d}.{extension}"
             with path.open("wb") as handle:
                 shutil.copyfileobj(upload.stream, handle, 1 << 20)
+            opening_started = time.perf_counter()
             try:
                 source, _ = self.service.open_upload(path, options, None, for_job=True)
             except ApiError as error:
@@ -164,8 +165,16 @@ class Jobs:
                     error.message = f"{upload.filename or f'file {number + 1}'}: {error.message}"
                 raise
             try:
-                files.append(JobFile(upload.filename, path.name, source.is_document, source.page_numbers(),
-                                     source.describe()))  # fmt: skip
+                files.append(
+                    JobFile(
+                        upload.filename,
+                        path.name,
+                        source.is_document,
+                        source.page_numbers(),
+                        source.describe(),
+                        round((time.perf_counter() - opening_started) * 1000, 1),
+                    )
+                )
             finally:
                 source.close()
         return files
@@ -203,7 +212,8 @@ class Jobs:
             self.store.save(job)
             self.store.mark_finished(job.id)
             self.store.remove_results(job.id, job.pages_total)
-        job.status = "cancelled"
+        # Running: its consumer ends it within a second and records when; the answer says it ended now.
+        job.status, job.finished_at = "cancelled", job.finished_at or time.time()
         return self.view(job)
 
     def result(self, job: Job) -> tuple[dict[str, Any], int]:
@@ -232,6 +242,7 @@ class Jobs:
             head = {"image_path": f"jobs/{job.id}/{item.stored}",
                     "prompt": options.prompt, "task": options.task, "filename": item.filename}  # fmt: skip
             timing = {
+                "preparation_ms": item.preparation_ms,
                 "inference_ms": job.engine_ms,
                 "total_ms": round(((job.finished_at or 0) - job.created_at) * 1000, 1),
             }

@@ -37,6 +37,7 @@ class JobFile:
     is_document: bool
     page_numbers: list[int | None]
     source: dict[str, Any]  # the result's ``image`` or ``document`` field
+    preparation_ms: float = 0.0  # opening and checking it at submission, as /ocr's timing counts it
 
 
 @dataclass
