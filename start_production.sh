@@ -231,6 +231,8 @@ if [ -n "${OCR_ENGINE_URL:-}" ]; then
   check_settings
   say "using the engine at $OCR_ENGINE_URL"
 else
+  # A checkpoint vLLM cannot load is refused before vLLM (about 6 GB) is installed.
+  "${PYTHON:-python3}" -m ocr_api.profiles check vllm || exit 1
   use_environment vllm
   engine_port="${VLLM_PORT:-8000}"
   export OCR_ENGINE=remote OCR_ENGINE_URL="http://127.0.0.1:$engine_port"

@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck source=scripts/bootstrap.sh
 . scripts/bootstrap.sh
-use_environment "$(resolve_engine)"
+# The engine, and whether it can load the checkpoint's layout, decided before anything is installed.
+engine=$(resolve_engine)
+use_environment "$engine"
 mkdir -p uploads logs
 exec "$VENV/bin/python" app.py

@@ -178,22 +178,33 @@ def profile_for_checkpoint(name: str) -> ModelProfile:
 
 
 def main(argv: list[str]) -> int:
-    """``python3 -m ocr_api.profiles engine``: print the engine OCR_ENGINE resolves to, for the start scripts.
+    """For the start scripts, before they install anything (standard library only):
 
-    The scripts install what that engine needs, so "vLLM installed" is taken to be true on a CUDA machine.
+    ``python3 -m ocr_api.profiles engine``: print the engine OCR_ENGINE resolves to; exit 1 with one line when that
+    engine cannot load DEEPSEEK_MODEL_NAME's layout. The scripts install what that engine needs, so "vLLM installed"
+    is taken to be true on a CUDA machine. ``python3 -m ocr_api.profiles check ENGINE``: only the layout check.
     """
-    if argv != ["engine"]:
-        print("usage: python3 -m ocr_api.profiles engine", file=sys.stderr)
-        return 2
     env = os.environ
-    engine = choose_engine(
-        env.get("OCR_ENGINE", "").strip() or "auto",
-        cuda_present=cuda_present(),
-        vllm_installed=True,
-        engine_url=env.get("OCR_ENGINE_URL", "").strip(),
-        model_name=env.get("DEEPSEEK_MODEL_NAME", "").strip(),
-    )
-    print(engine)
+    model_name = env.get("DEEPSEEK_MODEL_NAME", "").strip()
+    if argv == ["engine"]:
+        engine = choose_engine(
+            env.get("OCR_ENGINE", "").strip() or "auto",
+            cuda_present=cuda_present(),
+            vllm_installed=True,
+            engine_url=env.get("OCR_ENGINE_URL", "").strip(),
+            model_name=model_name,
+        )
+    elif len(argv) == 2 and argv[0] == "check":
+        engine = argv[1]
+    else:
+        print("usage: python3 -m ocr_api.profiles engine | check ENGINE", file=sys.stderr)
+        return 2
+    mismatch = layout_mismatch(engine, model_name or DEFAULT_CHECKPOINTS.get(engine, ""))
+    if mismatch:
+        print(f"error: {mismatch}", file=sys.stderr)
+        return 1
+    if argv == ["engine"]:
+        print(engine)
     return 0
 
 

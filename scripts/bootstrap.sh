@@ -154,7 +154,8 @@ ensure_chromium() {
   return 1
 }
 
-# resolve_engine : the engine OCR_ENGINE names, with auto resolved by the same code as the service's
+# resolve_engine : the engine OCR_ENGINE names (status 1 and one line when it cannot load DEEPSEEK_MODEL_NAME's
+# layout), with auto resolved by the same code as the service's
 # (ocr_api/profiles.py, standard library only: remote when OCR_ENGINE_URL is set, transformers for a checkpoint in
 # transformers layout, vllm on a CUDA machine, else transformers). Needed before any virtual environment exists.
 resolve_engine() {

@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 if [ -n "${ENGINE_PYTHON:-}" ]; then
   python="$ENGINE_PYTHON"  # an interpreter that has vLLM already (the engine image's, start_production.sh's)
 else
+  "${PYTHON:-python3}" -m ocr_api.profiles check vllm || exit 1  # before installing vLLM for it
   use_environment vllm
   python="$VENV/bin/python"
 fi

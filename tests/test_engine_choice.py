@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -260,3 +262,35 @@ def test_the_vllm_flags_refuse_a_transformers_layout_checkpoint(tmp_path):
     assert run.returncode == 1
     assert run.stdout == ""
     assert run.stderr.startswith(f"error: {converted} is DeepSeek-OCR-2 in transformers layout")
+
+
+@pytest.mark.parametrize(
+    ("script", "env"),
+    [
+        ("start_server.sh", {"OCR_ENGINE": "vllm"}),
+        ("start_production.sh", {}),
+        ("scripts/start_engine.sh", {}),
+    ],
+)
+def test_a_checkpoint_vllm_cannot_load_is_refused_before_anything_is_installed(tmp_path, script, env):
+    """A checkout without virtual environments; its Python creates none (it records the attempt and fails)."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for part in ("start_server.sh", "start_production.sh", "app.py", "scripts", "ocr_api", "requirements.txt"):
+        source = REPO / part
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, checkout / part)
+    attempts = tmp_path / "venv-attempts"
+    python = tmp_path / "python3"
+    python.write_text(
+        f'#!/bin/sh\nif [ "$2" = venv ]; then echo "$@" >> {attempts}; exit 1; fi\nexec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    converted = _checkpoint(tmp_path, "converted", architectures=["DeepseekOcr2ForConditionalGeneration"])
+    run = subprocess.run([str(checkout / script)], env={"PATH": os.environ["PATH"], "PYTHON": str(python),
+                         "DEEPSEEK_MODEL_NAME": converted, **env}, capture_output=True, text=True, timeout=120,
+                         check=False)  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {layout_mismatch('vllm', converted)}"]
+    assert "installing" not in run.stderr
+    assert not attempts.exists()
