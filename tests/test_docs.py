@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
-from ocr_api.profiles import DEFAULT_CHECKPOINTS, PROFILES
+from ocr_api.profiles import DEFAULT_CHECKPOINTS, PROFILES, checkpoint_layout
 from ocr_api.settings import DOCS_TABLE_END, DOCS_TABLE_START, settings_table
 from tests.conftest import REPO
 
@@ -100,3 +101,27 @@ def test_every_path_the_docs_name_exists(doc):
     folders = [name for name in re.findall(r"`((?:[\w.-]+/)+)`", text) if name.startswith(TOP_FOLDERS)]
     relative = [name for name in [*files, *folders] if not name.startswith("/")]
     assert [name for name in relative if not (REPO / name).exists()] == []
+
+
+def test_the_readmes_no_weights_path_works_as_written(tmp_path):
+    """README: `./scripts/tiny_model.sh /tmp/tiny-ocr` then `DEEPSEEK_MODEL_NAME=/tmp/tiny-ocr ./start_server.sh`
+    (the server itself: tests/test_server.py, on the same tiny model). The script installs .venv when it is missing;
+    here, from another folder and with a relative path, it writes a checkpoint in transformers layout."""
+    readme = (REPO / "README.md").read_text()
+    assert "./scripts/tiny_model.sh /tmp/tiny-ocr\nDEEPSEEK_MODEL_NAME=/tmp/tiny-ocr ./start_server.sh" in readme
+    run = subprocess.run([str(REPO / "scripts" / "tiny_model.sh"), "tiny-ocr"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert checkpoint_layout(str(tmp_path / "tiny-ocr")) == "transformers"
+
+
+def test_trying_production_without_a_gpu_is_documented_and_runs_without_an_environment():
+    deployment = (REPO / "docs" / "DEPLOYMENT.md").read_text()
+    section = deployment.split("### Trying production without a GPU", 1)[1].split("\n### ", 1)[0]
+    assert "python3 -m ocr_dev.stand_in_engine --port 8100 &" in section
+    assert "OCR_ENGINE_URL=http://127.0.0.1:8100 ./start_production.sh" in section
+    # The stand-in needs nothing installed: the system's python3 runs it from a fresh clone.
+    command = ["python3", "-E", "-s", "-m", "ocr_dev.stand_in_engine", "--help"]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "--step-ms" in run.stdout

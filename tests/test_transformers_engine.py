@@ -212,3 +212,17 @@ def test_the_engine_says_its_guard_was_checked_and_refuses_to_load_when_the_chec
     unguarded.load()  # ALLOW_UNGUARDED_ENGINE: it loads, and says so
     assert unguarded.guard_checks()["in-process"].state == "unchecked"
     unguarded.close()
+
+
+def test_the_hubs_and_transformers_log_lines_go_through_the_service_once(tmp_path):
+    """Each library adds a raw stream handler of its own at import: every hub retry was printed twice, once raw."""
+    import logging
+
+    from ocr_api.engines import EngineLoadError
+    from ocr_api.engines.transformers_engine import TransformersEngine
+
+    with pytest.raises(EngineLoadError):
+        TransformersEngine(str(tmp_path / "no-such-model"), "cpu").load()
+    for name in ("huggingface_hub", "transformers"):
+        library = logging.getLogger(name)
+        assert (library.handlers, library.propagate) == ([], True), name

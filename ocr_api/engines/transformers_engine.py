@@ -92,6 +92,7 @@ class TransformersEngine:
         mismatch = layout_mismatch(self.name, self.model_id)
         if mismatch:
             raise EngineLoadError(mismatch)
+        _log_through_the_service("transformers", "huggingface_hub")
         try:
             config = AutoConfig.from_pretrained(self.model_id)
         except (OSError, ValueError) as exc:
@@ -329,6 +330,16 @@ def _rows_streamer(tokenizer: Any, sinks: Sequence[TextSink | None], budgets: Se
                 self._offsets[row] = (read, len(ids))
 
     return RowsStreamer()
+
+
+def _log_through_the_service(*libraries: str) -> None:
+    """The libraries' records go through the service's handler alone (its format, its redaction), once: each adds a
+    raw stream handler of its own at import, which printed every hub retry twice."""
+    for name in libraries:
+        library = logging.getLogger(name)
+        for handler in list(library.handlers):
+            library.removeHandler(handler)
+        library.propagate = True
 
 
 def _logits_processors(guards: Sequence[GuardSettings], prompt_length: int) -> list[Any]:
