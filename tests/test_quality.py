@@ -118,3 +118,35 @@ mine                 : Average Score: 50.0% ± 10.0% (average of per-JSONL score
     assert (result.overall, result.failed) == (50.0, {"a_01"})
     assert result.by_type == {"present": (50.0, 2)}
     assert result.by_jsonl == {"dataset.jsonl": (1, 2)}
+
+
+def _bench_in_a_bare_checkout(tmp_path: Path, module: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.MODULE`` from a checkout where nothing was set up (no .venv-quality, no .venv-vllm)."""
+    checkout = tmp_path / "checkout"
+    for package in ("bench", "ocr_dev", "ocr_client", "ocr_api"):
+        shutil.copytree(
+            REPO / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+        )
+    return subprocess.run([sys.executable, "-m", f"bench.{module}", *arguments], cwd=checkout, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+
+
+def test_the_harness_says_what_is_wrong_with_its_setup_and_fails(tmp_path: Path, bench_dir: Path):
+    missing = harness_run(str(tmp_path / "no-such-folder"))
+    assert missing.returncode == 2
+    assert "is not olmOCR-Bench's layout" in missing.stderr
+    assert "0 of 0" not in missing.stdout + missing.stderr
+    unscored = _bench_in_a_bare_checkout(tmp_path, "quality", str(bench_dir), "--score-only")
+    assert unscored.returncode == 2
+    assert "scorer is not installed (.venv-quality is missing)" in unscored.stderr
+    assert "ensure_quality_venv" in unscored.stderr
+    assert "Traceback" not in unscored.stderr
+    vllm_columns = _bench_in_a_bare_checkout(tmp_path, "fidelity")
+    assert vllm_columns.returncode != 0
+    assert "vLLM's columns need vLLM's CPU build in .venv-vllm (missing)" in vllm_columns.stderr
+    assert "--no-vllm" in vllm_columns.stderr
+
+
+def harness_run(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench.quality", *arguments], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
