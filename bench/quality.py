@@ -201,8 +201,10 @@ def setup_mistake(directory: Path, scoring: bool) -> str | None:
     if not bench_pages(directory):
         return f"{directory} names no page: pdfs/ holds no PDF and the tests name none"
     if scoring and not SCORER_PYTHON.exists():
-        return (f"olmOCR-Bench's scorer is not installed ({SCORER_PYTHON.parent.parent.name} is missing): run "
-                "`bash -c '. scripts/bootstrap.sh && ensure_quality_venv'` once (about 700 MB), or pass --no-score")
+        return (
+            f"olmOCR-Bench's scorer is not installed ({SCORER_PYTHON.parent.parent.name} is missing): run "
+            "`bash -c '. scripts/bootstrap.sh && ensure_quality_venv'` once (about 700 MB), or pass --no-score"
+        )
     return None
 
 

@@ -541,14 +541,23 @@ def test_with_api_keys_a_job_belongs_to_the_key_that_made_it(make_jobs):
     assert jobs_app.client.delete(f"/jobs/{job['id']}", headers={"X-API-Key": KEY_B}).status_code == 404
 
 
-def test_a_job_whose_engine_stays_down_fails_its_pages_after_its_retries(make_jobs):
+def test_a_job_whose_engine_stays_down_fails_its_pages_after_its_retries(make_jobs, caplog):
     engine = FakeEngine(fail_with=EngineUnavailable("connection refused"))
     jobs_app = make_jobs(engine, job_engine_retries=2, job_retry_delay_s=0)
     jobs_app.start()
+    caplog.set_level("INFO")
     job = jobs_app.submit((pdf_bytes(3), "a.pdf"))
     view = jobs_app.wait(job["id"])
     assert view["status"] == "failed"
     assert view["runs"] == 3
+    # Each planned retry is one WARNING naming the job, the cause and when it runs again; no error, no traceback.
+    retries = [record for record in caplog.records if "waits for the engine" in record.getMessage()]
+    assert [(record.levelname, record.getMessage()) for record in retries] == [
+        ("WARNING", f"job {job['id']} waits for the engine (engine_unavailable): it runs again in 0 s, 2 retries left"),
+        ("WARNING", f"job {job['id']} waits for the engine (engine_unavailable): it runs again in 0 s, 1 retry left"),
+    ]
+    assert not [record for record in caplog.records if record.name.startswith("huey") and record.exc_info]
+    assert "Unhandled exception" not in caplog.text
     assert view["error"]["code"] == "engine_unavailable"
     assert view["progress"]["pages"]["failed"] == 3
     pages = jobs_app.client.get(f"/jobs/{job['id']}/pages").json["pages"]

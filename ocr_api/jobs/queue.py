@@ -39,7 +39,19 @@ CALLBACK_RETRY_BACKOFF = 4
 RunJob = Callable[[str, int, Callable[[], bool]], Job | None]
 
 
-class CallbackFailed(Exception):
+class PlannedRetry(Exception):
+    """Raised from a task to have Huey run it again later: planned, and logged in one line by whoever raises it, so
+    Huey's own "Unhandled exception in task" record, with its traceback, is left out of the log."""
+
+
+def _not_a_planned_retry(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], PlannedRetry))
+
+
+logging.getLogger("huey").addFilter(_not_a_planned_retry)
+
+
+class CallbackFailed(PlannedRetry):
     """Raised to Huey so that it delivers the callback again later."""
 
 

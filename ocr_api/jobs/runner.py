@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ocr_api.errors import ApiError, ClientGone, EngineNotReady, GatewayTimeout, InferenceFailed
 from ocr_api.figures import picture_links
-from ocr_api.jobs.queue import HEARTBEAT_S
+from ocr_api.jobs.queue import HEARTBEAT_S, PlannedRetry
 from ocr_api.jobs.store import Job, JobFile, JobStore
 from ocr_api.options import OcrOptions
 from ocr_api.pipeline import PageOutcome, StreamPage
@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 ENGINE_FAILURES = (EngineNotReady, GatewayTimeout, InferenceFailed)
 
 
-class EngineDown(Exception):
-    """Raised to Huey so that it runs the job again after JOB_RETRY_DELAY_S."""
+class EngineDown(PlannedRetry):
+    """Raised to Huey so that it runs the job again after JOB_RETRY_DELAY_S: a planned retry, which the runner logs
+    in one line, not an error (queue.py keeps Huey from logging it with a traceback)."""
 
 
 class JobRunner:
@@ -71,8 +72,9 @@ class JobRunner:
             return job
         except ENGINE_FAILURES as error:
             if retries_left > 0:
-                logger.warning("job %s: %s; running it again later (%d retries left)", job_id, error.code,
-                               retries_left)  # fmt: skip
+                logger.warning("job %s waits for the engine (%s): it runs again in %g s, %d retr%s left", job_id,
+                               error.code, self.service.settings.job_retry_delay_s, retries_left,
+                               "y" if retries_left == 1 else "ies")  # fmt: skip
                 job.status, job.error = "queued", {**error.to_dict(), "retrying": True}
                 self.store.save(job)
                 raise EngineDown(error.code) from None
