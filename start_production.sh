@@ -227,6 +227,7 @@ trap 'stopping=1' TERM INT
 if [ -n "${OCR_ENGINE_URL:-}" ]; then
   # An engine run elsewhere: this machine needs only the service itself.
   use_environment remote
+  ensure_project_installed "$VENV"  # the deepseek-ocr command, beside the service
   export OCR_ENGINE=remote
   check_settings
   say "using the engine at $OCR_ENGINE_URL"
@@ -234,6 +235,7 @@ else
   # A checkpoint vLLM cannot load is refused before vLLM (about 6 GB) is installed.
   "${PYTHON:-python3}" -m ocr_api.profiles check vllm || exit 1
   use_environment vllm
+  ensure_project_installed "$VENV"  # the deepseek-ocr command, beside the service
   engine_port="${VLLM_PORT:-8000}"
   export OCR_ENGINE=remote OCR_ENGINE_URL="http://127.0.0.1:$engine_port"
   check_settings

@@ -10,5 +10,6 @@ cd "$(dirname "$0")"
 # The engine, and whether it can load the checkpoint's layout, decided before anything is installed.
 engine=$(resolve_engine)
 use_environment "$engine"
+ensure_project_installed "$VENV"  # the deepseek-ocr command, beside the service
 mkdir -p uploads logs
 exec "$VENV/bin/python" app.py

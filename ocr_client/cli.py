@@ -5,11 +5,12 @@
 
 Each input gets ``<out>/<its path>.md`` and ``.json`` (the service's answer unchanged). Images go to /ocr, PDFs
 (and images over the service's upload limit) as jobs, whose pages count on the bar. A run records in
-``<out>/.deepseek-ocr-state.json`` each input's SHA-256 once its results are written, and each job's id as soon
-as it is queued: a second run skips what is done and waits on the jobs it left, so an interrupted run loses
-nothing and redoes nothing. Ctrl-C stops the run at once: it says what it left (jobs go on on the service) and
-writes nothing more; the next run goes on from there. The exit status is 1 when any input failed, 2 on bad
-arguments, 130 after Ctrl-C.
+``<out>/.deepseek-ocr-state.json`` each input's SHA-256 and the options it was read with once its results are
+written, and each job's id as soon as it is queued: a second run with the same options skips what is done and waits
+on the jobs it left, so an interrupted run loses nothing and redoes nothing; a run with other options (``--task``,
+``--pages``, ...) reads the inputs again, and ``--force`` reads everything again. Ctrl-C stops the run at once: it
+says what it left (jobs go on on the service) and writes nothing more; the next run goes on from there. The exit
+status is 1 when any input failed, 2 on bad arguments, 130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -157,9 +158,10 @@ class Run:
 
     def __init__(
         self, client: Client, out: Path, fields: dict[str, str], console: Console, max_upload_mb: int,
-        *, stop: threading.Event | None = None,
+        *, stop: threading.Event | None = None, force: bool = False,
     ):  # fmt: skip
         self.client, self.out, self.fields, self.console = client, out, fields, console
+        self.force = force  # --force: read every input again, whatever the record says
         self.stop = stop or threading.Event()  # set by Ctrl-C; the client's sleeps end with it (main)
         self.jobs_waited: dict[str, str] = {}  # input name -> the job a worker waits on
         self.state = State(out)
@@ -214,7 +216,7 @@ class Run:
         try:
             digest = _digest(item.path)
             done = self.state.data["done"].get(digest)
-            if done and done.get("name") == item.name and self._outputs(item)[1].exists():
+            if not self.force and self._made_so(done, item) and self._outputs(item)[1].exists():
                 outcome.pages, outcome.skipped = done["pages"], True
             else:
                 result = self._result(item, digest)
@@ -222,7 +224,7 @@ class Run:
                     raise Interrupted()
                 self._write(item, result)
                 outcome.pages = _pages(result)
-                self.state.update("done", digest, {"name": item.name, "pages": outcome.pages})
+                self.state.update("done", digest, {"name": item.name, "pages": outcome.pages, "options": self.fields})
                 self.state.update("jobs", digest, None)
         except ApiError as error:
             outcome.error = str(error)
@@ -232,10 +234,16 @@ class Run:
         self.progress.advance(self.files_bar)
         return outcome
 
+    def _made_so(self, record: dict[str, Any] | None, item: Input) -> bool:
+        """Whether a record (a finished input's, a queued job's) was made for this input with this run's options: a
+        result made with other options (another --task, --pages...) is not this run's, and is made again."""
+        return bool(record) and record.get("name", item.name) == item.name and record.get("options") == self.fields
+
     def _result(self, item: Input, digest: str) -> dict[str, Any]:
         if not item.is_document and item.path.stat().st_size <= self.max_upload_bytes:
             return self.client.ocr(item.path, **self.fields)
-        job_id = self.state.data["jobs"].get(digest)
+        queued = self.state.data["jobs"].get(digest)
+        job_id = queued["id"] if isinstance(queued, dict) and self._made_so(queued, item) and not self.force else None
         if job_id:
             try:
                 self.client.job(job_id)  # still there (same service, not expired): wait on it, do not queue again
@@ -246,7 +254,7 @@ class Run:
                 job_id = None
         if not job_id:
             job_id = self.client.submit_job(item.path, **self.fields)["id"]
-            self.state.update("jobs", digest, job_id)
+            self.state.update("jobs", digest, {"id": job_id, "options": self.fields})
         bar = self.progress.add_task(f"  {item.name}", total=None)
 
         def show(view: dict[str, Any]) -> None:
@@ -328,6 +336,8 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--max-upload-mb", type=int, default=16,
                          help="the service's MAX_UPLOAD_MB: larger images go as jobs (16)")  # fmt: skip
     command.add_argument("--retries", type=int, default=8, help="tries again on 503 and 429, honouring Retry-After")
+    command.add_argument("--force", action="store_true",
+                         help="read every input again, even those a run finished with the same options")  # fmt: skip
     return command
 
 
@@ -370,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     except requests.RequestException as error:
         console.print(f"error: the service at {arguments.url} does not answer: {error}")
         return 1
-    run = Run(client, arguments.out, dict(_fields(arguments)), console, arguments.max_upload_mb, stop=stop)
+    fields = dict(_fields(arguments))
+    run = Run(client, arguments.out, fields, console, arguments.max_upload_mb, stop=stop, force=arguments.force)
     outcomes = run.read_all(inputs, arguments.concurrency)
     if stop.is_set():
         console.print(left_behind(run, inputs, outcomes), soft_wrap=True)  # whole lines: job ids copied from them

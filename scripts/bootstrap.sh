@@ -26,14 +26,15 @@ _ensure_venv_at() {
   fi
 }
 
-# ensure_project_installed : install this project into .venv, editable and without dependencies (ensure_venv
-# installed those), so that its console script (deepseek-ocr, pyproject.toml [project.scripts]) is on .venv/bin.
+# ensure_project_installed [VENV] : install this project into VENV (.venv unless given), editable and without
+# dependencies (ensure_venv installed those), so that its console script (deepseek-ocr, pyproject.toml
+# [project.scripts]) is on VENV/bin: start_server.sh and start_production.sh call it, as the README's CLI lines need.
 ensure_project_installed() {
-  local stamp
-  stamp=".venv/.installed-project-$(sha256sum pyproject.toml | cut -c1-16)"
-  if [ ! -f "$stamp" ] || [ ! -x .venv/bin/deepseek-ocr ]; then
-    echo "bootstrap: installing this project (editable) into .venv" >&2
-    .venv/bin/python -m pip install --quiet --no-deps -e . || return 1
+  local venv="${1:-.venv}" stamp
+  stamp="$venv/.installed-project-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [ ! -f "$stamp" ] || [ ! -x "$venv/bin/deepseek-ocr" ]; then
+    echo "bootstrap: installing this project (editable) into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --no-deps -e . || return 1
     touch "$stamp"
   fi
 }

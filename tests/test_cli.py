@@ -3,8 +3,10 @@ read, written and summed up; an interrupted run resumed without redoing anything
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +89,18 @@ def test_a_folder_read_written_summarized_and_a_failure_exits_non_zero(
     assert capsys.readouterr().out.count("already done") == 3
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*.json")} == written
     assert jobs_queued(jobs_dir) == before + 1
+    # Other options are another result: every readable input is read again (the PDF as a new job), with them.
+    assert main([str(inputs), "--url", url, "--out", str(out), "--api-key", KEY, "--task", "free"]) == 1
+    assert capsys.readouterr().out.count("already done") == 0
+    assert jobs_queued(jobs_dir) == before + 2
+    assert json.loads((out / "a.png.json").read_text())["task"] == "free"
+    assert json.loads((out / "doc.pdf.json").read_text())["task"] == "free"
+    # The same options again: done; --force reads everything again all the same.
+    assert main([str(inputs), "--url", url, "--out", str(out), "--api-key", KEY, "--task", "free"]) == 1
+    assert capsys.readouterr().out.count("already done") == 3
+    assert main([str(inputs), "--url", url, "--out", str(out), "--api-key", KEY, "--task", "free", "--force"]) == 1
+    assert capsys.readouterr().out.count("already done") == 0
+    assert jobs_queued(jobs_dir) == before + 3
 
 
 def test_ctrl_c_stops_at_once_says_what_it_left_and_the_next_run_goes_on(served: tuple[str, Path], tmp_path: Path):
@@ -111,7 +125,8 @@ def test_ctrl_c_stops_at_once_says_what_it_left_and_the_next_run_goes_on(served:
         process.kill()
     assert process.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr
-    (job_id,) = json.loads((out / STATE_FILE).read_text())["jobs"].values()
+    (queued,) = json.loads((out / STATE_FILE).read_text())["jobs"].values()
+    job_id = queued["id"]
     assert "interrupted: 1 of 2 inputs finished" in stderr
     assert f"long.pdf (job {job_id} goes on on the service)" in stderr
     assert not (out / "long.pdf.json").exists()  # nothing written after the interrupt
@@ -234,3 +249,26 @@ def test_a_jobs_bar_says_it_is_queued_or_waiting_for_the_engine():
     waiting = {"status": "queued", "error": {"code": "engine_unavailable", "retrying": True}}
     assert job_state(waiting) == ": waiting, the engine is unavailable (engine_unavailable); it will be tried again"
     assert job_state({"status": "running"}) == ""
+
+
+def test_start_server_installs_the_deepseek_ocr_command_into_its_environment(tmp_path: Path) -> None:
+    """The README's CLI lines after its documented setup: ./start_server.sh installs the project (editable) into the
+    environment it runs, so .venv/bin/deepseek-ocr exists. A checkout whose .venv is set up already (its requirement
+    stamps present) and whose Python records what it is asked to run stands in for a first start."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for part in ("start_server.sh", "scripts", "ocr_api", "requirements.txt", "pyproject.toml"):
+        source = REPO / part
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, checkout / part)
+    bin_dir = checkout / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    asked = tmp_path / "asked"
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$@" >> {asked}\n')
+    (bin_dir / "python").chmod(0o755)
+    digest = hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest()[:16]
+    (checkout / ".venv" / f".installed-{digest}").touch()
+    run = subprocess.run([str(checkout / "start_server.sh")], cwd=checkout, capture_output=True, text=True,
+                         env={"PATH": os.environ["PATH"], "OCR_ENGINE_URL": "http://127.0.0.1:9"}, timeout=60,
+                         check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert asked.read_text().splitlines() == ["-m pip install --quiet --no-deps -e .", "app.py"]
