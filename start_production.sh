@@ -223,7 +223,8 @@ ensure_nginx
 # nginx is a proxy in front: the service counts its X-Forwarded-For entry as the client (rate limits).
 export TRUSTED_PROXIES=$((${TRUSTED_PROXIES:-0} + 1))
 
-trap 'stopping=1' TERM INT
+# SIGQUIT is graceful too, as for nginx: the same drain and stop as SIGTERM.
+trap 'stopping=1' TERM INT QUIT
 if [ -n "${OCR_ENGINE_URL:-}" ]; then
   # An engine run elsewhere: this machine needs only the service itself.
   use_environment remote

@@ -2,8 +2,8 @@
 # The API alone: gunicorn's workers on the remote engine (OCR_ENGINE_URL), listening on API_BIND (HOST:PORT or
 # unix:PATH) for a front server. start_production.sh runs it behind its own nginx; deploy/compose.yaml's api service
 # and deploy/systemd/deepseek-ocr-api.service run it as a process of its own, with scripts/start_front.sh as another.
-# It ends in gunicorn itself (exec): SIGTERM stops it gracefully, in-flight requests finishing within
-# GUNICORN_GRACEFUL_TIMEOUT. Set TRUSTED_PROXIES to the proxies in front (1 behind scripts/start_front.sh).
+# It ends in gunicorn itself (exec): SIGTERM drains for DRAIN_SECONDS (new requests 503 shutting_down at once), then
+# stops it gracefully, in-flight requests finishing within GUNICORN_GRACEFUL_TIMEOUT; SIGQUIT stops it at once. Set TRUSTED_PROXIES to the proxies in front (1 behind scripts/start_front.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/bootstrap.sh
@@ -17,8 +17,11 @@ export OCR_ENGINE=remote
 "$VENV/bin/python" -m config --check || exit 1
 log_dir="${LOG_DIR:-logs}"
 mkdir -p uploads "$log_dir"
+# SIGTERM drains first (ocr_api/gunicorn_hooks.py): for DRAIN_SECONDS new requests get 503 shutting_down while
+# running ones go on. The drain's file is this process's own unless given ($$ is gunicorn's pid after the exec).
+export DRAIN_FILE="${DRAIN_FILE:-${TMPDIR:-/tmp}/deepseek-ocr-api-draining.$$}"
 # A drain left behind by a stop that never finished would refuse every request.
-[ -z "${DRAIN_FILE:-}" ] || rm -f "$DRAIN_FILE"
+rm -f "$DRAIN_FILE"
 # prometheus_client's multiprocess mode: the workers write their samples here and a scrape of /metrics adds them up.
 # New for each run unless given, so that counters start at zero with the processes.
 if [ -z "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then

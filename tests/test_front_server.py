@@ -411,3 +411,53 @@ def test_the_front_server_and_the_api_run_as_processes_of_their_own(tmp_path):
     assert '"POST /ocr HTTP/1.1" 200' in (logs / "access.log").read_text()
     assert "POST /ocr" in (logs / "front-access.log").read_text()
     assert "Traceback" not in (logs / "error.log").read_text() + (logs / "front-error.log").read_text()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to gunicorn", "SIGTERM to start_production.sh", "SIGQUIT to it"])
+def test_stopping_the_api_answers_new_requests_503_at_once_while_running_ones_finish(tmp_path, how):
+    """A request sent while the API stops is answered 503 shutting_down with Retry-After at once (not held, then 502),
+    and the requests running meanwhile get their pages. gunicorn alone (scripts/start_api.sh behind
+    scripts/start_front.sh, as compose and systemd run them) or the whole production start."""
+    with stand_in_engine(step_ms=5, tokens_per_page=4) as engine_url:
+        requests.post(f"{engine_url}/stand-in/mode", json={"mode": "slow", "seconds": 4}, timeout=5)
+        api_port = free_port()
+        env = environment(tmp_path, OCR_ENGINE_URL=engine_url, WORKERS="1", THREADS="4", TRUSTED_PROXIES="1",
+                          DRAIN_SECONDS="2", API_BIND=f"127.0.0.1:{api_port}", API_UPSTREAM=f"127.0.0.1:{api_port}",
+                          FRONT_RUN_DIR=str(tmp_path / "front"))  # fmt: skip
+        url = f"http://127.0.0.1:{env['PORT']}"
+        if how == "SIGTERM to gunicorn":
+            processes = [start("scripts/start_api.sh", env, tmp_path / "api.log"),
+                         start("scripts/start_front.sh", env, tmp_path / "front.log")]  # fmt: skip
+            signalled, signum, log = processes[0], signal.SIGTERM, tmp_path / "api.log"
+        else:
+            processes = [start("start_production.sh", env, tmp_path / "production.log")]
+            signalled, signum = processes[0], signal.SIGTERM if "SIGTERM" in how else signal.SIGQUIT
+            log = tmp_path / "production.log"
+        try:
+            wait_ready(url, processes[0], log, timeout_s=120)
+            finished: list[tuple[str, int]] = []
+
+            def running() -> None:
+                answer = requests.post(f"{url}/ocr", files={"file": ("p.png", png_bytes())}, timeout=60)
+                finished.append(("running", answer.status_code))
+
+            threads = [threading.Thread(target=running) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: len(requests.get(f"{engine_url}/stand-in/request-ids", timeout=5).json()
+                                    ["request_ids"]) >= 2, timeout_s=10)  # fmt: skip
+            signalled.send_signal(signum)
+            time.sleep(0.3)
+            late = requests.post(f"{url}/ocr", files={"file": ("p.png", png_bytes())}, timeout=60)
+            finished.append(("late", late.status_code))
+            assert (late.status_code, late.json()["code"]) == (503, "shutting_down")
+            assert late.headers["Retry-After"]
+            for thread in threads:
+                thread.join(timeout=60)
+            # The late request was answered before the running ones finished: it was not held behind them.
+            assert finished == [("late", 503), ("running", 200), ("running", 200)]
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM if process is signalled else signal.SIGQUIT)
+            statuses = [process.wait(timeout=90) for process in processes]
+        assert statuses == [0] * len(processes)
