@@ -31,6 +31,18 @@ def vllm_python_or_skip() -> Path:
     return python
 
 
+def vllm_release_or_skip(version: str) -> Path:
+    """Another vLLM release's Python modules, unpacked from its wheel (.vllm-releases/VERSION), for a test to put first
+    on .venv-vllm's PYTHONPATH: skipped without them, except under CI, where scripts/run_tests.sh unpacks them."""
+    release = REPO / ".vllm-releases" / version
+    if not (release / ".unpacked").exists():
+        message = f"vLLM {version}'s modules are missing (scripts/run_tests.sh: ensure_vllm_release_sources)"
+        if os.environ.get("CI"):
+            raise RuntimeError(message)
+        pytest.skip(message)
+    return release
+
+
 CORPUS = Path(os.environ.get("OCR_CORPUS_DIR", REPO.parent / "shared" / "corpus"))
 
 

@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 
 from ocr_api.engines.vllm_flags import GUARD_PROCESSORS
-from tests.conftest import REPO, vllm_python_or_skip
+from tests.conftest import REPO, vllm_python_or_skip, vllm_release_or_skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 VLLM_PYTHON = vllm_python_or_skip()
-NEWEST = REPO / ".vllm-releases" / "0.34.0"
-RELEASES = {"0.32.0": None, "0.34.0": NEWEST}  # where each release's code comes from (None: .venv-vllm's own)
+RELEASES = {"0.32.0": False, "0.34.0": True}  # True: its wheel's modules; False: .venv-vllm's own
 
 
 def _guard_replay(*args: str, release: Path | None = None) -> dict:
@@ -37,12 +36,7 @@ def _guard_replay(*args: str, release: Path | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def newest_release() -> Path:
-    if not (NEWEST / ".unpacked").exists():
-        message = "vLLM 0.34.0's modules are missing: scripts/run_tests.sh unpacks them (ensure_vllm_release_sources)"
-        if os.environ.get("CI"):
-            raise RuntimeError(message)
-        pytest.skip(message)
-    return NEWEST
+    return vllm_release_or_skip("0.34.0")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

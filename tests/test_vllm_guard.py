@@ -26,12 +26,11 @@ from ocr_api.settings import Settings
 from ocr_dev.inputs import png_bytes
 from ocr_dev.servers import free_port, metric_samples, serve_service, wait_until, what_start_engine_sh_runs
 from ocr_dev.tiny_vllm_model import CPU_TRIAL_ENV, CPU_TRIAL_FLAGS, write_tiny_vllm_model
-from tests.conftest import REPO, vllm_python_or_skip
+from tests.conftest import REPO, vllm_python_or_skip, vllm_release_or_skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 VLLM_PYTHON = vllm_python_or_skip()
-NEWEST = REPO / ".vllm-releases" / "0.34.0"
 START_TIMEOUT_S = 600
 # The project's settings for the tiny checkpoint: its positions stop at 4096.
 TINY = {"MAX_MODEL_LEN": "4096", "MAX_TOKENS": "2048"}
@@ -113,12 +112,7 @@ def test_a_gpu_refuses_deepseeks_class_under_the_runner_it_picks(tiny_model: Pat
 
 @pytest.fixture(scope="module")
 def newest_release() -> Path:
-    if not (NEWEST / ".unpacked").exists():
-        message = "vLLM 0.34.0's modules are missing: scripts/run_tests.sh unpacks them (ensure_vllm_release_sources)"
-        if os.environ.get("CI"):
-            raise RuntimeError(message)
-        pytest.skip(message)
-    return NEWEST
+    return vllm_release_or_skip("0.34.0")
 
 
 def test_with_the_newest_vllm_the_scripts_pass_no_pin_it_refuses_and_name_the_v2_guard(
