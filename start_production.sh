@@ -125,7 +125,18 @@ start_service() {
   start_api
   # JOB_CONSUMER=0: jobs run elsewhere (a consumer of their own, sharing REDIS_URL and JOBS_DIR).
   [ "${JOB_CONSUMER:-1}" = 0 ] || start_consumer
+  # nginx once gunicorn listens: a request before would find no socket ("[crit] connect() ... failed" in its log,
+  # and 502); until then the port refuses connections, which a load balancer reads as not ready.
+  wait_for_api_socket
   start_front
+}
+
+wait_for_api_socket() {
+  local waited=0
+  while [ ! -S "$run_dir/gunicorn.sock" ] && kill -0 "$api_pid" 2>/dev/null && [ "$waited" -lt 600 ]; do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
 }
 
 watched_pids() {

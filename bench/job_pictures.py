@@ -10,29 +10,22 @@ once it has finished, its 16 pictures fetched 8 at a time. Prints the workers' r
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import tempfile
 import time
 from pathlib import Path
 
-import requests
-
-from ocr_dev.inputs import make_pdf
 from ocr_dev.servers import (
     environment,
+    fetch_job_pictures,
     gunicorn_workers,
     memory_mib,
     reset_peak_memory,
+    run_poster_job,
     stand_in_engine,
     start,
     stop,
     wait_ready,
-    wait_until,
-)
-
-FIGURE_PAGE = (
-    "<|ref|>image<|/ref|><|det|>[[0, 0, 499, 499]]<|/det|>\n<|ref|>text<|/ref|><|det|>[[0, 600, 999, 700]]<|/det|>\nHi"
 )
 
 
@@ -45,25 +38,25 @@ def main() -> None:
         url = f"http://127.0.0.1:{env['PORT']}"
         try:
             wait_ready(url, process, log, timeout_s=300)
-            requests.post(f"{engine_url}/stand-in/text", json={"text": FIGURE_PAGE}, timeout=5).raise_for_status()
-            posters = make_pdf(8, size=(3160, 3160))  # 6320 x 6320 pixels at 144 dpi
-            posted = requests.post(f"{url}/jobs", files={"file": ("posters.pdf", posters)},
-                                   data={"figures": "true", "annotate": "true"}, timeout=60)  # fmt: skip
-            job = posted.json()["id"]
-            wait_until(lambda: requests.get(f"{url}/jobs/{job}", timeout=10).json()["status"] == "succeeded", 300)
+            job = run_poster_job(url, engine_url)
             workers = gunicorn_workers(process.pid)
             before = {pid: memory_mib(pid, "VmRSS") for pid in workers}
             for pid in workers:
                 reset_peak_memory(pid)
-            pictures = [f"{url}/jobs/{job}/pages/{index}/{name}" for index in range(1, 9)
-                        for name in ("annotated.png", "figures/1.png")]  # fmt: skip
             started = time.monotonic()
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                statuses = list(pool.map(lambda picture: requests.get(picture, timeout=600).status_code, pictures))
+            statuses = fetch_job_pictures(url, job)
             took = time.monotonic() - started
             peaks = {pid: memory_mib(pid, "VmHWM") for pid in workers}
-            print(json.dumps({"pdf_bytes": len(posters), "statuses": statuses, "rss_before_mib": list(before.values()),
-                              "peak_mib": list(peaks.values()), "seconds": round(took, 1)}))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "statuses": statuses,
+                        "rss_before_mib": list(before.values()),
+                        "peak_mib": list(peaks.values()),
+                        "seconds": round(took, 1),
+                    }
+                )
+            )
         finally:
             stop(process)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -324,3 +325,35 @@ def _answers_ping(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# A page of one figure and one text block, in DeepSeek-OCR's markup: what the stand-in answers for a job of pictures.
+FIGURE_PAGE = (
+    "<|ref|>image<|/ref|><|det|>[[0, 0, 499, 499]]<|/det|>\n<|ref|>text<|/ref|><|det|>[[0, 600, 999, 700]]<|/det|>\nHi"
+)
+
+
+def run_poster_job(url: str, engine_url: str) -> str:
+    """A job of 8 posters (6320 x 6320 pixels each, a PDF of a few KB), every page a figure and a text block, annotate
+    and figures on, run to its end on the service at ``url`` (its stand-in engine at ``engine_url``); its id."""
+    from ocr_dev.inputs import make_pdf
+
+    requests.post(f"{engine_url}/stand-in/text", json={"text": FIGURE_PAGE}, timeout=5).raise_for_status()
+    try:
+        posters = make_pdf(8, size=(3160, 3160))  # 6320 x 6320 pixels at 144 dpi
+        posted = requests.post(f"{url}/jobs", files={"file": ("posters.pdf", posters)},
+                               data={"figures": "true", "annotate": "true"}, timeout=60)  # fmt: skip
+        assert posted.status_code == 202, posted.text
+        job: str = posted.json()["id"]
+        wait_until(lambda: requests.get(f"{url}/jobs/{job}", timeout=10).json()["status"] == "succeeded", 300)
+    finally:
+        requests.post(f"{engine_url}/stand-in/text", json={"text": None}, timeout=5).raise_for_status()
+    return job
+
+
+def fetch_job_pictures(url: str, job: str, pages: int = 8) -> list[int]:
+    """Every page's annotated picture and first figure of a finished job, fetched 8 at a time; their statuses."""
+    pictures = [f"{url}/jobs/{job}/pages/{index}/{name}" for index in range(1, pages + 1)
+                for name in ("annotated.png", "figures/1.png")]  # fmt: skip
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda picture: requests.get(picture, timeout=600).status_code, pictures))

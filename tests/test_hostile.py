@@ -7,7 +7,6 @@ arbitrary bytes and form fields at the API: the answer is always a documented st
 
 from __future__ import annotations
 
-import concurrent.futures
 import io
 import re
 import threading
@@ -27,14 +26,15 @@ from ocr_api.settings import Settings
 from ocr_dev.inputs import make_pdf, png_bytes
 from ocr_dev.servers import (
     environment,
+    fetch_job_pictures,
     gunicorn_workers,
     memory_mib,
     reset_peak_memory,
+    run_poster_job,
     stand_in_engine,
     start,
     stop,
     wait_ready,
-    wait_until,
 )
 from tests.conftest import CORPUS, CORPUS_FILES
 from tests.fakes import FakeEngine
@@ -240,10 +240,11 @@ def test_replay_over_http_against_gunicorn_bounded_and_clean(tmp_path):
             assert max(peaks.values()) < 450
             # Last, a job of posters whose pictures are fetched 8 at a time: each drawn at a bounded size, a bounded
             # number at once, once. It was 1,418 MiB a worker (192 before) when each was drawn whole, all at once.
+            job = run_poster_job(url, engine_url)
             settled = worker_rss(process.pid)
             for worker in settled:
                 reset_peak_memory(worker)
-            answers = fetch_pictures_of_a_poster_job(url, engine_url)
+            answers = fetch_job_pictures(url, job)
             picture_peaks = worker_peaks(process.pid)
             print(f"pictures of a poster job: peak {picture_peaks} MiB, RSS {settled} before")
             assert answers == [200] * 16
@@ -297,25 +298,6 @@ def send_pixel_heavy_uploads(url: str) -> None:
     files = [("files", (f"blank{index}.png", blank)) for index in range(16)]
     answers.append(requests.post(f"{url}/ocr/batch", files=files, timeout=300).status_code)
     assert answers == [200, 200, 200]
-
-
-def fetch_pictures_of_a_poster_job(url: str, engine_url: str) -> list[int]:
-    """A job of 8 posters (6320 x 6320 pixels each, 62 KB), every page a figure and a text block, annotate and figures
-    on; then its 16 pictures fetched 8 at a time. Returns their statuses."""
-    figure = "<|ref|>image<|/ref|><|det|>[[0, 0, 499, 499]]<|/det|>\n<|ref|>text<|/ref|><|det|>[[0, 600, 999, 700]]"
-    requests.post(f"{engine_url}/stand-in/text", json={"text": figure + "<|/det|>\nHi"}, timeout=5).raise_for_status()
-    try:
-        posted = requests.post(f"{url}/jobs", files={"file": ("posters.pdf", make_pdf(8, size=(3160, 3160)))},
-                               data={"figures": "true", "annotate": "true"}, timeout=60)  # fmt: skip
-        assert posted.status_code == 202, posted.text
-        job = posted.json()["id"]
-        wait_until(lambda: requests.get(f"{url}/jobs/{job}", timeout=10).json()["status"] == "succeeded", 300)
-    finally:
-        requests.post(f"{engine_url}/stand-in/text", json={"text": None}, timeout=5).raise_for_status()
-    pictures = [f"{url}/jobs/{job}/pages/{index}/{name}" for index in range(1, 9)
-                for name in ("annotated.png", "figures/1.png")]  # fmt: skip
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        return list(pool.map(lambda picture: requests.get(picture, timeout=300).status_code, pictures))
 
 
 def worker_rss(group: int) -> dict[int, float]:
