@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,15 @@ from ocr_dev.tiny_model import write_tiny_model
 from tests.fakes import FakeEngine
 
 REPO = Path(__file__).resolve().parent.parent
+
+# A shell without job control starts its background commands with SIGINT and SIGQUIT ignored (a test run launched
+# with `&`), and what the suite starts would inherit that: bash cannot trap a signal ignored at its start, nor does
+# Python turn SIGINT into KeyboardInterrupt then, so the tests of what those signals do would test nothing. The suite
+# gives its children what a terminal gives a command (a handler here becomes the default in an exec'd child).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def vllm_python_or_skip() -> Path:

@@ -122,7 +122,9 @@ def test_ctrl_c_stops_at_once_says_what_it_left_and_the_next_run_goes_on(served:
         process.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
         stdout, stderr = process.communicate(timeout=5)  # the job has seconds to go: the command does not wait
     finally:
-        process.kill()
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)  # its pipes read and closed: nothing left for the next test's collector
     assert process.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr
     (queued,) = json.loads((out / STATE_FILE).read_text())["jobs"].values()
