@@ -117,8 +117,8 @@ class NoRepeatNGramGuard(LogitsProcessor):
         longest_prefix = int(min(self.ngram_size[slots][guarded].max() - 1, width))
         if width <= 0:
             return logits
-        tokens, positions, lengths = self._recent_tokens(ctx, width)
         rows = ctx.expanded_idx_mapping.long()
+        tokens, positions, lengths = self._recent_tokens(ctx, rows, width)
         ngram_size = self._ngram_size_device[rows]
         # An n-gram may start at the window's first generated token at the earliest, never in the prompt.
         earliest = torch.maximum(self.req_states.prompt_len.gpu[rows].long(), lengths - self._window_size_device[rows])
@@ -136,15 +136,17 @@ class NoRepeatNGramGuard(LogitsProcessor):
         logits.scatter_reduce_(1, indices, fill, reduce="amin", include_self=True)
         return logits
 
-    def _recent_tokens(self, ctx: LogitsContext, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return each row's last ``width`` token ids, their positions in the sequence, and each row's length.
+    def _recent_tokens(
+        self, ctx: LogitsContext, rows: torch.Tensor, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return each row's (its slot in ``rows``) last ``width`` token ids, their positions in the sequence, and each
+        row's length.
 
         A row sees its request's committed tokens (``all_token_ids[slot, :total_len]``, prompt then output) and,
         under speculative decoding, the draft tokens of the rows before it (``input_ids``), as vLLM's own bad-words
         stage reads them. Positions before the sequence's start are clamped to its first token; they are never in a
         window.
         """
-        rows = ctx.expanded_idx_mapping.long()
         local = ctx.expanded_local_pos.long()
         committed_length = self.req_states.total_len.gpu[rows].long()
         lengths = committed_length + local

@@ -216,8 +216,8 @@ def _picture(job_id: str, index: int, kind: str, number: int = 0) -> Response:
     tag = f"{job_id}-{index}-{kind}-{number}"
     job = _job(job_id)  # first: a client of another key learns nothing, not even that its copy is current
     jobs = jobs_of(current_app)
-    jobs.check_picture(job, index, kind, number)  # a picture that does not exist is 404 whatever the headers
     if request.if_none_match.contains(tag):
+        jobs.check_picture(job, index, kind, number)  # a picture that does not exist is 404 whatever the headers
         response = Response(status=304)
     else:
         response = Response(jobs.picture(job, index, kind, number), mimetype="image/png")
