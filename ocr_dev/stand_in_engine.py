@@ -3,7 +3,10 @@
 It answers the endpoints the remote engine uses (``/health``, ``/v1/models``, ``/tokenize``,
 ``/v1/chat/completions``, ``/v1/completions``, ``/metrics``) and models continuous batching: one decoding step every
 ``step_ms`` whatever the batch size up to ``max_batch`` requests, each running request gaining one token per step, a
-page done after ``tokens_per_page`` tokens. Requests past the cap wait, as in vLLM. Its text is a fixed sentence.
+page done after ``tokens_per_page`` tokens. Requests past the cap wait, as in vLLM: in arrival order (``fcfs``, vLLM's
+default), or with ``--scheduling-policy priority`` by the request's ``priority`` (lower first; the
+``X-Vllm-Priority`` header overrides the body's), then arrival, as vLLM's priority scheduler orders its waiting
+queue (it accepts and ignores ``priority`` under fcfs). Its text is a fixed sentence.
 With ``--median-tokens`` the pages' lengths follow a long tail instead, as real documents do: lognormal around that
 median, and a share of them (``--runaway-share``) running to the request's ``max_tokens`` (a repetition loop,
 answered ``finish_reason: length``); drawn from a seeded generator, in arrival order (``POST /stand-in/reset`` with
@@ -33,6 +36,7 @@ Like a vLLM started with the DeepSeek recipe's ``NGramPerReqLogitsProcessor``, i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -79,6 +83,8 @@ class Decoding:
     """One request inside the simulated engine."""
 
     tokens: int
+    priority: int = 0
+    arrival: int = 0  # the engine's count of requests when this one came
     generated: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     aborted: bool = False
@@ -87,8 +93,17 @@ class Decoding:
 class SimulatedEngine:
     """Continuous batching with a fixed per-step cost: the latency shape of GPU decoding."""
 
-    def __init__(self, step_s: float, tokens_per_page: int, max_batch: int, lengths: PageLengths | None = None):
+    def __init__(
+        self,
+        step_s: float,
+        tokens_per_page: int,
+        max_batch: int,
+        lengths: PageLengths | None = None,
+        policy: str = "fcfs",
+    ):
         self.step_s = step_s
+        self.policy = policy
+        self.arrivals = 0
         self.tokens_per_page = tokens_per_page
         self.lengths = lengths
         self.max_batch = max_batch
@@ -100,20 +115,21 @@ class SimulatedEngine:
         self._cond = threading.Condition()
         threading.Thread(target=self._loop, name="stand-in-steps", daemon=True).start()
 
-    def decode(self, max_tokens: int, client_gone: Callable[[], bool]) -> Decoding:
+    def decode(self, max_tokens: int, client_gone: Callable[[], bool], priority: int = 0) -> Decoding:
         """Queue a page and block until it is decoded, or aborted because its client hung up."""
-        request = self.start(max_tokens)
+        request = self.start(max_tokens, priority)
         while not request.done.wait(0.05):
             if client_gone():
                 self.abort(request)
                 break
         return request
 
-    def start(self, max_tokens: int) -> Decoding:
+    def start(self, max_tokens: int, priority: int = 0) -> Decoding:
         """Queue a page and return at once; its ``generated`` grows a token a step until ``done`` is set."""
         with self._cond:
             tokens = self.lengths.draw(max_tokens) if self.lengths else min(self.tokens_per_page, max_tokens)
-            request = Decoding(tokens=tokens)
+            self.arrivals += 1
+            request = Decoding(tokens=tokens, priority=priority, arrival=self.arrivals)
             self.waiting.append(request)
             self._cond.notify()
         return request
@@ -133,6 +149,8 @@ class SimulatedEngine:
                 while not self.waiting and not self.running:
                     self._cond.wait()
                 room = self.max_batch - len(self.running)
+                if self.policy == "priority":  # as vLLM's priority queue: (priority, arrival), lowest first
+                    self.waiting.sort(key=lambda r: (r.priority, r.arrival))
                 self.running.extend(self.waiting[:room])
                 del self.waiting[:room]
                 self.max_running = max(self.max_running, len(self.running))
@@ -256,10 +274,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send(500 if Handler.mode == "server_error" else 503, {"error": {"message": "stand-in fault"}})
             return
         max_tokens = int(body.get("max_tokens") or self.engine.tokens_per_page)
+        priority = self._priority(body)
         if body.get("stream"):
-            self._stream(max_tokens)
+            self._stream(max_tokens, priority)
             return
-        decoding = self.engine.decode(max_tokens, self._client_gone)
+        decoding = self.engine.decode(max_tokens, self._client_gone, priority)
         if decoding.aborted:
             return
         self._send(
@@ -279,9 +298,17 @@ class Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _stream(self, max_tokens: int) -> None:
+    def _priority(self, body: dict[str, Any]) -> int:
+        """The request's priority as vLLM's server reads it: X-Vllm-Priority if an integer, else the body's."""
+        header = self.headers.get("X-Vllm-Priority")
+        if header is not None:
+            with contextlib.suppress(ValueError):
+                return int(header)
+        return int(body.get("priority") or 0)
+
+    def _stream(self, max_tokens: int, priority: int = 0) -> None:
         """Answer as vLLM does with ``stream: true``: the text in pieces as its tokens are decoded, then usage."""
-        decoding = self.engine.start(max_tokens)
+        decoding = self.engine.start(max_tokens, priority)
         pieces = re.findall(r"\S+\s*", _text(decoding))
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -379,16 +406,18 @@ def serve(
     *,
     host: str = "127.0.0.1",
     lengths: PageLengths | None = None,
+    policy: str = "fcfs",
 ) -> None:
     """Run the stand-in until killed."""
-    Handler.engine = SimulatedEngine(step_ms / 1000, tokens_per_page, max_batch, lengths)
+    Handler.engine = SimulatedEngine(step_ms / 1000, tokens_per_page, max_batch, lengths, policy)
     server = StandInServer((host, port), Handler)
     if lengths is None:
         pages_per_s = max_batch / (tokens_per_page * step_ms / 1000)
         shape = f"{tokens_per_page} tokens a page, at most {pages_per_s:.1f} pages/s"
     else:
         shape = f"page lengths lognormal around {lengths.median_tokens} tokens, {lengths.runaway_share:.0%} runaways"
-    print(f"{BANNER}: step {step_ms:g} ms flat up to {max_batch} requests, {shape}; http://{host}:{port}", flush=True)
+    print(f"{BANNER}: step {step_ms:g} ms flat up to {max_batch} requests ({policy}), {shape}; http://{host}:{port}",
+          flush=True)  # fmt: skip
     server.serve_forever()
 
 
@@ -401,11 +430,13 @@ def main() -> None:
     parser.add_argument("--median-tokens", type=int, default=0, help="long-tailed page lengths around this median")
     parser.add_argument("--runaway-share", type=float, default=0.0, help="with --median-tokens: share at max_tokens")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs",
+                        help="the order waiting requests start in, as vLLM's flag")  # fmt: skip
     parser.add_argument("--unguarded", action="store_true", help="ignore vllm_xargs, as vLLM without the guard does")
     args = parser.parse_args()
     Handler.guarded = not args.unguarded
     lengths = PageLengths(args.median_tokens, args.runaway_share, args.seed) if args.median_tokens else None
-    serve(args.port, args.step_ms, args.tokens_per_page, args.max_batch, lengths=lengths)
+    serve(args.port, args.step_ms, args.tokens_per_page, args.max_batch, lengths=lengths, policy=args.scheduling_policy)
 
 
 if __name__ == "__main__":
