@@ -8,9 +8,11 @@ with ``--redis`` two services share a real Redis (two consumers), the requests g
 
 In one run:
 
-- **alone**: key B's 3-page job (from POST to finished) and three single-page ``POST /ocr`` of key B (median), on
+- **alone**: key B's 3-page job (from POST to finished) and five single-page ``POST /ocr`` of key B (median), on
   an idle service; then key A's 300-page book alone;
-- **shared**: the book again, and once it keeps the engine full, B's three single pages, then B's 3-page job;
+- **shared**: the book again, and once it keeps the engine full, B's five single pages, then B's 3-page job, each
+  sent after a random fraction of a page's time (the stand-in's pages, all of one length, finish in step; people
+  do not arrive in step with them);
   the engine's fullness (running / max batch, sampled every 0.1 s) while the book runs; the book's time.
 
 The verdict lines are the issue's: the 3-page job within 3x its time alone, a page within 2x, the engine at least
@@ -25,11 +27,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import requests
@@ -41,6 +46,7 @@ KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
 FINISHED = {"succeeded", "partial", "failed", "cancelled"}
 PAGE_SIDE_PT = 200  # small pages: rendering and sending them is not what is measured
+PAGES = 5  # single pages timed, alone and shared (the median counts)
 
 
 def run_job(url: str, key: str, pages: int) -> str:
@@ -62,14 +68,19 @@ def job_status(url: str, key: str, job: str) -> str:
     return str(requests.get(f"{url}/jobs/{job}", headers=_auth(key), timeout=30).json()["status"])
 
 
-def timed_job(url: str, key: str, pages: int) -> float:
+def timed_job(url: str, key: str, pages: int, after_s: float = 0.0) -> float:
+    time.sleep(after_s)
     started = time.monotonic()
     body = wait_job(url, key, run_job(url, key, pages))
     assert body["status"] == "succeeded", body
-    return time.monotonic() - started
+    took = time.monotonic() - started
+    created, began = (datetime.fromisoformat(body[name]) for name in ("created_at", "started_at"))
+    print(f"{pages}-page job: {took:.2f} s, {(began - created).total_seconds():.2f} s of it queued", file=sys.stderr)
+    return took
 
 
-def timed_page(url: str, key: str) -> float:
+def timed_page(url: str, key: str, after_s: float = 0.0) -> float:
+    time.sleep(after_s)
     started = time.monotonic()
     answer = requests.post(f"{url}/ocr", files={"file": ("page.png", png_bytes((400, 400)))}, headers=_auth(key),
                            timeout=120)  # fmt: skip
@@ -123,6 +134,9 @@ def main() -> None:
     args = parser.parse_args()
     page_s = args.tokens * args.step_ms / 1000
     extra = ["--max-batch", str(args.max_batch), "--scheduling-policy", "priority"]
+    # The others come at random moments, not in step with the book's pages (which, all of one length here, finish
+    # together): each waits a random fraction of a page's time before it is sent.
+    arrivals = random.Random(7)
     tmp = Path(tempfile.mkdtemp(prefix="fairness-"))
     with (
         stand_in_engine(step_ms=args.step_ms, tokens_per_page=args.tokens, extra=extra) as engine_url,
@@ -130,7 +144,7 @@ def main() -> None:
     ):
         timed_page(url, KEY_B)  # warm: connections, first imports
         job_alone = timed_job(url, KEY_B, 3)
-        pages_alone = [timed_page(url, KEY_B) for _ in range(3)]
+        pages_alone = [timed_page(url, KEY_B) for _ in range(PAGES)]
         book_alone = timed_job(url, KEY_A, args.book)
 
         started = time.monotonic()
@@ -139,8 +153,8 @@ def main() -> None:
             time.sleep(0.05)
         fullness = Fullness(engine_url)
         time.sleep(2 * page_s)
-        pages_shared = [timed_page(url, KEY_B) for _ in range(3)]
-        job_shared = timed_job(url, KEY_B, 3)
+        pages_shared = [timed_page(url, KEY_B, after_s=arrivals.uniform(0, page_s)) for _ in range(PAGES)]
+        job_shared = timed_job(url, KEY_B, 3, after_s=arrivals.uniform(0, page_s))
         book_ran_throughout = job_status(url, KEY_A, book) == "running"
         assert wait_job(url, KEY_A, book)["status"] == "succeeded"
         book_shared = time.monotonic() - started

@@ -98,6 +98,17 @@ class RateLimited(ApiError):
     message = "Too many requests for this client; wait for the time in Retry-After, then try again."
 
 
+class TooManyJobs(ApiError):
+    """429: the key's unfinished jobs already reach KEY_MAX_JOBS or KEY_MAX_JOB_PAGES."""
+
+    status = 429
+    code = "too_many_jobs"
+    retry_after = 60
+
+    def __init__(self, message: str | None = None, *, code: str | None = None):
+        super().__init__(message, code=code, headers={"Retry-After": str(self.retry_after)})
+
+
 class InsufficientStorage(ApiError):
     status = 507
     code = "jobs_storage_full"

@@ -33,8 +33,16 @@ PAGES = Counter(
 )
 ADMISSION_WAIT_SECONDS = Histogram(
     "ocr_admission_wait_seconds",
-    "Time a page ready to send waited for a slot of MAX_PAGES_IN_FLIGHT (jobs wait; requests are refused instead).",
+    "Time a page ready to send waited for a slot of MAX_PAGES_IN_FLIGHT or the jobs' share of it, by class "
+    "(interactive, job): a job waits; a request that has sent no page is refused instead.",
+    ["class"],
     buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300),
+)
+PAGES_SENT = Counter(
+    "ocr_engine_pages_sent_total",
+    "Pages sent to the engine, by class: interactive (/ocr, /ocr/batch, /v1/chat/completions) or job; runaway "
+    "retries included.",
+    ["class"],
 )
 ENGINE_SECONDS = Histogram(
     "ocr_engine_page_seconds", "Time one page spent at the engine, from sent to answered.", buckets=SECONDS_BUCKETS

@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image
 
-from ocr_api.admission import Admission
+from ocr_api.admission import INTERACTIVE, Admission, EnginePriorities, Sender
 from ocr_api.engines.base import (
     POLL_S,
     EngineOutput,
@@ -43,7 +43,7 @@ from ocr_api.errors import (
     InferenceFailed,
     UnprocessableFile,
 )
-from ocr_api.metrics import ADMISSION_WAIT_SECONDS
+from ocr_api.metrics import ADMISSION_WAIT_SECONDS, PAGES_SENT
 from ocr_api.preparation import RenderedPage
 from ocr_api.reading import PageReading, read_page
 from ocr_api.tracking import count_engine_answer, count_page
@@ -82,11 +82,16 @@ class StreamRules:
     render_ahead_pixels: int  # and no more rendered ahead once those hold this many pixels
     attempts: int  # 1 + RUNAWAY_RETRIES
     timeout_s: float  # ENGINE_TIMEOUT_S, per page
-    # a page's key, its pixels and the attempt's number -> what the engine gets
-    build_request: Callable[[tuple[int, int], Image.Image, int], EngineRequest]
+    # a page's key, its pixels, the attempt's number and the page's priority -> what the engine gets
+    build_request: Callable[[tuple[int, int], Image.Image, int, int], EngineRequest]
     ran_away: Callable[[PageReading], bool]
     draw: Callable[[Image.Image, PageReading], dict[str, Any]] | None = None  # pictures asked for, else None
     wait_for_room: bool = False  # a document job waits for a free slot; a request is refused (503) when it has none
+
+
+class StreamPaused(Exception):
+    """The stream was asked to pause (a job giving its turn to a waiting one): the pages it had at the engine have
+    finished and were yielded; none more was sent."""
 
 
 @dataclass
@@ -102,11 +107,25 @@ class _Sending:
 class PageStream:
     """Runs one request's pages through the engine; ``run`` returns every page's outcome by its key."""
 
-    def __init__(self, engine: OcrEngine, admission: Admission, rules: StreamRules, should_stop: StopCheck):
+    def __init__(
+        self,
+        engine: OcrEngine,
+        admission: Admission,
+        rules: StreamRules,
+        should_stop: StopCheck,
+        *,
+        sender: Sender | None = None,
+        priorities: EnginePriorities | None = None,
+        should_pause: StopCheck | None = None,
+    ):
         self._engine = engine
         self._admission = admission
         self._rules = rules
         self._should_stop = should_stop
+        self._sender = sender  # whose pages these are: their class, client and stream, for sharing and priorities
+        self._kind = sender.kind if sender is not None else INTERACTIVE
+        self._priorities = priorities or EnginePriorities(job_delay_s=0)
+        self._should_pause = should_pause or (lambda: False)
         self._ready: deque[tuple[StreamPage, RenderedPage, int]] = deque()  # rendered, waiting for a slot
         self._again: deque[tuple[StreamPage, int]] = deque()  # ran away: to send again, before anything else
         self._at_engine: dict[concurrent.futures.Future[EngineOutput], _Sending] = {}
@@ -128,25 +147,32 @@ class PageStream:
             while True:
                 if self._should_stop():
                     raise ClientGone()
-                self._send(pending)
+                pausing = self._should_pause()  # a job giving its place: nothing more is sent or rendered
+                if not pausing:
+                    self._send(pending)
                 if started is None and self._at_engine:
                     started = time.perf_counter()
                 while self._outcomes:
                     yield self._outcomes.popitem()
                 if not (self._at_engine or self._ready or self._again) and self._rendered_all:
                     break
-                if self._may_render_ahead():
-                    self._render_next(pending)  # ahead of the engine, while it works
-                    self._collect(timeout=0)
-                else:  # nothing to do but wait for an answer (or, for a document job, for a free slot)
-                    self._collect(timeout=POLL_S)
-                self._check_deadlines()
+                if pausing and not self._at_engine:  # what was at the engine has finished; the rest waits
+                    raise StreamPaused()
+                self._render_ahead_or_wait(pending, pausing)
             while self._outcomes:
                 yield self._outcomes.popitem()
         finally:
             self._abandon()
             if started is not None:
                 self.engine_ms = round((time.perf_counter() - started) * 1000, 1)
+
+    def _render_ahead_or_wait(self, pending: Iterator[StreamPage], pausing: bool) -> None:
+        if not pausing and self._may_render_ahead():
+            self._render_next(pending)  # ahead of the engine, while it works
+            self._collect(timeout=0)
+        else:  # nothing to do but wait for an answer (or, for a document job, for a free slot)
+            self._collect(timeout=POLL_S)
+        self._check_deadlines()
 
     def _may_render_ahead(self) -> bool:
         """Whether another page may be rendered before the engine has room for it: few pages, few pixels held."""
@@ -184,11 +210,14 @@ class PageStream:
 
     def _take_slot(self) -> bool:
         if self._slots > len(self._at_engine):  # the slot of a page just answered, handed on
-            return True
-        if self._admission.try_take():
+            if self._admission.keeps(self._sender):
+                return True
+            self._admission.release(1, self._sender)  # the jobs' share: a job holding fewer waits for it
+            self._slots -= 1
+        if self._admission.try_take(self._sender):
             self._slots += 1
             waited = time.monotonic() - self._waiting_since if self._waiting_since is not None else 0.0
-            ADMISSION_WAIT_SECONDS.observe(waited)
+            ADMISSION_WAIT_SECONDS.labels(self._kind).observe(waited)
             self._waiting_since = None
             return True
         if self._slots == 0 and not self._rules.wait_for_room:  # not one page sent, and none can be: refused
@@ -200,7 +229,7 @@ class PageStream:
     def _give_back_spare_slots(self) -> None:
         spare = self._slots - len(self._at_engine)
         if spare > 0:
-            self._admission.release(spare)
+            self._admission.release(spare, self._sender)
             self._slots -= spare
 
     def _render_next(self, pending: Iterator[StreamPage]) -> None:
@@ -221,21 +250,25 @@ class PageStream:
             return None
 
     def _submit(self, entry: StreamPage, page: RenderedPage, attempt: int) -> None:
-        request = self._rules.build_request(entry.key, page.image, attempt)
+        priority = self._priorities.sent(self._sender)
+        request = self._rules.build_request(entry.key, page.image, attempt, priority)
         try:
             future = self._engine.submit(request)
         except Exception as exc:  # noqa: BLE001 - mapped as any engine failure is
+            self._priorities.answered(self._sender)
             raise _request_error(exc, self._engine.name) from None
+        PAGES_SENT.labels(self._kind).inc()
         self._at_engine[future] = _Sending(entry, attempt, page.size, time.monotonic())
 
     def _collect(self, timeout: float) -> None:
         """Take the answers that have come (waiting up to ``timeout`` for the first)."""
         if not self._at_engine:
-            time.sleep(timeout)  # only a document job waiting for its first slot gets here with a timeout
+            self._admission.wait_for_room(timeout)  # only a job waiting for its first slot gets here with a timeout
             return
         done, _ = concurrent.futures.wait(self._at_engine, timeout=timeout, return_when="FIRST_COMPLETED")
         for future in [future for future in self._at_engine if future in done]:  # in the order they were sent
             sending = self._at_engine.pop(future)
+            self._priorities.answered(self._sender)
             try:
                 output = future.result()
             except PromptTooLong as exc:  # this page's image and prompt leave no room: the page fails
@@ -280,9 +313,12 @@ class PageStream:
             logger.info("%d page(s) aborted at the %s engine", len(self._at_engine), self._engine.name)
         for future in self._at_engine:
             future.cancel()
+            self._priorities.answered(self._sender)
         self._at_engine.clear()
         self._ready.clear()
-        self._admission.release(self._slots)
+        self._admission.release(self._slots, self._sender)
+        if self._sender is not None:
+            self._admission.forget(self._sender)
         self._slots = 0
 
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from ocr_api.admission import Admission, Share
+from ocr_api.admission import INTERACTIVE, Admission, EnginePriorities, Sender, Share
 from ocr_api.documents import PdfLimits
 from ocr_api.engines import EngineLoadError, EngineRequest, OcrEngine, build_engine
 from ocr_api.engines.base import GUARD_MISSING, StopCheck
@@ -33,6 +33,7 @@ from ocr_api.settings import Settings
 from ocr_api.shapes import EngineState
 from ocr_api.sources import SaveUpload, Source, open_source
 from ocr_api.tiling import engine_size
+from ocr_api.tracking import current_record
 from ocr_api.uploads import UploadStore
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class OcrService:
         self.admission = Admission(settings.max_pages_in_flight)
         # Jobs run in this process (start_server.sh) leave synchronous requests the rest of the bound.
         self.job_admission = Share(self.admission, min(settings.job_pages_in_flight, settings.max_pages_in_flight))
+        self.priorities = EnginePriorities(settings.job_priority_delay_s)
 
     def start(self) -> None:
         """Load the engine; raise EngineLoadError (state "failed") when it cannot be loaded."""
@@ -252,13 +254,20 @@ class OcrService:
         self,
         options: OcrOptions,
         should_stop: StopCheck,
-        for_job: bool = False,
+        job: Sender | None = None,
         on_text: Callable[[tuple[int, int], str], None] | None = None,
+        should_pause: StopCheck | None = None,
     ) -> PageStream:
-        """A stream for one request's pages, or one job's: a job uses its share of the bound and waits for room."""
+        """A stream for one request's pages (the request this thread works for), or one job's: a job uses its share
+        of the bound, fairly with the other jobs, and waits for room."""
+        for_job = job is not None
         admission = self.job_admission if for_job else self.admission
         rules = self._stream_rules(options, admission.limit, for_job, on_text)
-        return PageStream(self.engine, admission, rules, should_stop)
+        sender = job
+        if sender is None and (record := current_record()) is not None:
+            sender = Sender(INTERACTIVE, record.client, record.request_id)
+        return PageStream(self.engine, admission, rules, should_stop, sender=sender, priorities=self.priorities,
+                          should_pause=should_pause)  # fmt: skip
 
     def _fit(self, options: OcrOptions) -> FitSize | None:
         """The size each page is made at: its own (PAGE_SIZE=full, None here), or the smallest the model's processor
@@ -273,9 +282,10 @@ class OcrService:
         # Built once per request: the guard of each attempt, the request each page becomes.
         guards = [self._guard(strength) for strength in range(1 + self.settings.runaway_retries)]
 
-        def build_request(key: tuple[int, int], image: Image.Image, attempt: int) -> EngineRequest:
+        def build_request(key: tuple[int, int], image: Image.Image, attempt: int, priority: int) -> EngineRequest:
             sink = partial(on_text, key) if on_text is not None else None
-            return EngineRequest(image, options.prompt, options.max_tokens, guards[attempt - 1], options.mode, sink)
+            guard = guards[attempt - 1]
+            return EngineRequest(image, options.prompt, options.max_tokens, guard, options.mode, sink, priority)
 
         return StreamRules(
             # Never more pages at the engine than the process's bound (or the jobs' share of it) allows.

@@ -414,7 +414,42 @@ class Settings:
         within=(1, 100_000),
     )
     job_workers: int = setting(
-        "JOB_WORKERS", 1, "Jobs one consumer runs at once; each keeps its window full.", within=(1, 64)
+        "JOB_WORKERS",
+        4,
+        "Jobs one consumer holds open at once. They share JOB_PAGES_IN_FLIGHT fairly: by key, then by job. Each "
+        "holds its open files and up to 4 rendered pages (36 M pixels at most). When more jobs wait, "
+        "the one longest at work gives its turn (after JOB_TURN_S) and is queued again, so a new job starts "
+        "within about a page's time.",
+        within=(1, 64),
+    )
+    job_turn_s: float = setting(
+        "JOB_TURN_S",
+        10.0,
+        "Least time a job runs before it gives its place to a job waiting in the queue (every consumer's place "
+        "taken); its pages at the engine finish first, nothing is lost.",
+        within=(0.0, 86_400.0),
+    )
+    job_priority_delay_s: float = setting(
+        "JOB_PRIORITY_DELAY_S",
+        30.0,
+        "At the engine, a job's page gives way to interactive pages (/ocr, /ocr/batch, /v1/chat/completions) sent "
+        "up to this many seconds after it, then goes before newer ones, so that no job page waits forever. "
+        "Needs vLLM's --scheduling-policy priority (the project's engine starts with it).",
+        within=(0.0, 86_400.0),
+    )
+    key_max_jobs: int = setting(
+        "KEY_MAX_JOBS",
+        1000,
+        "Most unfinished (queued or running) jobs of one API key (of everyone, without keys); beyond it POST /jobs "
+        "gets 429 `too_many_jobs` with Retry-After.",
+        within=(1, 10_000_000),
+    )
+    key_max_job_pages: int = setting(
+        "KEY_MAX_JOB_PAGES",
+        200_000,
+        "Most pages one API key's unfinished jobs may hold (of everyone, without keys); beyond it POST /jobs gets "
+        "429 `too_many_job_pages` with Retry-After.",
+        within=(1, 1_000_000_000),
     )
     job_engine_retries: int = setting(
         "JOB_ENGINE_RETRIES",

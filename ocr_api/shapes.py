@@ -25,6 +25,8 @@ JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 PAGE_STATUSES: tuple[str, ...] = get_args(PageStatus)
 # What chat clients send that changes nothing here (decoding is greedy and deterministic); their types are checked.
 SAMPLING_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed")
+# What a queued job waits for: a consumer's place, its turn again (it gave its place to a waiting job), the engine.
+JobWaitingFor = Literal["consumer", "turn", "engine"]
 
 Box = Annotated[list[int], Field(min_length=4, max_length=4, description="x1, y1, x2, y2 in pixels")]
 
@@ -305,6 +307,7 @@ class Job(TypedDict, total=False):
     finished_at: str | None
     runs: int
     queue_position: int | None
+    waiting_for: JobWaitingFor
     error: dict[str, Any]
     callback: dict[str, Any]
     urls: Required[JobUrls]

@@ -22,6 +22,7 @@ class RequestRecord:
 
     request_id: str
     started: float = 0.0
+    client: str = ""  # whom the work is for: an API key's digest, else the address (named by access control)
     pages: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0

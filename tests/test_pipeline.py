@@ -54,7 +54,7 @@ def _rules(**changes) -> StreamRules:
         "render_ahead_pixels": 10**9,
         "attempts": 2,
         "timeout_s": 1.0,
-        "build_request": lambda key, image, attempt: EngineRequest(image, "<image>\nFree OCR.", 64, guard),
+        "build_request": lambda key, image, attempt, priority: EngineRequest(image, "<image>\nFree OCR.", 64, guard),
         "ran_away": lambda reading: False,
     }
     return StreamRules(**{**rules, **changes})

@@ -52,6 +52,9 @@ class EngineRequest:
     guard: GuardSettings
     mode: str = "gundam"  # resolution mode (RESOLUTION_MODES); engines list what they honour in ``modes``
     on_text: TextSink | None = None  # streaming: every engine hands it the text as it comes, then the whole output
+    # vLLM's request priority (lower first), as the service's EnginePriorities make it: a page waiting at the
+    # engine goes before those with a higher number under vLLM's priority scheduling; fcfs ignores it.
+    priority: int = 0
 
 
 # How the page reaches the vision tower. gundam: a 1024 global view plus 2-6 tiles by aspect ratio (the model

@@ -7,7 +7,9 @@ Pages are submitted one at a time from any thread; one worker thread owns the mo
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
+import math
 import os
 import queue
 import threading
@@ -77,7 +79,9 @@ class TransformersEngine:
         self.device = "cpu"
         self.whitelist_token_ids: frozenset[int] = frozenset()
         self.context_length = max_model_len
-        self._queue: queue.Queue[_Queued | None] = queue.Queue()
+        # Pages wait in vLLM's priority order: the request's priority, then arrival (None, the stop, after all).
+        self._queue: queue.PriorityQueue[tuple[float, int, _Queued | None]] = queue.PriorityQueue()
+        self._arrivals = itertools.count()
         self._worker: threading.Thread | None = None
 
     def load(self) -> None:
@@ -137,24 +141,27 @@ class TransformersEngine:
         if not self.is_ready():
             raise EngineUnavailable("the transformers engine is not loaded")
         future: concurrent.futures.Future[EngineOutput] = concurrent.futures.Future()
-        self._queue.put(_Queued(request, future))
+        self._put(_Queued(request, future), request.priority)
         return future
+
+    def _put(self, item: _Queued | None, priority: float) -> None:
+        self._queue.put((priority, next(self._arrivals), item))
 
     def _work(self) -> None:
         """The worker: take what is queued, one mode at a time, and run it as one batch."""
         held: list[_Queued] = []
         while True:
-            first = held.pop(0) if held else self._queue.get()
+            first = held.pop(0) if held else self._queue.get()[2]
             if first is None:
                 return
             batch = [first]
             while len(batch) < self._max_batch:
                 try:
-                    queued = self._queue.get_nowait()
+                    queued = self._queue.get_nowait()[2]
                 except queue.Empty:
                     break
                 if queued is None:
-                    self._queue.put(None)  # stop after this batch
+                    self._put(None, math.inf)  # stop after this batch
                     break
                 (batch if queued.request.mode == first.request.mode else held).append(queued)
             self._run(batch)
@@ -244,7 +251,7 @@ class TransformersEngine:
 
     def close(self) -> None:
         if self._worker is not None:
-            self._queue.put(None)
+            self._put(None, math.inf)
             self._worker.join(timeout=30)
             self._worker = None
         self._model = None

@@ -187,7 +187,8 @@ class VllmEngine:
         final = None
         streamed = 0  # characters of the text handed to on_text so far (vLLM's outputs are cumulative)
         try:
-            async for output in self._engine.generate(prompt, params, request_id=uuid.uuid4().hex):
+            generation = self._engine.generate(prompt, params, request_id=uuid.uuid4().hex, priority=request.priority)
+            async for output in generation:
                 final = output
                 if request.on_text is not None and output.outputs:
                     text = output.outputs[0].text

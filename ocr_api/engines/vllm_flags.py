@@ -34,6 +34,10 @@ GUARD_PROCESSORS: dict[str, str] = {
 # The DeepSeek recipe, less the guard's processor (it depends on the runner): no prefix or multimodal caches, which
 # only cost memory when every request carries a different page.
 RECIPE_FLAGS: tuple[str, ...] = ("--no-enable-prefix-caching", "--mm-processor-cache-gb", "0")
+# The service's own: vLLM starts waiting pages in the order of their priority, which the service sets so that a
+# person's page goes before job pages and a client with few pages at the engine before one with many (see
+# ocr_api/admission.py, EnginePriorities). vLLM's default, fcfs, accepts the priorities and ignores them.
+SHARING_FLAGS: tuple[str, ...] = ("--scheduling-policy", "priority")
 
 # What an operator is told when an engine lacks the guard.
 UNGUARDED_ADVICE = (
@@ -59,8 +63,8 @@ GPU_FLAGS: tuple[tuple[str, str, float], ...] = (
 
 
 def engine_flags(settings: Settings) -> list[str]:
-    """Return the engine flags but the guard's: model, recipe, context length, GPU settings, then VLLM_EXTRA_ARGS
-    (later flags win)."""
+    """Return the engine flags but the guard's: model, recipe, scheduling policy, context length, GPU settings, then
+    VLLM_EXTRA_ARGS (later flags win)."""
     try:
         extra = shlex.split(settings.vllm_extra_args)
     except ValueError as exc:
@@ -71,7 +75,8 @@ def engine_flags(settings: Settings) -> list[str]:
         if value != vllm_default:
             gpu += [flag, f"{value:g}"]
     return [
-        "--model", model_for(settings), *RECIPE_FLAGS, "--max-model-len", str(settings.max_model_len), *gpu, *extra
+        "--model", model_for(settings), *RECIPE_FLAGS, *SHARING_FLAGS, "--max-model-len", str(settings.max_model_len),
+        *gpu, *extra,
     ]  # fmt: skip
 
 

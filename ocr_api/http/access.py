@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
 from flask import Flask, Response, request
 from flask_cors import CORS
@@ -11,6 +12,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from ocr_api import tracking
 from ocr_api.errors import Unauthorized
 from ocr_api.settings import Settings
 
@@ -48,12 +50,14 @@ def install_access_control(app: Flask, settings: Settings) -> None:
     if settings.api_key_list:
         keys = [key.encode() for key in settings.api_key_list]
         app.before_request(lambda: require_api_key(keys))
+    # Who the request works for, once its key is checked: the engine's pages are shared fairly between clients.
+    identity = client_by_key if settings.api_key_list else client_by_address
+    app.before_request(lambda: _name_client(identity))
     if settings.rate_limit:
         # Registered before the limiter, so that it runs after the limiter's own hook (Flask runs them in reverse).
         app.after_request(_retry_after_only_when_refused)
         # With keys on, the key (already checked) names the client; without, a made-up key would be a free
         # new bucket on every request, so the address does.
-        identity = client_by_key if settings.api_key_list else client_by_address
         Limiter(
             identity,
             app=app,
@@ -67,6 +71,12 @@ def install_access_control(app: Flask, settings: Settings) -> None:
             swallow_errors=True,
             in_memory_fallback_enabled=True,
         )
+
+
+def _name_client(identity: Callable[[], str]) -> None:
+    record = tracking.current_record()
+    if record is not None:
+        record.client = identity()
 
 
 def _not_rate_limited() -> bool:

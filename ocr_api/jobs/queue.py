@@ -19,6 +19,7 @@ from huey.exceptions import TaskLockedException
 
 from ocr_api.jobs import callbacks
 from ocr_api.jobs.store import Job, JobStore
+from ocr_api.jobs.turns import Turns
 from ocr_api.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ RUN_JOB_TASK = "run_job"  # the task that runs a job; the queue also holds callb
 HEARTBEAT_S = 2.0  # how often a running job says it is alive
 STALE_S = 15.0  # a running job silent this long lost its consumer (killed): the warden runs it again
 WARDEN_EVERY_S = 5.0
+IDLE_POLL_S = 0.25
 EXPIRE_EVERY_S = 60.0
 
 CALLBACK_RETRIES = 3
@@ -37,6 +39,7 @@ CALLBACK_RETRY_BACKOFF = 4
 # What runs a job: its id, its retries left and whether the consumer is stopping; returns the job when it must be
 # queued again.
 RunJob = Callable[[str, int, Callable[[], bool]], Job | None]
+NOBODY = ""  # the owner of jobs submitted without API keys: they share as one key's jobs do
 
 
 class PlannedRetry(Exception):
@@ -71,6 +74,7 @@ class JobQueue:
                 QUEUE_NAME, filename=str(root / "queue.db"), results=False, journal_mode="wal", cache_mb=2
             )
         self.store = JobStore(self.huey, root)
+        self.turns = Turns(settings.job_workers, settings.job_turn_s, self.waiting_owners)
         self.runner: RunJob | None = None  # set in processes that run jobs, not in those that only queue them
         self._consumer: Consumer | None = None
         self._warden: threading.Thread | None = None
@@ -87,10 +91,11 @@ class JobQueue:
             name="deliver_callback",
         )(self._deliver_callback)
 
-    def enqueue(self, job: Job) -> None:
-        """Save the job as queued, with the id of its task, then queue the task (which may start at once)."""
-        task = self.run_job.s(job.id)
-        job.status, job.task_id = "queued", task.id
+    def enqueue(self, job: Job, waiting_for: str = "consumer") -> None:
+        """Save the job as queued, with the id of its task and what it waits for, then queue the task (which may
+        start at once). The task names the job's owner, so that a consumer takes the queue round-robin by key."""
+        task = self.run_job.s(job.id, job.owner or NOBODY)
+        job.status, job.task_id, job.waiting_for = "queued", task.id, waiting_for
         self.store.save(job)
         self.huey.enqueue(task)
 
@@ -108,9 +113,20 @@ class JobQueue:
         """The jobs waiting for a consumer, first in line first (not the callbacks waiting to be delivered)."""
         return [str(task.args[0]) for task in self.huey.pending() if task.name == RUN_JOB_TASK]
 
-    def _run_job(self, job_id: str, task: Task) -> None:
+    def waiting_owners(self) -> list[str]:
+        """The owner of each job waiting for a consumer, first in line first (a task queued before owners were
+        named counts as nobody's)."""
+        return [str(task.args[1]) if len(task.args) > 1 else NOBODY
+                for task in self.huey.pending() if task.name == RUN_JOB_TASK]  # fmt: skip
+
+    def _run_job(self, job_id: str, owner: str = NOBODY, *, task: Task) -> None:
         if self.runner is None:
             raise RuntimeError("this process queues jobs but does not run them")
+        if self.turns.defers(owner):
+            # Another key's job waits and this consumer runs fewer of its jobs: this one goes back to the end of the
+            # queue, the same task (its record, which the API may be writing to cancel it, is left alone).
+            self.huey.enqueue(task)
+            return
         # One run of a job at a time, wherever it is queued twice (a restart, two wardens).
         try:
             with self.huey.lock_task(f"job-{job_id}"):
@@ -119,7 +135,7 @@ class JobQueue:
             logger.info("job %s is already running elsewhere", job_id)
             return
         if again is not None:  # queued only now that the lock is free: another consumer may take it at once
-            self.enqueue(again)
+            self.enqueue(again, again.waiting_for)
 
     def _deliver_callback(self, job_id: str, task: Task) -> None:
         """POST the finished job's view to its callback_url; Huey tries again on failure, 2, 8 and 32 s after the
@@ -150,8 +166,10 @@ class JobQueue:
         """Run jobs in threads of this process (JOB_WORKERS of them), and the warden beside them."""
         self.runner = runner
         self._stopping.clear()
+        # An idle worker looks at the queue at most IDLE_POLL_S apart (Huey backs off to it): a job submitted while
+        # others run starts within that (a read of the queue four times a second per idle worker costs nothing).
         self._consumer = self.huey.create_consumer(
-            workers=self.settings.job_workers, worker_type="thread", periodic=False, max_delay=1.0
+            workers=self.settings.job_workers, worker_type="thread", periodic=False, max_delay=IDLE_POLL_S
         )
         # Huey's consumer installs signal handlers for a process of its own; this process keeps its own handlers.
         handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}

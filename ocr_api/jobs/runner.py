@@ -11,12 +11,14 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ocr_api.admission import JOB, Sender
 from ocr_api.errors import ApiError, ClientGone, EngineNotReady, GatewayTimeout, InferenceFailed
 from ocr_api.figures import picture_links
-from ocr_api.jobs.queue import HEARTBEAT_S, PlannedRetry
+from ocr_api.jobs.queue import HEARTBEAT_S, NOBODY, PlannedRetry
 from ocr_api.jobs.store import Job, JobFile, JobStore
+from ocr_api.jobs.turns import Turns
 from ocr_api.options import OcrOptions
-from ocr_api.pipeline import PageOutcome, StreamPage
+from ocr_api.pipeline import PageOutcome, StreamPage, StreamPaused
 from ocr_api.results import FinishedPage
 from ocr_api.sources import Source
 from ocr_api.tracking import working_for
@@ -38,15 +40,20 @@ class EngineDown(PlannedRetry):
 class JobRunner:
     """Runs one job to its end (or to the consumer's stop, after which it is queued again)."""
 
-    def __init__(self, service: OcrService, store: JobStore, on_finish: Callable[[Job], None]):
+    def __init__(self, service: OcrService, store: JobStore, on_finish: Callable[[Job], None], turns: Turns):
         self.service = service
         self.store = store
         self.on_finish = on_finish
+        self.turns = turns
 
     def __call__(self, job_id: str, retries_left: int, stopping: Callable[[], bool]) -> Job | None:
-        """Run the job; return it when it must be queued again (the consumer stopped), else None."""
+        """Run the job; return it when it must be queued again (the consumer stopped, or the job gave its place to
+        a waiting one), else None."""
         with working_for(f"job:{job_id}"):  # its log lines name the job, as a request's name the request
-            return self._run(job_id, retries_left, stopping)
+            try:
+                return self._run(job_id, retries_left, stopping)
+            finally:
+                self.turns.closed(job_id)
 
     def _run(self, job_id: str, retries_left: int, stopping: Callable[[], bool]) -> Job | None:
         job = self.store.get(job_id)
@@ -62,6 +69,7 @@ class JobRunner:
         self.store.save(job)
         files = self.store.files(job_id)
         watch = _Watch(self.store, job, stopping)
+        self.turns.opened(job_id, job.owner or NOBODY)
         try:
             self._run_pages(job, files, watch)
         except ClientGone:  # cancelled, or the consumer is stopping
@@ -69,13 +77,19 @@ class JobRunner:
                 self._end_cancelled(job)
                 return None
             logger.info("job %s stopped at %d/%d pages; queued again", job_id, job.pages_done, job.pages_total)
+            job.waiting_for = "consumer"
+            return job
+        except StreamPaused:
+            logger.info("job %s gave its place to a waiting job at %d/%d pages; queued again", job_id, job.pages_done,
+                        job.pages_total)  # fmt: skip
+            job.waiting_for = "turn"
             return job
         except ENGINE_FAILURES as error:
             if retries_left > 0:
                 logger.warning("job %s waits for the engine (%s): it runs again in %g s, %d retr%s left", job_id,
                                error.code, self.service.settings.job_retry_delay_s, retries_left,
                                "y" if retries_left == 1 else "ies")  # fmt: skip
-                job.status, job.error = "queued", {**error.to_dict(), "retrying": True}
+                job.status, job.error, job.waiting_for = "queued", {**error.to_dict(), "retrying": True}, "engine"
                 self.store.save(job)
                 raise EngineDown(error.code) from None
             self._fail_remaining(job, files, error)
@@ -103,7 +117,9 @@ class JobRunner:
                 for index in range(len(files[position].page_numbers))
                 if not self._stored(job, offsets[position] + index + 1)
             ]
-            stream = self.service.page_stream(options, watch, for_job=True)
+            sender = Sender(JOB, job.owner or NOBODY, job.id)
+            pause = partial(self.turns.should_yield, job.id)
+            stream = self.service.page_stream(options, watch, job=sender, should_pause=pause)
             # closing(): a failure to store a page ends the stream at once, its pages aborted, its slots freed.
             try:
                 with closing(stream.finished(todo)) as finished:

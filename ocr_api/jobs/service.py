@@ -27,6 +27,7 @@ from ocr_api.errors import (
     Overloaded,
     ServiceUnavailable,
     ShuttingDown,
+    TooManyJobs,
     UnprocessableFile,
 )
 from ocr_api.figures import ANNOTATED, has_figure, picture_png
@@ -94,7 +95,7 @@ class Jobs:
 
     def runner(self) -> JobRunner:
         """What runs this deployment's jobs on this process's engine (in the consumer)."""
-        return JobRunner(self.service, self.store, self._finished)
+        return JobRunner(self.service, self.store, self._finished, self.queue.turns)
 
     def _finished(self, job: Job) -> None:
         if job.callback_url:
@@ -119,15 +120,16 @@ class Jobs:
                 raise BadRequest("Callbacks are off on this server (CALLBACK_SECRET is not set).",
                                  code="callbacks_disabled")  # fmt: skip
             callbacks.check_url(callback_url, self.settings.callback_allow_private)
+        unfinished = self._unfinished_pages(owner)
+        if len(unfinished) >= self.settings.key_max_jobs:
+            raise TooManyJobs(f"This key has {len(unfinished)} jobs queued or running, as many as this server takes "
+                              f"(KEY_MAX_JOBS={self.settings.key_max_jobs}); submit more as they finish.")  # fmt: skip
         job_id = uuid.uuid4().hex
         directory = self.store.directory(job_id) / "uploads"
         try:
             files = self._store_files(uploads, options, directory)
             pages_total = sum(len(item.page_numbers) for item in files)
-            if pages_total > self.settings.job_max_pages:
-                limit = self.settings.job_max_pages
-                raise UnprocessableFile(f"A job runs at most {limit} pages; these files have {pages_total} (select "
-                                        "fewer with pages=).", code="too_many_pages")  # fmt: skip
+            self._check_pages(pages_total, sum(unfinished))
             job = Job(job_id, owner, fields, pages_total, len(files), time.time(), callback_url=callback_url,
                       base_url=base_url)  # fmt: skip
             self.store.save_files(job_id, files)
@@ -145,6 +147,27 @@ class Jobs:
             raise
         logger.info("job %s queued: %d file(s), %d page(s)", job_id, len(files), pages_total)
         return job
+
+    def _check_pages(self, pages_total: int, key_pages_left: int) -> None:
+        """Refuse a job of too many pages (422), or one that takes its key past KEY_MAX_JOB_PAGES (429)."""
+        if pages_total > self.settings.job_max_pages:
+            limit = self.settings.job_max_pages
+            raise UnprocessableFile(f"A job runs at most {limit} pages; these files have {pages_total} (select "
+                                    "fewer with pages=).", code="too_many_pages")  # fmt: skip
+        if key_pages_left + pages_total > self.settings.key_max_job_pages:
+            raise TooManyJobs(f"This key's jobs queued or running have {key_pages_left} pages left; with this job's "
+                              f"{pages_total} that is more than this server takes (KEY_MAX_JOB_PAGES="
+                              f"{self.settings.key_max_job_pages}); submit it as they finish.",
+                              code="too_many_job_pages")  # fmt: skip
+
+    def _unfinished_pages(self, owner: str | None) -> list[int]:
+        """The pages left of each job of ``owner`` not finished (queued or running)."""
+        left = []
+        for job_id in self.store.active_job_ids():
+            job = self.store.get(job_id)
+            if job is not None and job.owner == owner and not job.finished:
+                left.append(job.pages_total - job.pages_done)
+        return left
 
     def _store_files(self, uploads: Sequence[JobUpload], options: Any, directory: Any) -> list[JobFile]:
         directory.mkdir(parents=True)

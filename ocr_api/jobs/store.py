@@ -67,6 +67,9 @@ class Job:
     error: dict[str, Any] | None = None
     callback: dict[str, Any] | None = None  # how the callback went, once sent
     base_url: str = ""  # the service's URL as the client named it, for the links in views and callbacks
+    # While queued, what it waits for: "consumer" (a consumer's place: queue_position jobs before it), "turn" (it ran,
+    # and gave its place to a job that was waiting) or "engine" (the engine failed; it runs again after a delay).
+    waiting_for: str = "consumer"
 
     @property
     def finished(self) -> bool:
@@ -92,6 +95,7 @@ class Job:
         }
         if self.status == "queued":
             body["queue_position"] = queue_position
+            body["waiting_for"] = self.waiting_for
         if self.error:
             body["error"] = self.error
         if self.callback_url and not for_callback:

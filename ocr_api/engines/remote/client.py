@@ -116,8 +116,8 @@ async def mapped_errors(url: str, timeout_s: float) -> AsyncIterator[None]:
 
 
 def chat_body(model_id: str, request: EngineRequest, image_url: str) -> dict[str, Any]:
-    """The chat completion one page is: the image, then the prompt (with its own <image>), greedy, the guard's
-    arguments in vllm_xargs."""
+    """The chat completion one page is: the image, then the prompt (with its own <image>), greedy, its priority, the
+    guard's arguments in vllm_xargs."""
     body: dict[str, Any] = {
         "model": model_id,
         "messages": [
@@ -133,6 +133,8 @@ def chat_body(model_id: str, request: EngineRequest, image_url: str) -> dict[str
         "temperature": 0.0,
         "max_tokens": request.max_tokens,
         "skip_special_tokens": False,
+        # Its place in vLLM's waiting queue under --scheduling-policy priority; accepted and ignored under fcfs.
+        "priority": request.priority,
     }
     xargs = request.guard.vllm_extra_args()
     if xargs is not None:
