@@ -143,7 +143,7 @@ class Share(Admission):
             self._freed.wait(timeout)
 
     def holding(self, sender: Sender) -> int:
-        """Slots ``sender`` holds now (for tests and the job's view)."""
+        """Slots ``sender`` holds now."""
         with self._lock:
             return self._held[sender]
 

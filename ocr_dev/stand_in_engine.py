@@ -22,7 +22,8 @@ body; ``POST /stand-in/text`` with ``{"text": ...}`` makes every page's output t
 whatever a test needs the service to interpret), ``{"text": null}`` the sentence again; ``POST /stand-in/answers``
 with ``{"answers": [...]}`` makes the next completions answer those texts, one each, in order (then the text or the
 sentence again); ``GET /stand-in/request-ids``
-the X-Request-Id header of the last thousand completion requests. As vLLM's server does,
+the X-Request-Id header of the last thousand completion requests, in arrival order, and ``GET /stand-in/started``
+the same in the order they began decoding. As vLLM's server does,
 a request whose client hangs up is aborted (counted in ``stand_in:aborted_total``).
 
 Like a vLLM started with the DeepSeek recipe's ``NGramPerReqLogitsProcessor``, it refuses a request whose
@@ -85,6 +86,7 @@ class Decoding:
     tokens: int
     priority: int = 0
     arrival: int = 0  # the engine's count of requests when this one came
+    name: str = ""  # its X-Request-Id
     generated: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     aborted: bool = False
@@ -104,6 +106,7 @@ class SimulatedEngine:
         self.step_s = step_s
         self.policy = policy
         self.arrivals = 0
+        self.started: list[str] = []  # the names of requests in the order they began decoding (the last 1,000)
         self.tokens_per_page = tokens_per_page
         self.lengths = lengths
         self.max_batch = max_batch
@@ -115,21 +118,21 @@ class SimulatedEngine:
         self._cond = threading.Condition()
         threading.Thread(target=self._loop, name="stand-in-steps", daemon=True).start()
 
-    def decode(self, max_tokens: int, client_gone: Callable[[], bool], priority: int = 0) -> Decoding:
+    def decode(self, max_tokens: int, client_gone: Callable[[], bool], priority: int = 0, name: str = "") -> Decoding:
         """Queue a page and block until it is decoded, or aborted because its client hung up."""
-        request = self.start(max_tokens, priority)
+        request = self.start(max_tokens, priority, name)
         while not request.done.wait(0.05):
             if client_gone():
                 self.abort(request)
                 break
         return request
 
-    def start(self, max_tokens: int, priority: int = 0) -> Decoding:
+    def start(self, max_tokens: int, priority: int = 0, name: str = "") -> Decoding:
         """Queue a page and return at once; its ``generated`` grows a token a step until ``done`` is set."""
         with self._cond:
             tokens = self.lengths.draw(max_tokens) if self.lengths else min(self.tokens_per_page, max_tokens)
             self.arrivals += 1
-            request = Decoding(tokens=tokens, priority=priority, arrival=self.arrivals)
+            request = Decoding(tokens=tokens, priority=priority, arrival=self.arrivals, name=name)
             self.waiting.append(request)
             self._cond.notify()
         return request
@@ -152,6 +155,7 @@ class SimulatedEngine:
                 if self.policy == "priority":  # as vLLM's priority queue: (priority, arrival), lowest first
                     self.waiting.sort(key=lambda r: (r.priority, r.arrival))
                 self.running.extend(self.waiting[:room])
+                self.started = (self.started + [r.name for r in self.waiting[:room]])[-1000:]
                 del self.waiting[:room]
                 self.max_running = max(self.max_running, len(self.running))
             time.sleep(self.step_s)  # one forward pass, nearly flat in batch size
@@ -203,6 +207,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, Handler.last_body)
         elif self.path == "/stand-in/request-ids":
             self._send(200, {"request_ids": Handler.request_ids[-1000:]})
+        elif self.path == "/stand-in/started":
+            self._send(200, {"request_ids": list(self.engine.started)})
         elif self.path == "/metrics":
             self._send_text(200, self.engine.metrics())
         else:
@@ -278,7 +284,7 @@ class Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             self._stream(max_tokens, priority)
             return
-        decoding = self.engine.decode(max_tokens, self._client_gone, priority)
+        decoding = self.engine.decode(max_tokens, self._client_gone, priority, self.headers.get("X-Request-Id", ""))
         if decoding.aborted:
             return
         self._send(
@@ -308,7 +314,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _stream(self, max_tokens: int, priority: int = 0) -> None:
         """Answer as vLLM does with ``stream: true``: the text in pieces as its tokens are decoded, then usage."""
-        decoding = self.engine.start(max_tokens, priority)
+        decoding = self.engine.start(max_tokens, priority, self.headers.get("X-Request-Id", ""))
         pieces = re.findall(r"\S+\s*", _text(decoding))
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")

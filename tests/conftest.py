@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from ocr_api.http.app import create_app
 from ocr_api.service import OcrService
 from ocr_api.settings import Settings
 from ocr_dev.tiny_model import write_tiny_model
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, JobsApp
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,6 +95,21 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(
         upload_folder=str(tmp_path / "uploads"), jobs_dir=str(tmp_path / "jobs"), max_tokens=64, max_batch_files=8
     )
+
+
+@pytest.fixture
+def make_jobs(settings: Settings) -> Iterator[Callable[..., JobsApp]]:
+    """Services with jobs (a fake engine, SQLite under the test's folder); their consumers stopped at the end."""
+    made: list[JobsApp] = []
+
+    def factory(engine: FakeEngine | None = None, **overrides) -> JobsApp:
+        jobs_app = JobsApp(settings.replace(**overrides), engine or FakeEngine())
+        made.append(jobs_app)
+        return jobs_app
+
+    yield factory
+    for jobs_app in made:
+        jobs_app.stop()
 
 
 @pytest.fixture

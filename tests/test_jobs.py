@@ -12,27 +12,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import pymupdf
 import pytest
-from flask.testing import FlaskClient
 from PIL import Image
-from urllib3 import encode_multipart_formdata
 
 from ocr_api.engines import EngineOutput, EngineRequest, EngineUnavailable
-from ocr_api.http.app import create_app
 from ocr_api.http.state import jobs_of
-from ocr_api.jobs import Jobs, callbacks
+from ocr_api.jobs import callbacks
 from ocr_api.jobs.queue import STALE_S
-from ocr_api.service import OcrService
 from ocr_api.settings import Settings
 from ocr_dev.servers import wait_until
 from tests.conftest import CORPUS
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, JobsApp, SlowEngine
 
 KEY_A, KEY_B = "a" * 24, "b" * 24
 
@@ -44,99 +40,6 @@ def pdf_bytes(pages: int, password: str | None = None) -> bytes:
     if password:
         return document.tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256, owner_pw=password, user_pw=password)
     return document.tobytes()
-
-
-class SlowEngine(FakeEngine):
-    """Answers each page after ``delay_s`` on a thread of its own; counts pages at it, and those cancelled."""
-
-    def __init__(self, delay_s: float = 0.05, **kwargs):
-        super().__init__(**kwargs)
-        self.delay_s = delay_s
-        self.at_engine = 0
-        self.most_at_engine = 0
-        self.cancelled = 0
-        self._pool = concurrent.futures.ThreadPoolExecutor(64)
-
-    def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
-        with self._lock:
-            self.requests.append(request)
-            self.at_engine += 1
-            self.most_at_engine = max(self.most_at_engine, self.at_engine)
-        future: concurrent.futures.Future[EngineOutput] = concurrent.futures.Future()
-
-        def answer() -> None:
-            time.sleep(self.delay_s)
-            with self._lock:
-                self.at_engine -= 1
-            if future.cancelled():
-                with self._lock:
-                    self.cancelled += 1
-                return
-            if self.fail_with is not None:
-                future.set_exception(self.fail_with)
-            else:
-                future.set_result(self.answer(request))
-
-        self._pool.submit(answer)
-        return future
-
-
-class JobsApp:
-    """A service with jobs: its test client, its Jobs, and its consumer (started on demand, stopped at the end)."""
-
-    def __init__(self, settings: Settings, engine: FakeEngine):
-        self.engine = engine
-        service = OcrService(settings, engine)
-        service.start()
-        self.app = create_app(service=service)
-        self.client: FlaskClient = self.app.test_client()
-
-    @property
-    def jobs(self) -> Jobs:
-        return jobs_of(self.app)
-
-    def start(self) -> None:
-        self.jobs.queue.start_consumer(self.jobs.runner())
-
-    def stop(self) -> None:
-        jobs = self.app.extensions.get("ocr_jobs")
-        if jobs is not None:
-            jobs.queue.stop_consumer()
-
-    def post(self, path: str, *files: tuple[bytes, str], headers: dict | None = None, **fields):
-        """POST a multipart body encoded as HTTP clients (urllib3, under requests) encode it."""
-        parts: list[tuple[str, object]] = [("files", (name, content)) for content, name in files]
-        body, content_type = encode_multipart_formdata(parts + list(fields.items()))
-        return self.client.post(path, data=body, content_type=content_type, headers=headers or {})
-
-    def submit(self, *files: tuple[bytes, str], headers: dict | None = None, **fields) -> dict:
-        response = self.post("/jobs", *files, headers=headers, **fields)
-        assert response.status_code == 202, response.json
-        return response.json
-
-    def wait(self, job_id: str, statuses=("succeeded", "partial", "failed", "cancelled"), timeout_s: float = 30,
-             headers: dict | None = None) -> dict:  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            view = self.client.get(f"/jobs/{job_id}", headers=headers or {}).json
-            if view["status"] in statuses:
-                return view
-            time.sleep(0.05)
-        raise AssertionError(f"job {job_id} still {view['status']} after {timeout_s} s")
-
-
-@pytest.fixture
-def make_jobs(settings: Settings) -> Iterator[Callable[..., JobsApp]]:
-    made: list[JobsApp] = []
-
-    def factory(engine: FakeEngine | None = None, **overrides) -> JobsApp:
-        jobs_app = JobsApp(settings.replace(**overrides), engine or FakeEngine())
-        made.append(jobs_app)
-        return jobs_app
-
-    yield factory
-    for jobs_app in made:
-        jobs_app.stop()
 
 
 def stored_jobs(settings: Settings) -> list[str]:
@@ -716,7 +619,7 @@ sys.path.insert(0, sys.argv[1])
 from ocr_api.http.app import create_app
 from ocr_api.settings import Settings
 from ocr_api.service import OcrService
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, JobsApp, SlowEngine
 from ocr_api.http.state import jobs_of
 settings = Settings(upload_folder=sys.argv[2] + "/uploads", jobs_dir=sys.argv[2] + "/jobs")
 service = OcrService(settings, FakeEngine())

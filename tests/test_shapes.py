@@ -13,7 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 from ocr_api import shapes
 from ocr_api.http.openapi import describe
 from ocr_dev.inputs import make_pdf, png_bytes
-from tests.test_jobs import FigureEngine, make_jobs  # noqa: F401 - make_jobs is a fixture
+from tests.test_jobs import FigureEngine
 
 AUTH = {"X-API-Key": "k" * 16}
 
@@ -52,7 +52,7 @@ def test_openai_answers_are_their_declared_shapes(make_client):
     conforms(shapes.OpenAIError, client.post("/v1/chat/completions", json={"model": "x"}).json)
 
 
-def test_a_jobs_answers_are_their_declared_shapes(make_jobs):  # noqa: F811 - the fixture imported above
+def test_a_jobs_answers_are_their_declared_shapes(make_jobs):
     jobs_app = make_jobs(FigureEngine(), api_keys=AUTH["X-API-Key"])
     job = jobs_app.submit((make_pdf(2), "d.pdf"), headers=AUTH, annotate="true", figures="true")
     conforms(shapes.Job, job)

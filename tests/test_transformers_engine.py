@@ -139,6 +139,30 @@ def test_a_cancelled_page_stops_its_row_and_a_queued_one_never_runs(tiny_engine,
     assert 0 < lengths[0] < 8000  # stopped where it was cancelled, not at the token limit
 
 
+def test_pages_wait_for_the_model_in_vllms_priority_order(tiny_engine, monkeypatch):
+    """Pages queued while the model is busy start lowest priority first, as vLLM's priority scheduler starts them."""
+    batches: list[list[int]] = []
+    run, generate = tiny_engine._run, tiny_engine._model.generate
+    started = threading.Event()
+
+    def recording_run(batch):
+        batches.append([item.request.priority for item in batch])
+        return run(batch)
+
+    def noting_generate(**kwargs):
+        started.set()
+        return generate(**kwargs)
+
+    monkeypatch.setattr(tiny_engine, "_run", recording_run)
+    monkeypatch.setattr(tiny_engine._model, "generate", noting_generate)
+    running = tiny_engine.submit(_request(max_tokens=8000, ngram_size=0))
+    assert started.wait(timeout=30)
+    waiting = [tiny_engine.submit(dataclasses.replace(_request(max_tokens=2), priority=p)) for p in (30, 10, 20)]
+    assert running.cancel()
+    assert all(future.result(timeout=120).completion_tokens <= 2 for future in waiting)
+    assert batches[-1] == [10, 20, 30]  # arrival order was 30, 10, 20
+
+
 def test_concurrent_callers_from_threads_are_all_served(tiny_engine):
     results: list = []
     errors: list = []

@@ -267,6 +267,8 @@ def test_a_job_runs_in_the_consumer_beside_the_workers_on_the_same_vllm_server(p
     assert 1 <= result["usage"]["completion_tokens"] <= 8
     assert result["usage"]["prompt_tokens"] > 256  # the image reached vLLM's model
     assert "run_job" in (production.logs / "jobs.log").read_text()  # run by the consumer process, not a worker
+    # The server start_engine.sh started orders waiting pages by the priorities the job and the workers send.
+    assert "'scheduling_policy': 'priority'" in (production.logs / "vllm.log").read_text()
 
 
 def test_a_streamed_chat_completion_through_nginx_and_a_worker_from_vllms_stream(production):
@@ -337,12 +339,12 @@ def test_vllms_own_parser_reads_the_gpu_settings_as_the_service_passes_them():
         "capture_output=True, text=True).stdout.split(); "
         "args = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(exit_on_error=False)).parse_args(flags); "
         "print(json.dumps([args.gpu_memory_utilization, args.tensor_parallel_size, args.data_parallel_size, "
-        "args.max_model_len, args.enable_prefix_caching]))"
+        "args.max_model_len, args.enable_prefix_caching, args.scheduling_policy]))"
     )
     run = subprocess.run([str(VLLM_PYTHON), "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=300, check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == [0.5, 2, 4, 4096, False]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == [0.5, 2, 4, 4096, False, "priority"]
 
 
 def test_the_tile_grid_the_service_sends_for_is_vllms_for_both_generations():

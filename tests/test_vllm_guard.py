@@ -20,8 +20,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
+from ocr_api.admission import INTERACTIVE, JOB, EnginePriorities, Sender
+from ocr_api.engines.base import EngineRequest
+from ocr_api.engines.remote.client import chat_body
 from ocr_api.engines.vllm_flags import GUARD_PROCESSORS, engine_flags, with_guard
+from ocr_api.guard import GuardSettings
 from ocr_api.settings import Settings
 from ocr_dev.inputs import png_bytes
 from ocr_dev.servers import free_port, metric_samples, serve_service, wait_until, what_start_engine_sh_runs
@@ -138,9 +143,10 @@ def test_with_the_newest_vllm_the_scripts_pass_no_pin_it_refuses_and_name_the_v2
 
 @pytest.fixture(scope="module")
 def unguarded_server(tmp_path_factory, tiny_model: Path) -> Iterator[str]:
-    """A real vLLM server with the service's flags but without --logits-processors: a server started by hand from an
-    old recipe, or on a runner that cannot load the processor."""
-    flags = engine_flags(_tiny_settings(tiny_model, vllm_extra_args=CPU_TRIAL_FLAGS))  # no guard's processor
+    """A real vLLM server with the service's flags but without --logits-processors, and with vLLM's default
+    scheduling (fcfs): a server started by hand from an old recipe, or on a runner that cannot load the processor."""
+    extra = f"{CPU_TRIAL_FLAGS} --scheduling-policy fcfs"  # later than the service's own: it wins
+    flags = engine_flags(_tiny_settings(tiny_model, vllm_extra_args=extra))  # no guard's processor
     port = free_port()
     log = tmp_path_factory.mktemp("unguarded") / "vllm.log"
     env = {**os.environ, **CPU_TRIAL_ENV}
@@ -182,6 +188,38 @@ def test_a_real_vllm_without_the_guard_is_refused_and_says_why(tmp_path: Path, u
         assert requests.get(f"{url}/ready", timeout=10).status_code == 200
         guard = requests.get(f"{url}/health", timeout=10).json()["guard"]
         assert (guard["required"], guard["checks"][unguarded_server]["state"]) == (False, "missing")
+
+
+def test_a_real_vllm_left_at_fcfs_takes_the_priorities_the_service_sends(unguarded_server: str):
+    """A user's own vLLM without --scheduling-policy priority: the service's priorities (milliseconds of the clock,
+    later for a job's page) are accepted and ignored (vLLM 0.32's FCFS queue does not read them), not refused."""
+    priorities = EnginePriorities(job_delay_s=30)
+    for sender in (Sender(INTERACTIVE, "key:a", "r"), Sender(JOB, "key:b", "job")):
+        body = {"model": requests.get(f"{unguarded_server}/v1/models", timeout=10).json()["data"][0]["id"],
+                "prompt": "hello", "max_tokens": 2, "priority": priorities.sent(sender)}  # fmt: skip
+        answer = requests.post(f"{unguarded_server}/v1/completions", json=body, timeout=300)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_vllms_own_chat_request_takes_the_services_body_with_its_priority(newest_release: Path):
+    """The body the remote engine sends, read by vLLM's own request model: 0.32's (.venv-vllm) and 0.34's."""
+    image = Image.new("RGB", (8, 8), "white")
+    priority = EnginePriorities(job_delay_s=30).sent(Sender(JOB, "key:b", "job"))
+    request = EngineRequest(image, "<image>\nFree OCR.", 64, GuardSettings(20, 90), priority=priority)
+    body = chat_body("deepseek-ai/DeepSeek-OCR-2", request, "data:image/png;base64,AAAA")
+    read = ("import json, sys; from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest; "
+            "request = ChatCompletionRequest.model_validate(json.loads(sys.argv[1])); "
+            "print(json.dumps([request.priority, request.vllm_xargs]))")  # fmt: skip
+    for release in (None, newest_release):
+        env = _with_release({"PATH": os.environ["PATH"]}, release)
+        run = subprocess.run([str(VLLM_PYTHON), "-c", read, json.dumps(body)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert json.loads(run.stdout.strip().splitlines()[-1]) == [
+            priority,
+            {"ngram_size": 20, "window_size": 90, "whitelist_token_ids": []},
+        ], release
 
 
 def test_the_in_process_engine_without_the_guard_refuses_to_start(tmp_path: Path, tiny_model: Path):

@@ -3,9 +3,9 @@ page's time and no key's jobs crowd out another's.
 
 Huey stays the queue (first in, first out); a consumer holds JOB_WORKERS jobs open, and this decides two things:
 
-- when a job is taken from the queue while this consumer already runs one of its key and a job of a key it runs
-  fewer of waits in the queue, the job goes back to the end of the queue unrun (``defers``): the queue is taken
-  round-robin across keys;
+- when a job is taken from the queue while a job of another key waits there that this consumer runs fewer of (or
+  as many, and started one of longer ago), the job goes back to the end of the queue unrun (``defers``): the queue
+  is taken round-robin across keys;
 - when every place is taken and a job waits in the queue, the open job longest at work (of the key with most open
   jobs here) gives its place once it has run JOB_TURN_S (``should_yield``): it sends no more pages, its pages at
   the engine finish and are stored, and it is queued again at the end.
@@ -39,6 +39,7 @@ class Turns:
         self.turn_s = turn_s
         self._waiting_owners = waiting_owners  # the owner of each job waiting in the queue, first in line first
         self._open: dict[str, _Open] = {}
+        self._last_started: dict[str, float] = {}  # when this consumer last opened a job of each owner
         self._yielding: str | None = None
         self._waiting: list[str] = []
         self._read_at = float("-inf")
@@ -47,6 +48,7 @@ class Turns:
     def opened(self, job_id: str, owner: str) -> None:
         with self._lock:
             self._open[job_id] = _Open(owner, time.monotonic())
+            self._last_started[owner] = time.monotonic()
 
     def closed(self, job_id: str) -> None:
         with self._lock:
@@ -55,14 +57,17 @@ class Turns:
                 self._yielding = None
 
     def defers(self, owner: str) -> bool:
-        """Whether a job of ``owner`` just taken from the queue should go back to its end: this consumer runs one
-        of ``owner``'s already, and a job of a key it runs fewer of is waiting."""
+        """Whether a job of ``owner`` just taken from the queue should go back to its end: a job of another key
+        waits that this consumer runs fewer of, or as many and started one of longer ago (or never)."""
         with self._lock:
             running = Counter(job.owner for job in self._open.values())
-        if not running[owner]:
-            return False
+            served = dict(self._last_started)
+
+        def turn(key: str) -> tuple[int, float]:
+            return running[key], served.get(key, float("-inf"))
+
         # Read now, not from the last second's reading: a job that went back is itself waiting in the queue.
-        return any(running[other] < running[owner] for other in self._waiting_owners())
+        return any(other != owner and turn(other) < turn(owner) for other in self._waiting_owners())
 
     def should_yield(self, job_id: str) -> bool:
         """Whether ``job_id`` should give its place now (asked before each page it sends)."""
