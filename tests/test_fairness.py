@@ -87,6 +87,9 @@ def test_the_jobs_share_goes_to_the_key_holding_fewest_then_to_its_job_holding_f
     assert not share.try_take(book)
     assert share.try_take(book2)
     assert (share.holding(book), share.holding(book2), share.holding(small)) == (1, 1, 2)
+    for sender, held in ((book, 1), (book2, 1), (small, 2)):
+        share.release(held, sender)
+    assert (share.in_flight, share.parent.in_flight) == (0, 0)  # and the process's gauge is back where it was
 
 
 def test_nobody_waiting_a_job_takes_every_free_slot_of_the_share_and_no_more():
