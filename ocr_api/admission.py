@@ -12,7 +12,7 @@ from ocr_api.errors import Overloaded
 from ocr_api.metrics import ADMISSION_REFUSALS, PAGES_IN_FLIGHT
 
 INTERACTIVE, JOB = "interactive", "job"  # the two classes of pages: someone waits at the other end, or a job runs
-# Each page a sender already has at the engine places its next page as if sent this much later (see page_priority).
+# Each page a sender already has at the engine places its next page as if sent this much later (EnginePriorities).
 SENDER_STEP_MS = 1000
 
 

@@ -551,6 +551,23 @@ def test_a_restarted_sole_consumer_takes_up_its_orphaned_job_at_once(make_jobs):
     assert view["runs"] == 1
 
 
+def test_a_restarted_consumer_queues_its_orphans_again_before_any_worker_takes_a_job(make_jobs, monkeypatch):
+    """Else a worker could take a job queued at the last stop and mark it running, and the recovery that follows
+    would take that for an orphan and run it a second time beside the first (seen with four workers)."""
+    jobs_app = make_jobs(job_workers=4)
+    queue = jobs_app.jobs.queue
+    workers_at_recovery: list[object] = []
+    recover = queue.recover
+
+    def noting_recover(*args, **kwargs):
+        workers_at_recovery.append(queue._consumer)
+        return recover(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "recover", noting_recover)
+    jobs_app.start()
+    assert workers_at_recovery[:1] == [None]
+
+
 def test_finished_jobs_expire_after_the_ttl(make_jobs, settings):
     jobs_app = make_jobs(job_ttl=60)
     jobs_app.start()

@@ -166,6 +166,10 @@ class JobQueue:
         """Run jobs in threads of this process (JOB_WORKERS of them), and the warden beside them."""
         self.runner = runner
         self._stopping.clear()
+        # No other consumer can be running a job: what says "running" was orphaned. Queued again before any worker
+        # starts: a worker that had already taken such a job would be marked running, and then run a second time.
+        if self._sole_consumer():
+            self.recover(stale_s=0)
         # An idle worker looks at the queue at most IDLE_POLL_S apart (Huey backs off to it): a job submitted while
         # others run starts within that (a read of the queue four times a second per idle worker costs nothing).
         self._consumer = self.huey.create_consumer(
@@ -176,8 +180,6 @@ class JobQueue:
         self._consumer.start()  # from the main thread, as installing (and restoring) handlers needs
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-        if self._sole_consumer():  # no other consumer can be running a job: what says "running" was orphaned
-            self.recover(stale_s=0)
         self._warden = threading.Thread(target=self._watch, name="job-warden", daemon=True)
         self._warden.start()
         logger.info("job consumer started: %d worker(s), queue %s", self.settings.job_workers, self._where())
