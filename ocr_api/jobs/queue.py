@@ -111,13 +111,15 @@ class JobQueue:
 
     def waiting_job_ids(self) -> list[str]:
         """The jobs waiting for a consumer, first in line first (not the callbacks waiting to be delivered)."""
-        return [str(task.args[0]) for task in self.huey.pending() if task.name == RUN_JOB_TASK]
+        return [str(task.args[0]) for task in self._waiting_tasks()]
 
     def waiting_owners(self) -> list[str]:
         """The owner of each job waiting for a consumer, first in line first (a task queued before owners were
         named counts as nobody's)."""
-        return [str(task.args[1]) if len(task.args) > 1 else NOBODY
-                for task in self.huey.pending() if task.name == RUN_JOB_TASK]  # fmt: skip
+        return [str(task.args[1]) if len(task.args) > 1 else NOBODY for task in self._waiting_tasks()]
+
+    def _waiting_tasks(self) -> list[Task]:
+        return [task for task in self.huey.pending() if task.name == RUN_JOB_TASK]
 
     def _run_job(self, job_id: str, owner: str = NOBODY, *, task: Task) -> None:
         if self.runner is None:
@@ -227,15 +229,14 @@ class JobQueue:
         """Queue again the running jobs whose consumer died (no heartbeat for STALE_S), once whoever notices."""
         now = time.time() if now is None else now
         restarted = []
-        for job_id in self.store.active_job_ids():
-            job = self.store.get(job_id)
-            if job is None or job.status != "running" or job.heartbeat_at is None:
+        for job in self.store.active_jobs():
+            if job.status != "running" or job.heartbeat_at is None:
                 continue
             if now - job.heartbeat_at >= stale_s and self.store.claim_recovery(job):
-                logger.warning("job %s lost its consumer (silent %.0f s); queued again", job_id, now - job.heartbeat_at)
-                self.huey.lock_task(f"job-{job_id}").clear()
+                logger.warning("job %s lost its consumer (silent %.0f s); queued again", job.id, now - job.heartbeat_at)
+                self.huey.lock_task(f"job-{job.id}").clear()
                 self.enqueue(job)
-                restarted.append(job_id)
+                restarted.append(job.id)
         return restarted
 
     def _sole_consumer(self) -> bool:

@@ -162,12 +162,8 @@ class Jobs:
 
     def _unfinished_pages(self, owner: str | None) -> list[int]:
         """The pages left of each job of ``owner`` not finished (queued or running)."""
-        left = []
-        for job_id in self.store.active_job_ids():
-            job = self.store.get(job_id)
-            if job is not None and job.owner == owner and not job.finished:
-                left.append(job.pages_total - job.pages_done)
-        return left
+        return [job.pages_total - job.pages_done for job in self.store.active_jobs()
+                if job.owner == owner and not job.finished]  # fmt: skip
 
     def _store_files(self, uploads: Sequence[JobUpload], options: Any, directory: Any) -> list[JobFile]:
         directory.mkdir(parents=True)

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -149,6 +150,13 @@ class JobStore:
         The warden looks at these every few seconds; a stat each, however many finished jobs are kept.
         """
         return [job_id for job_id in self.job_ids() if (self.directory(job_id) / ACTIVE_MARKER).exists()]
+
+    def active_jobs(self) -> Iterator[Job]:
+        """The records of the jobs not finished (a job removed meanwhile is left out)."""
+        for job_id in self.active_job_ids():
+            job = self.get(job_id)
+            if job is not None:
+                yield job
 
     def mark_active(self, job_id: str) -> None:
         (self.directory(job_id) / ACTIVE_MARKER).touch()
