@@ -91,7 +91,6 @@ class Share(Admission):
         super().__init__(limit)
         self.parent = parent
         self._held: Counter[Sender] = Counter()
-        self._held_by_client: Counter[str] = Counter()
         self._waiting: set[Sender] = set()
         self._freed = threading.Condition(self._lock)
 
@@ -100,10 +99,8 @@ class Share(Admission):
 
     def try_take(self, sender: Sender | None = None) -> bool:
         with self._lock:
-            if sender is not None and self._someone_before(sender, handing_on=False):
-                self._waiting.add(sender)
-                return False
-            if self.in_flight >= self.limit or not self.parent.try_take():
+            its_turn = sender is None or not self._someone_before(sender, handing_on=False)
+            if not its_turn or self.in_flight >= self.limit or not self.parent.try_take():
                 if sender is not None:
                     self._waiting.add(sender)
                 return False
@@ -111,7 +108,6 @@ class Share(Admission):
             if sender is not None:
                 self._waiting.discard(sender)
                 self._held[sender] += 1
-                self._held_by_client[sender.client] += 1
             return True
 
     def keeps(self, sender: Sender | None) -> bool:
@@ -125,11 +121,8 @@ class Share(Admission):
             self.in_flight -= slots
             if sender is not None:
                 self._held[sender] -= slots
-                self._held_by_client[sender.client] -= slots
                 if self._held[sender] <= 0:
                     del self._held[sender]
-                if self._held_by_client[sender.client] <= 0:
-                    del self._held_by_client[sender.client]
             self._freed.notify_all()
         self.parent.release(slots)
 
@@ -149,14 +142,17 @@ class Share(Admission):
 
     def _someone_before(self, sender: Sender, handing_on: bool) -> bool:
         """Whether a waiting job should have the next slot before ``sender`` (holding one more when handing on)."""
+        others = self._waiting - {sender}
+        if not others:
+            return False
+        held_by_client: Counter[str] = Counter()
+        for holder, slots in self._held.items():
+            held_by_client[holder.client] += slots
         spare = 1 if handing_on else 0
-        by_client = self._held_by_client[sender.client] - spare
-        own = self._held[sender] - spare
-        for other in self._waiting:
-            if other == sender:
-                continue
+        clients_own, own = held_by_client[sender.client] - spare, self._held[sender] - spare
+        for other in others:
             if other.client != sender.client:
-                if self._held_by_client[other.client] < by_client:
+                if held_by_client[other.client] < clients_own:
                     return True
             elif self._held[other] < own:
                 return True
