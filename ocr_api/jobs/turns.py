@@ -46,9 +46,10 @@ class Turns:
         self._lock = threading.Lock()
 
     def opened(self, job_id: str, owner: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._open[job_id] = _Open(owner, time.monotonic())
-            self._last_started[owner] = time.monotonic()
+            self._open[job_id] = _Open(owner, now)
+            self._last_started[owner] = now
 
     def closed(self, job_id: str) -> None:
         with self._lock:
@@ -84,8 +85,11 @@ class Turns:
                 return self._yielding == job_id
             running = Counter(open_job.owner for open_job in self._open.values())
             # The job to give way: of the key with most open jobs here, the one longest at work, if it had its turn.
-            candidates = [key for key, job in self._open.items() if time.monotonic() - job.started >= self.turn_s]
-            chosen = min(candidates, key=lambda key: (-running[self._open[key].owner], self._open[key].started))
+            now = time.monotonic()
+            candidates = [open_id for open_id, job in self._open.items() if now - job.started >= self.turn_s]
+            chosen = min(
+                candidates, key=lambda open_id: (-running[self._open[open_id].owner], self._open[open_id].started)
+            )
             if chosen == job_id:
                 self._yielding = job_id
             return chosen == job_id
