@@ -46,6 +46,7 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -106,7 +107,7 @@ class SimulatedEngine:
         self.step_s = step_s
         self.policy = policy
         self.arrivals = 0
-        self.started: list[str] = []  # the names of requests in the order they began decoding (the last 1,000)
+        self.started: deque[str] = deque(maxlen=1000)  # names of requests in the order they began decoding
         self.tokens_per_page = tokens_per_page
         self.lengths = lengths
         self.max_batch = max_batch
@@ -155,7 +156,7 @@ class SimulatedEngine:
                 if self.policy == "priority":  # as vLLM's priority queue: (priority, arrival), lowest first
                     self.waiting.sort(key=lambda r: (r.priority, r.arrival))
                 self.running.extend(self.waiting[:room])
-                self.started = (self.started + [r.name for r in self.waiting[:room]])[-1000:]
+                self.started.extend(r.name for r in self.waiting[:room])
                 del self.waiting[:room]
                 self.max_running = max(self.max_running, len(self.running))
             time.sleep(self.step_s)  # one forward pass, nearly flat in batch size
@@ -167,6 +168,10 @@ class SimulatedEngine:
                 self.pages_done += len(finished)
             for request in finished:
                 request.done.set()
+
+    def started_names(self) -> list[str]:
+        with self._cond:
+            return list(self.started)
 
     def metrics(self) -> str:
         with self._cond:
@@ -208,7 +213,7 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/stand-in/request-ids":
             self._send(200, {"request_ids": Handler.request_ids[-1000:]})
         elif self.path == "/stand-in/started":
-            self._send(200, {"request_ids": list(self.engine.started)})
+            self._send(200, {"request_ids": self.engine.started_names()})
         elif self.path == "/metrics":
             self._send_text(200, self.engine.metrics())
         else:
