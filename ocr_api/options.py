@@ -73,6 +73,7 @@ class OcrOptions:
     figures: bool = False  # return image regions cropped from the page, inline
     annotate: bool = False  # return a copy of the page with the boxes drawn, inline
     password: str | None = field(default=None, repr=False)  # for encrypted PDFs; never logged
+    output: str = "json"  # json; pdf (the searchable PDF); hocr (the lines and words placed, as hOCR)
 
     @property
     def wants_pictures(self) -> bool:
@@ -93,7 +94,9 @@ class OptionRules:
 WrongType = Callable[[str, object], ApiError]
 
 # The form fields the OCR endpoints read; parse_options reads each of them, and a repeated one is refused.
-FORM_FIELDS = ("prompt", "task", "phrase", "max_tokens", "pages", "password", "mode", "figures", "annotate")
+FORM_FIELDS = ("prompt", "task", "phrase", "max_tokens", "pages", "password", "mode", "figures", "annotate", "output")
+# What the answer may be: the JSON result, the searchable PDF, or hOCR (/ocr; jobs: json and pdf).
+OUTPUTS = ("json", "pdf", "hocr")
 
 
 FLAG_FIELDS = ("figures", "annotate")
@@ -141,7 +144,15 @@ def parse_options(form: Mapping[str, list[str]], rules: OptionRules) -> OcrOptio
         figures=_parse_flag("figures", value["figures"]),
         annotate=_parse_flag("annotate", value["annotate"]),
         password=value["password"] or None,
+        output=_parse_output(value["output"]),
     )
+
+
+def _parse_output(raw: str | None) -> str:
+    output = (raw or "json").strip().lower()
+    if output not in OUTPUTS:
+        raise BadRequest(f"Unknown output {output[:20]!r}; use one of: {', '.join(OUTPUTS)}.", code="unknown_output")
+    return output
 
 
 def _parse_mode(raw: str | None, rules: OptionRules) -> str:

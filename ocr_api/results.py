@@ -8,7 +8,9 @@ from typing import Any
 from ocr_api.errors import ApiError
 from ocr_api.pipeline import PageOutcome
 from ocr_api.reading import blocks_as_dicts
+from ocr_api.searchable_pdf import PageText, Part, SearchablePdf
 from ocr_api.shapes import BatchResult, DocumentPage, DocumentResult, FileFailure, ImageResult, PageFields
+from ocr_api.text_layer import hocr_document, hocr_page, page_lines
 
 # Between the pages of a document in the top-level text, as DeepSeek's own PDF script separates them.
 PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
@@ -67,6 +69,7 @@ class FileResult:
     engine: str
     model: str
     timing: dict[str, float] = field(default_factory=dict)
+    rendition: Rendition | None = None  # output=pdf or hocr: the answer instead of the JSON
 
     def to_dict(self) -> ImageResult | DocumentResult:
         head = {"image_path": self.image_path, "prompt": self.prompt, "task": self.task, "filename": self.filename}
@@ -115,6 +118,57 @@ def _document_fields(entries: list[dict[str, Any]], source: dict[str, Any]) -> d
         "document": source,
         "pages": entries,
     }
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """A file's result as a document of its own (``output=pdf`` or ``hocr``), and which of its pages (1-based) have
+    no text from the model: those that failed, and PDF pages that kept the text they had."""
+
+    media_type: str
+    data: bytes
+    filename: str
+    failed_pages: tuple[int, ...]
+    kept_text_pages: tuple[int, ...] = ()
+
+
+def page_text(outcome: PageOutcome) -> PageText | None:
+    """What the text layer of a finished page is made from; None for a page that failed."""
+    reading = outcome.reading
+    return None if reading is None else PageText(reading.blocks, reading.text, outcome.size)
+
+
+def searchable_pdf(result: FileResult, part: Part) -> Rendition:
+    """The file's pages (``part``: where the file is) with their text under them, built in memory."""
+    writer = SearchablePdf(None, [part])
+    try:
+        for page in result.pages:
+            writer.add(page_text(page.outcome))
+        progress = writer.finish()
+    finally:
+        writer.close()
+    assert writer.data is not None
+    return Rendition("application/pdf", writer.data, _renamed(result.filename, "pdf"), tuple(progress.failed),
+                     tuple(progress.kept_text))  # fmt: skip
+
+
+def hocr(result: FileResult, dpi: float | None) -> Rendition:
+    """The file's pages as hOCR: each page's lines, and its words placed along them."""
+    pages, failed = [], []
+    for number, page in enumerate(result.pages):
+        text = page_text(page.outcome)
+        if text is None:
+            failed.append(number + 1)
+        lines = page_lines(text.blocks, text.text, page.outcome.size) if text is not None else []
+        pages.append(hocr_page(lines, page.outcome.size, number, dpi))
+        # a failed page is there, empty, so that page numbers keep their place
+    return Rendition("text/html; charset=utf-8", hocr_document(pages).encode(), _renamed(result.filename, "hocr"),
+                     tuple(failed))  # fmt: skip
+
+
+def _renamed(filename: str, extension: str) -> str:
+    stem = filename.rsplit(".", 1)[0] if "." in filename else filename
+    return f"{stem or 'result'}.{extension}"
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,11 @@ from ocr_api.options import OcrOptions, OptionRules, parse_options
 from ocr_api.pipeline import PageOutcome, PageStream, StreamPage, StreamRules
 from ocr_api.preparation import FitSize, ImageLimits, give_large_blocks_back, within_pixels
 from ocr_api.reading import PageReading
-from ocr_api.results import FileError, FileResult, FinishedPage
+from ocr_api.results import FileError, FileResult, FinishedPage, Rendition, hocr, searchable_pdf
+from ocr_api.searchable_pdf import ImagePart, PdfPart, image_dpi
 from ocr_api.settings import Settings
 from ocr_api.shapes import EngineState
-from ocr_api.sources import SaveUpload, Source, open_source
+from ocr_api.sources import PdfSource, SaveUpload, Source, open_source
 from ocr_api.tiling import engine_size
 from ocr_api.tracking import current_record
 from ocr_api.uploads import UploadStore
@@ -213,8 +214,22 @@ class OcrService:
                 )
                 timing = {"preparation_ms": item.preparation_ms, "inference_ms": stream.engine_ms,
                           "total_ms": _ms_since(started)}  # fmt: skip
-                results.append(self._result(item, pages, options, timing))
+                result = self._result(item, pages, options, timing)
+                if options.output != "json" and isinstance(result, FileResult):
+                    result = dataclasses.replace(result, rendition=self._rendition(item, result, options))
+                results.append(result)
         return results
+
+    def _rendition(self, item: _OpenedFile, result: FileResult, options: OcrOptions) -> Rendition:
+        """The file as the searchable PDF or hOCR ``output`` asks for, made while its upload is still stored."""
+        path, source = Path(item.image_path), item.source
+        if isinstance(source, PdfSource):
+            if options.output == "hocr":
+                return hocr(result, source.limits.dpi)
+            return searchable_pdf(result, PdfPart(path, tuple(source.indices), options.password))
+        if options.output == "hocr":
+            return hocr(result, image_dpi(path)[0])
+        return searchable_pdf(result, ImagePart(path, self._limits))
 
     def _result(
         self, item: _OpenedFile, pages: tuple[FinishedPage, ...], options: OcrOptions, timing: dict[str, float]

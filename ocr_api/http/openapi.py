@@ -22,7 +22,7 @@ from pydantic import TypeAdapter
 
 from ocr_api.engines.base import RESOLUTION_MODES
 from ocr_api.http.access import OPEN_BLUEPRINTS
-from ocr_api.options import FORM_FIELDS
+from ocr_api.options import FORM_FIELDS, OUTPUTS
 from ocr_api.prompts import TASKS
 from ocr_api.settings import Settings
 from ocr_api.shapes import COMPONENTS
@@ -43,6 +43,8 @@ FIELD_DESCRIPTIONS = {
     "mode": "The resolution mode (gundam: a 1024 global view and up to 6 tiles; base: one 1024 view).",
     "figures": "Return every image region cropped from the page, as PNG data URLs.",
     "annotate": "Return a copy of the page with every block's boxes and label drawn, as a PNG data URL.",
+    "output": "`json` (the default): the result. `pdf` (/ocr and /jobs): the searchable PDF, the same pages with the "
+    "text invisibly over them. `hocr` (/ocr): the lines and words placed, as hOCR.",
 }
 
 
@@ -95,6 +97,7 @@ def _ocr_fields(settings: Settings, modes: tuple[str, ...]) -> dict[str, Schema]
         "mode": {"enum": list(modes or RESOLUTION_MODES)},
         "figures": BOOLEAN,
         "annotate": BOOLEAN,
+        "output": {"enum": list(OUTPUTS)},
     }
     return {name: {**kinds.get(name, STRING), "description": FIELD_DESCRIPTIONS[name]} for name in FORM_FIELDS}
 

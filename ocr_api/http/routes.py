@@ -9,7 +9,7 @@ import tempfile
 from datetime import datetime, timezone
 from typing import IO
 
-from flask import Blueprint, Request, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Request, Response, current_app, jsonify, request, send_file, stream_with_context
 from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
@@ -24,7 +24,7 @@ from ocr_api.http.disconnect import client_gone_probe
 from ocr_api.http.errors import error_response
 from ocr_api.http.state import current_service, jobs_of
 from ocr_api.jobs import Job, JobUpload, StorageUnavailable
-from ocr_api.results import FileError, batch_body
+from ocr_api.results import FileError, Rendition, batch_body
 from ocr_api.service import UploadedFile
 
 logger = logging.getLogger(__name__)
@@ -128,6 +128,8 @@ def ocr():
     result = service.recognize(uploads, service.options_from(form), client_gone_probe(request.environ))[0]
     if isinstance(result, FileError):
         raise result.error
+    if result.rendition is not None:
+        return rendition_response(result.rendition)
     return jsonify(result.to_dict())
 
 
@@ -141,7 +143,14 @@ def ocr_batch():
     limit = service.settings.max_batch_files
     if len(uploads) > limit:
         raise BadRequest(f"A batch holds at most {limit} files; got {len(uploads)}.", code="too_many_files")
-    results = service.recognize(uploads, service.options_from(form), client_gone_probe(request.environ))
+    options = service.options_from(form)
+    if options.output != "json":
+        raise BadRequest(
+            f"/ocr/batch answers JSON only; send each file to /ocr with output={options.output}, or make a job "
+            "(output=pdf gives one PDF of all its files).",
+            code="output_not_supported",
+        )
+    results = service.recognize(uploads, options, client_gone_probe(request.environ))
     return jsonify(batch_body([result.to_dict() for result in results]))
 
 
@@ -245,6 +254,18 @@ def job_storage_failed(error: Exception):
     """JOBS_DIR or the queue failed under a job route: 503, the same for SQLite, Redis and the disk."""
     logger.error("job storage failed: %s: %s", type(error).__name__, error)
     return error_response(StorageUnavailable())
+
+
+def rendition_response(rendition: Rendition) -> Response:
+    """A searchable PDF or hOCR as a download; the headers say which pages carry no text from the model."""
+    response = send_file(io.BytesIO(rendition.data), mimetype=rendition.media_type, as_attachment=True,
+                         download_name=rendition.filename)  # fmt: skip
+    response.headers["X-OCR-Failed-Pages"] = ",".join(map(str, rendition.failed_pages))
+    response.headers["X-OCR-Kept-Text-Pages"] = ",".join(map(str, rendition.kept_text_pages))
+    # hOCR is HTML made from the page's text: never run as a page of this origin, whatever a browser guesses.
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def _job(job_id: str) -> Job:
