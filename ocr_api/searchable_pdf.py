@@ -5,8 +5,8 @@ PDF of the output is a copy of the file, and the text of each page is added over
 invisible text drawn on top, as OCRmyPDF grafts its text layer). Later files' pages are copied in; an image becomes a
 page of its own at its resolution (300 dpi where it states none), upright as the service reads it.
 
-The text is drawn in render mode 3 (invisible) in a font of one empty glyph (``ocr_api/data/glyphless.ttf``, as
-Tesseract's renderer does): every character is shown by its code, a ToUnicode map gives the text back to viewers and
+The text is drawn in render mode 3 (invisible) in a font of one empty glyph (``GLYPHLESS_FONT``, as Tesseract's
+renderer does): every character is shown by its code, a ToUnicode map gives the text back to viewers and
 ``pdftotext``, and the widths are Helvetica's (a wide East Asian character one em), the same the lines were laid out
 with (``ocr_api/text_layer.py``). Each line is scaled horizontally to span its box.
 
@@ -17,6 +17,7 @@ goes on from its last save.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -33,7 +34,17 @@ from ocr_api.interpretation import Block
 from ocr_api.preparation import ORIENTATION_TAG, ImageLimits, decode_image
 from ocr_api.text_layer import HELVETICA_WIDTHS, TextLine, advance, page_lines
 
-FONT_FILE = Path(__file__).resolve().parent / "data" / "glyphless.ttf"
+# A TrueType font of one empty glyph (612 bytes), made by ocr_dev/glyphless_font.py (a test checks it still makes it).
+GLYPHLESS_FONT = base64.b64decode(
+    "AAEAAAAKAIAAAwAgT1MvMkUAQ7AAAAEoAAAAYGNtYXAADABzAAABkAAAADRnbHlmAAAAAAAAAcwAAAABaGVhZF8WQOAAAACsAAAANmhoZWED"
+    "IgEuAAAA5AAAACRobXR4AfQAAAAAAYgAAAAGbG9jYQAAAAAAAAHEAAAABm1heHAAAwACAAABCAAAACBuYW1lqWij/wAAAdAAAABmcG9zdG1n"
+    "c80AAAI4AAAALAABAAAAAQAAJYFhEF8PPPUAAwPoAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAwACAAAAAAAAAAEAAAMg/zgAAAH0AAAA"
+    "AAAAAAEAAAAAAAAAAAAAAAAAAAABAAEAAAACAAAAAAAAAAAAAgAAAAAAAAAAAAAAAAAAAAAAAwH0AZAABQAEAAAAAAAAAAAAAAAAAAAAAAAA"
+    "AAAAAAAAAAAAAAAAAAAAAAABAAAAAAAAAAAAAAAAPz8/PwAAACAAIAMg/zgAAAMgAMgAAAAAAAAAAAAAAAAAAAAgAAAB9AAAAAAAAAAAAAIA"
+    "AAADAAAAFAADAAEAAAAUAAQAIAAAAAQABAABAAAAIP//AAAAIP///+EAAQAAAAAAAAAAAAAAAAAAAAAAAAAEADYAAQAAAAAAAQAJAAAAAQAA"
+    "AAAAAgAHAAkAAwABBAkAAQASABAAAwABBAkAAgAOACJHbHlwaExlc3NSZWd1bGFyAEcAbAB5AHAAaABMAGUAcwBzAFIAZQBnAHUAbABhAHIA"
+    "AAACAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIAAAECBWJsYW5r"
+)
 FONT_NAME = "OcrLayer"
 DEFAULT_DPI = 300.0
 FLUSH_PAGES = 64
@@ -194,7 +205,7 @@ class SearchablePdf:
         assert self.path is not None
         document = self._open()
         if not self.path.exists() or not document.can_save_incrementally():
-            document = self._save_whole(document, self._first_password())
+            self._document = self._save_whole(document, self._first_password())
         else:
             document.save(self.path, incremental=True, encryption=pymupdf.PDF_ENCRYPT_KEEP)
         self._unsaved = 0
@@ -324,7 +335,7 @@ def _font_xref(document: pymupdf.Document) -> int:
         return int(known)
     font_file, to_unicode, cid_to_gid = (document.get_new_xref() for _ in range(3))
     document.update_object(font_file, "<<>>")
-    document.update_stream(font_file, FONT_FILE.read_bytes())
+    document.update_stream(font_file, GLYPHLESS_FONT)
     document.update_object(to_unicode, "<<>>")
     document.update_stream(to_unicode, _to_unicode_cmap())
     document.update_object(cid_to_gid, "<<>>")

@@ -265,6 +265,10 @@ class OcrService:
         fit = self._fit(options) if max_pixels is None else partial(within_pixels, max_pixels=max_pixels)
         return open_source(data, options, save, image_limits=self._limits, pdf_limits=pdf_limits, fit=fit)
 
+    @property
+    def image_limits(self) -> ImageLimits:
+        return self._limits
+
     def page_stream(
         self,
         options: OcrOptions,

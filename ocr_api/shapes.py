@@ -289,6 +289,7 @@ class JobProgress(TypedDict, total=False):
 class JobUrls(TypedDict, total=False):
     self: str
     result: str
+    result_pdf: str  # a job made with output=pdf: its searchable PDF, once finished
     pages: str
     events: str
 

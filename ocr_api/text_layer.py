@@ -1,18 +1,24 @@
 """A page's text as lines placed on the page: what a searchable PDF's invisible layer and hOCR are made from.
 
 DeepSeek-OCR gives each layout block a box and its text, but not where the block's lines break: a paragraph comes
-back as one line of text. The lines are found again here the way the page was typeset: the block's text wrapped
-greedily at the box's width, at the font size that makes as many lines as fill the box's height (text widths as
-Helvetica's, a wide East Asian character one em). Text the model wrote on lines of its own (lists, formulas, table
-rows) keeps its breaks. Each line gets its share of the box's height, and a width in proportion to its text, so
-that a short last line does not stretch across the box.
+back as one line of text. The lines are found again the way the page was typeset. Every way the text wraps greedily
+at some font size is a candidate, in Helvetica's widths and in Times's (the two archetypes of sans and serif faces;
+a wide East Asian character one em); each is taken at the size at which its widest line spans the box, with the
+line spacing that then makes its lines fill the box's height, given how far its first line's ink rises and its last
+one's falls. The paragraphs of a page share a face and a size to a thousandth, so of a block's candidates the one
+that most other blocks have a candidate of the same size for is kept, then the one nearest ordinary spacing. Text the
+model wrote on lines of its own (lists, formulas) keeps its breaks; a table's cells go in equal columns of its rows;
+figures carry no text.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import html
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
@@ -29,26 +35,45 @@ BEARINGS = 0.1  # a line's advance exceeds its ink's width by its first and last
 ASCENT = 0.8  # the text layer's glyph box above its baseline, in ems (its font's: ocr_dev/glyphless_font.py)
 LEAST_SPACING, MOST_SPACING = 0.9, 1.8  # the plausible range of it
 SIZE_STEPS = 400  # font sizes tried, from one line filling the box to the most lines that could
-# The faces' widths over Helvetica's that lines are tried in: Helvetica and Arial; narrower sans; Times.
-NARROWINGS = (1.0, 0.93, 0.86)
+TABLE_TEXT = 0.5  # a table cell's text over its row's height
+PLAUSIBLE = 0.4  # a way of fitting further than this from ordinary spacing (in ems) is not one a page is set in
+SAME_SIZE = 0.01  # two blocks' font sizes this close (a share) are taken to be the same: one pixel in 170
 WIDE_EM = 1.0  # a CJK character's advance, in ems
 
 # Average advances of Helvetica (1/1000 em) for ASCII; other narrow characters count as an average letter.
+ASCII = "".join(chr(code) for code in range(32, 127))
 HELVETICA_WIDTHS = dict(
     zip(
-        " !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~",
+        ASCII,
         map(
             int,
-            (
+            (  # noqa: SIM905 - 95 numbers read better as one string than as 95 list items
                 "278 278 355 556 556 889 667 191 333 333 389 584 278 333 278 278 556 556 556 556 556 556 556 556 556 "
                 "556 278 278 584 584 584 556 1015 667 667 722 722 667 611 778 722 278 500 667 556 833 722 778 667 778 "
                 "722 667 611 722 667 944 667 667 611 278 278 278 469 556 333 556 556 500 556 556 278 556 556 222 222 "
                 "500 222 833 556 556 556 556 333 500 278 556 500 722 500 500 500 334 260 334 584 "
-            ).split(),  # noqa: SIM905 - 95 numbers read better as one string than as 95 list items
+            ).split(),
         ),
         strict=True,
     )
 )
+# And of Times, for text set in a serif face: the two archetypes most documents' faces are near one of.
+TIMES_WIDTHS = dict(
+    zip(
+        ASCII,
+        map(
+            int,
+            (  # noqa: SIM905 - as above
+                "250 333 408 500 500 833 778 180 333 333 500 564 250 333 250 278 500 500 500 500 500 500 500 500 500 "
+                "500 278 278 564 564 564 444 921 722 667 667 722 611 556 722 722 333 389 722 611 889 722 722 556 722 "
+                "667 556 611 722 722 944 722 722 611 333 278 333 469 500 333 444 500 444 500 444 333 500 500 278 278 "
+                "500 278 778 500 500 500 500 333 389 278 500 500 722 500 500 444 480 200 480 541 "
+            ).split(),
+        ),
+        strict=True,
+    )
+)
+FACES = (HELVETICA_WIDTHS, TIMES_WIDTHS)
 _AVERAGE_LETTER = 0.55
 _HEADING = re.compile(r"^#{1,6}\s+")
 _EMPHASIS = re.compile(r"\*\*|__")
@@ -60,6 +85,7 @@ class TextLine:
 
     text: str
     box: tuple[float, float, float, float]
+    block: int = 0  # which block of the page it belongs to, in reading order
 
 
 def page_lines(blocks: tuple[Block, ...] | list[Block], text: str, size: tuple[int, int]) -> list[TextLine]:
@@ -69,22 +95,60 @@ def page_lines(blocks: tuple[Block, ...] | list[Block], text: str, size: tuple[i
     boxed = [block for block in blocks if block.boxes]
     if not boxed:
         whole = Block(label="text", text=text)
-        return _block_lines(whole, (0.0, 0.0, float(width), float(height)), 1.0) if text.strip() else []
+        return _unplaced_lines(block_text_lines(whole), width, height)
     # a block over two columns has a box for each part; its text goes in the first
     placed = [(block, (block.boxes[0].x1, block.boxes[0].y1, block.boxes[0].x2, block.boxes[0].y2))
               for block in boxed if block.label not in PICTURE_LABELS and block.figure is None]  # fmt: skip
-    # A page is mostly set in one face: the face's widths are the ones that make its paragraphs fit best.
-    narrowing = min(NARROWINGS, key=lambda tried: sum(_misfit(block, box, tried) for block, box in placed))
-    return [line for block, box in placed for line in _block_lines(block, box, narrowing)]
+    candidates = [_candidates(block, box) for block, box in placed]
+    sizes = {face: sorted((fit.font_size, index, fit.misfit) for index, fits in enumerate(candidates)
+                          for fit in fits if fit.face == face and fit.misfit <= PLAUSIBLE)
+             for face in range(len(FACES))}  # fmt: skip
+    lines: list[TextLine] = []
+    for index, (block, box) in enumerate(placed):
+        # A page's paragraphs share a face and a size: the way of fitting that most other blocks' ways agree with is
+        # the likeliest.
+        chosen = max(candidates[index], key=lambda fit: _agreement(fit, index, sizes[fit.face]), default=None)
+        lines.extend(dataclasses.replace(line, block=index) for line in _placed_lines(block, box, chosen))
+    return lines
 
 
-def _misfit(block: Block, box: tuple[float, float, float, float], narrowing: float) -> float:
-    """How far from ordinary spacing a block's text fits its box in a face of that narrowing (0 for a table)."""
+def _unplaced_lines(written: list[str], width: int, height: int) -> list[TextLine]:
+    """Text without boxes: its own lines from the top of the page, as large as fit its width and height."""
+    if not written:
+        return []
+    widest = max(0.5, *(advance(line) for line in written))
+    font_size = min(height / (len(written) * LINE_SPACING), width / widest)
+    step = font_size * LINE_SPACING
+    return [
+        TextLine(line, (0.0, number * step, min(float(width), advance(line) * font_size), number * step + font_size))
+        for number, line in enumerate(written)
+    ]
+
+
+def _agreement(fit: _Fit, index: int, sizes: list[tuple[float, int, float]]) -> tuple[int, float, float]:
+    """How many other blocks have a way of fitting in the same face at this font size (within SAME_SIZE); then how
+    near their sizes are (same-styled paragraphs' are the same to a thousandth); then how near ordinary spacing this
+    way is. A way far from ordinary spacing agrees with nothing."""
+    if fit.misfit > PLAUSIBLE:
+        return 0, 0.0, -fit.misfit
+    low = bisect.bisect_left(sizes, (fit.font_size * (1 - SAME_SIZE),))
+    high = bisect.bisect_right(sizes, (fit.font_size * (1 + SAME_SIZE),))
+    nearest: dict[int, float] = {}
+    for size, other, _ in sizes[low:high]:
+        if other != index:
+            difference = abs(size - fit.font_size) / fit.font_size
+            nearest[other] = min(difference, nearest.get(other, difference))
+    return len(nearest), -sum(nearest.values()), -fit.misfit
+
+
+def _candidates(block: Block, box: tuple[float, float, float, float]) -> list[_Fit]:
+    """Every way the block's text may fit its box, in each face (none for a table, whose rows are its lines)."""
     written = block_text_lines(block)
     if not written or _is_table(block):
-        return 0.0
+        return []
     left, top, right, bottom = box
-    return _wrap_to_box(written, max(right - left, 1.0), max(bottom - top, 1.0), narrowing)[0]
+    width, height = max(right - left, 1.0), max(bottom - top, 1.0)
+    return [fit for face in range(len(FACES)) for fit in _wrap_to_box(written, width, height, face)]
 
 
 def block_text_lines(block: Block) -> list[str]:
@@ -107,12 +171,13 @@ def table_rows(table_html: str) -> list[list[str]]:
     return reader.rows
 
 
-def advance(text: str) -> float:
-    """The text's width in ems, as Helvetica would set it (a wide East Asian character one em)."""
+def advance(text: str, widths: dict[str, int] = HELVETICA_WIDTHS) -> float:
+    """The text's width in ems, as Helvetica (or the face of ``widths``) would set it (a wide East Asian character
+    one em)."""
     total = 0.0
     for character in text:
-        if character in HELVETICA_WIDTHS:
-            total += HELVETICA_WIDTHS[character] / 1000
+        if character in widths:
+            total += widths[character] / 1000
         elif unicodedata.east_asian_width(character) in ("W", "F"):
             total += WIDE_EM
         elif not unicodedata.combining(character):
@@ -120,26 +185,40 @@ def advance(text: str) -> float:
     return total
 
 
-def _block_lines(block: Block, box: tuple[float, float, float, float], narrowing: float) -> list[TextLine]:
-    left, top, right, bottom = box
+def _placed_lines(block: Block, box: tuple[float, float, float, float], fit: _Fit | None) -> list[TextLine]:
+    left, top, right, _ = box
     written = block_text_lines(block)
     if not written:
         return []
-    width, height = max(right - left, 1.0), max(bottom - top, 1.0)
-    if _is_table(block):  # a row is a line across the whole table, its cells spread over it
-        step = height / len(written)
-        return [TextLine(row, (left, top + number * step, right, top + (number + 1) * step))
-                for number, row in enumerate(written)]  # fmt: skip
-    _, fit = _wrap_to_box(written, width, height, narrowing)
+    if fit is None:  # a table
+        return _table_lines(block.text, box)
     first_baseline = top + _ink_above(fit.lines[0]) * fit.font_size
     placed = []
     for number, line in enumerate(fit.lines):
         baseline = first_baseline + number * fit.spacing * fit.font_size
-        line_width = min(width, advance(line) * fit.narrowing * fit.font_size)
+        line_width = min(right - left, advance(line, FACES[fit.face]) * fit.font_size)
         # the layer's glyph box: ASCENT of the font size above the baseline, the rest below
         placed.append(TextLine(line, (left, baseline - ASCENT * fit.font_size, left + line_width,
                                       baseline + (1 - ASCENT) * fit.font_size)))  # fmt: skip
     return placed
+
+
+def _table_lines(table_html: str, box: tuple[float, float, float, float]) -> list[TextLine]:
+    """A table's cells, row by row: each row its share of the table's height, each cell its column's share of the
+    width (the columns taken as equal: where the lines between them are is not in the model's answer)."""
+    left, top, right, bottom = box
+    rows = [cells for cells in table_rows(table_html) if cells]
+    columns = max(len(cells) for cells in rows)
+    row_height, column_width = (bottom - top) / len(rows), (right - left) / columns
+    font_size = row_height * TABLE_TEXT
+    lines = []
+    for number, cells in enumerate(rows):
+        row_top = top + number * row_height + (row_height - font_size) / 2
+        for column, cell in enumerate(cells):
+            start = left + column * column_width
+            width = min(column_width, advance(cell) * font_size)
+            lines.append(TextLine(cell, (start, row_top, start + width, row_top + font_size)))
+    return lines
 
 
 def _is_table(block: Block) -> bool:
@@ -159,23 +238,24 @@ def _ink_below(line: str) -> float:
 
 @dataclass(frozen=True)
 class _Fit:
+    """One way a block's text fits its box: its lines, their font size and spacing, and how far that is from
+    ordinary spacing (for one line: how far its ink is from the box's height), in ems."""
+
     lines: list[str]
     font_size: float
     spacing: float  # baseline to baseline, over the font size
-    narrowing: float = 1.0  # the face's widths over Helvetica's
+    misfit: float
+    face: int = 0  # which of FACES its widths are
 
 
-def _wrap_to_box(written: list[str], width: float, height: float, narrowing: float) -> tuple[float, _Fit]:
-    """The lines the text fills the box with, their font size and spacing.
-
-    Every way the text wraps at some font size is a candidate; its size is the one at which its widest line spans
-    the box (a left-aligned or justified paragraph's widest line does), and the candidate kept is the one whose
-    spacing, given the box's height and how far its first line's ink rises and its last one's falls, is nearest
-    ordinary. Which words end a line hangs on it.
-    """
-    paragraphs = [_pieces(line) for line in written]
+def _wrap_to_box(written: list[str], width: float, height: float, face: int = 0) -> list[_Fit]:
+    """Every way the text fits the box: each way it wraps at some font size, at the size at which its widest line
+    spans the box (a left-aligned or justified paragraph's widest line does), with the spacing that makes given the
+    box's height and how far its first line's ink rises and its last one's falls, when that is plausible."""
+    widths = FACES[face]
+    paragraphs = [_pieces(line, widths) for line in written]
     most = max(len(written), int(height / 4) or 1)  # lines under 4 pixels high are not text anyone set
-    best: tuple[float, _Fit] | None = None  # its distance from ordinary spacing, and the fit
+    fits: list[_Fit] = []
     seen: set[tuple[int, ...]] = set()
     for step in range(SIZE_STEPS + 1):
         # font sizes from one line filling the box's height down to the most lines that could
@@ -185,35 +265,34 @@ def _wrap_to_box(written: list[str], width: float, height: float, narrowing: flo
             continue
         seen.add(breaks)
         lines = _lines(paragraphs, breaks)
-        if len(lines) > most:
-            continue
-        fit = _fit(lines, width, height, narrowing)
-        if fit is not None and (best is None or fit[0] < best[0]):
-            best = fit
-    if best is not None:
-        return best
-    font_size = height / ((len(written) - 1) * LINE_SPACING + 1.0)  # a box too small for its text: its own lines
-    return MOST_SPACING, _Fit(written, font_size, LINE_SPACING, narrowing)
+        if len(lines) <= most:
+            fit = _fit(lines, width, height, face)
+            if fit is not None:
+                fits.append(fit)
+    if not fits:  # a box too small for its text: the text's own lines, at ordinary spacing
+        font_size = height / ((len(written) - 1) * LINE_SPACING + 1.0)
+        fits.append(_Fit(written, font_size, LINE_SPACING, MOST_SPACING, face))
+    return fits
 
 
-def _fit(lines: list[str], width: float, height: float, narrowing: float) -> tuple[float, _Fit] | None:
-    """Lines wrapped at some size, in a face ``narrowing`` times Helvetica's widths: the size at which the widest
-    spans the box, and how far the spacing that makes is from ordinary (None: no plausible spacing)."""
-    tight = width / max((max(advance(line) for line in lines) - BEARINGS) * narrowing, 1e-6)
+def _fit(lines: list[str], width: float, height: float, face: int) -> _Fit | None:
+    """Lines wrapped at some size, at the size at which the widest spans the box (None: no plausible spacing makes
+    them fill its height)."""
+    tight = width / max(max(advance(line, FACES[face]) for line in lines) - BEARINGS, 1e-6)
     ink = _ink_above(lines[0]) + _ink_below(lines[-1])
     gaps = len(lines) - 1
-    spacing = (height / tight - ink) / gaps if gaps else LINE_SPACING
-    if gaps and not LEAST_SPACING <= spacing <= MOST_SPACING:
+    if not gaps:
+        return _Fit(lines, tight, LINE_SPACING, abs(height / tight - ink), face)
+    spacing = (height / tight - ink) / gaps
+    if not LEAST_SPACING <= spacing <= MOST_SPACING:
         return None
-    # in ems: how far the spacing is from ordinary (for one line, how far its ink is from the box's height)
-    distance = abs(spacing - LINE_SPACING) if gaps else abs(height / tight - ink)
-    return distance, _Fit(lines, tight, spacing, narrowing)
+    return _Fit(lines, tight, spacing, abs(spacing - LINE_SPACING), face)
 
 
-def _pieces(line: str) -> list[tuple[str, float, float]]:
+def _pieces(line: str, widths: dict[str, int]) -> list[tuple[str, float, float]]:
     """A line cut where it may wrap: each piece's text, its advance without and with its trailing space."""
     pieces = re.findall(r"\S+\s*", line) if " " in line else _wide_pieces(line)
-    return [(piece, advance(piece.rstrip()), advance(piece)) for piece in pieces]
+    return [(piece, advance(piece.rstrip(), widths), advance(piece, widths)) for piece in pieces]
 
 
 def _breaks(paragraphs: list[list[tuple[str, float, float]]], width_ems: float) -> tuple[int, ...]:
@@ -278,21 +357,37 @@ class _TableReader(HTMLParser):
 
 
 def hocr_page(lines: list[TextLine], size: tuple[int, int], number: int, dpi: float | None = None) -> str:
-    """One ``ocr_page`` of hOCR: each line an ``ocr_line``, its words ``ocrx_word`` placed in proportion to their
-    advance along the line. ``number`` is the page's 0-based position."""
+    """One ``ocr_page`` of hOCR: each block an ``ocr_carea`` holding an ``ocr_par``, its lines ``ocr_line``, their
+    words ``ocrx_word`` placed in proportion to their advance along the line. ``number`` is the page's 0-based
+    position."""
     width, height = size
     resolution = f"; scan_res {round(dpi)} {round(dpi)}" if dpi else ""
-    parts = [f"<div class='ocr_page' id='page_{number + 1}' title='bbox 0 0 {width} {height}; "
-             f"ppageno {number}{resolution}'>"]  # fmt: skip
-    for line_number, line in enumerate(lines, start=1):
-        line_id = f"line_{number + 1}_{line_number}"
-        parts.append(f"<span class='ocr_line' id='{line_id}' title='{_bbox(line.box)}; baseline 0 0'>")
-        for word_number, (word, box) in enumerate(word_boxes(line), start=1):
-            parts.append(f"<span class='ocrx_word' id='word_{line_id[5:]}_{word_number}' title='{_bbox(box)}'>"
-                         f"{html.escape(word)}</span> ")  # fmt: skip
-        parts.append("</span>")
+    page_id = number + 1
+    parts = [f"<div class='ocr_page' id='page_{page_id}' title='bbox 0 0 {width} {height}; ppageno {number}"
+             f"{resolution}'>"]  # fmt: skip
+    blocks: dict[int, list[TextLine]] = {}
+    for line in lines:
+        blocks.setdefault(line.block, []).append(line)
+    for block_number, (_, block_lines) in enumerate(blocks.items(), start=1):
+        box = _union(line.box for line in block_lines)
+        block_id = f"{page_id}_{block_number}"
+        parts.append(f"<div class='ocr_carea' id='block_{block_id}' title='{_bbox(box)}'>")
+        parts.append(f"<p class='ocr_par' id='par_{block_id}' title='{_bbox(box)}'>")
+        for line_number, line in enumerate(block_lines, start=1):
+            line_id = f"{block_id}_{line_number}"
+            parts.append(f"<span class='ocr_line' id='line_{line_id}' title='{_bbox(line.box)}; baseline 0 0'>")
+            for word_number, (word, word_box) in enumerate(word_boxes(line), start=1):
+                parts.append(f"<span class='ocrx_word' id='word_{line_id}_{word_number}' title='{_bbox(word_box)}'>"
+                             f"{html.escape(word)}</span>")  # fmt: skip
+            parts.append("</span>")
+        parts.append("</p>\n</div>")
     parts.append("</div>")
     return "\n".join(parts)
+
+
+def _union(boxes: Iterable[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
+    lefts, tops, rights, bottoms = zip(*boxes, strict=True)
+    return min(lefts), min(tops), max(rights), max(bottoms)
 
 
 def hocr_document(pages: list[str]) -> str:
@@ -324,5 +419,5 @@ def word_boxes(line: TextLine) -> list[tuple[str, tuple[float, float, float, flo
 
 
 def _bbox(box: tuple[float, float, float, float]) -> str:
-    left, top, right, bottom = box
+    left, top, right, bottom = (max(value, 0.0) for value in box)
     return f"bbox {int(left)} {int(top)} {max(int(right), int(left) + 1)} {max(int(bottom), int(top) + 1)}"

@@ -1,23 +1,22 @@
-"""Makes ``ocr_api/data/glyphless.ttf``: a TrueType font with one empty glyph, for invisible text layers.
+"""Makes the glyphless font of searchable PDFs: a TrueType font with one empty glyph, for invisible text layers.
 
 A searchable PDF's text is drawn invisibly (render mode 3), so its glyphs are never seen: what matters is that every
 character maps to some glyph of known width, and that the font is embedded (viewers then substitute nothing and warn
 of nothing). Tesseract's PDF renderer uses the same idea. The font is made with fontTools (which OCRmyPDF brings) and
-committed; ``tests/test_text_layer.py`` checks that this script still makes the same bytes.
+committed, base64 in ``ocr_api/searchable_pdf.py`` (``GLYPHLESS_FONT``); ``tests/test_searchable.py`` checks that
+this script still makes those bytes.
 
-    python -m ocr_dev.glyphless_font [path]
+    python -m ocr_dev.glyphless_font   # prints the base64 to paste
 """
 
 from __future__ import annotations
 
+import base64
 import io
-import sys
-from pathlib import Path
 
 from fontTools.fontBuilder import FontBuilder
 from fontTools.pens.ttGlyphPen import TTGlyphPen
 
-FONT_PATH = Path(__file__).resolve().parent.parent / "ocr_api" / "data" / "glyphless.ttf"
 UNITS_PER_EM = 1000
 ADVANCE = 500  # every character half an em; the PDF's /W widens the East Asian ones
 ASCENT, DESCENT = 800, -200  # a line's glyph box is exactly its font size high
@@ -43,9 +42,7 @@ def build() -> bytes:
 
 
 def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else FONT_PATH
-    path.write_bytes(build())
-    print(f"wrote {path} ({path.stat().st_size} bytes)")
+    print(base64.b64encode(build()).decode())
 
 
 if __name__ == "__main__":

@@ -159,7 +159,9 @@ def markup(page: pymupdf.Page, size: tuple[int, int], zoom: float) -> str:
         label = "title" if largest >= 18 else "text"
         text = ("# " if label == "title" else "") + " ".join(lines)
         parts.append((box, label, text))
-    if not table_box.is_empty:
+    if not table_box.is_empty:  # a model's table box is the table's, grid and all
+        for drawing in page.get_drawings():
+            table_box |= drawing["rect"] * zoom
         rows = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in TABLE)
         parts.append((table_box, "table", f"<table>{rows}</table>"))
     parts.sort(key=lambda part: (part[0].x0 > width / 2 and part[0].y0 < height * 0.6, part[0].y0))

@@ -12,6 +12,7 @@ from urllib3 import encode_multipart_formdata
 
 from ocr_api.engines import EngineLoadError, EngineOutput, EngineRequest, GuardCheck
 from ocr_api.engines.base import GUARD_VERIFIED
+from ocr_api.errors import InferenceFailed
 from ocr_api.http.app import create_app
 from ocr_api.http.state import jobs_of
 from ocr_api.jobs import Jobs
@@ -119,6 +120,31 @@ class SlowEngine(FakeEngine):
 
         self._pool.submit(answer)
         return future
+
+
+class ScriptedEngine(FakeEngine):
+    """Answers each page with the next of ``answers`` (pages arrive in page order), then with FakeEngine's answer;
+    ``None`` in the list fails that page."""
+
+    def __init__(self, answers: list[str | None], **kwargs):
+        super().__init__(**kwargs)
+        self.answers = list(answers)
+
+    def submit(self, request: EngineRequest) -> concurrent.futures.Future[EngineOutput]:
+        with self._lock:
+            answer = self.answers.pop(0) if self.answers else ""
+        if answer is None:
+            future: concurrent.futures.Future[EngineOutput] = concurrent.futures.Future()
+            future.set_exception(InferenceFailed("a page the script fails"))
+            return future
+        return super().submit(request) if answer == "" else _resolved(request, answer)
+
+
+def _resolved(request: EngineRequest, text: str) -> concurrent.futures.Future[EngineOutput]:
+    future: concurrent.futures.Future[EngineOutput] = concurrent.futures.Future()
+    future.set_result(EngineOutput(text=text, finish_reason="stop", prompt_tokens=300, completion_tokens=len(text),
+                                   max_tokens=request.max_tokens, guard=request.guard))  # fmt: skip
+    return future
 
 
 class JobsApp:

@@ -121,6 +121,12 @@ def _json(schema: Schema, description: str, headers: dict[str, Schema] | None = 
     return response
 
 
+BINARY = {"type": "string", "format": "binary"}
+PAGES_WITHOUT_TEXT = {
+    name: {"schema": STRING, "description": f"{what} (1-based page numbers, comma-separated; empty for none)."}
+    for name, what in (("X-OCR-Failed-Pages", "Pages that failed"),
+                       ("X-OCR-Kept-Text-Pages", "PDF pages that had text of their own and kept it"))
+}  # fmt: skip
 RETRY_AFTER = {"Retry-After": {"schema": INTEGER, "description": "Seconds to wait before trying again."}}
 ERROR_MEANINGS = {
     "400": "The request is malformed; `code` names what.",
@@ -192,7 +198,19 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
         ("ocr.ocr", "POST"): Operation(
             "OCR one image or PDF",
             "ocr",
-            {"200": _json(_ref("OcrResult"), "The file's result."), **ocr_errors},
+            {
+                "200": {
+                    "description": "The file's result; with `output=pdf` the searchable PDF, with `output=hocr` hOCR. "
+                    "X-OCR-Failed-Pages and X-OCR-Kept-Text-Pages name the pages without the model's text.",
+                    "content": {
+                        JSON: {"schema": _ref("OcrResult")},
+                        "application/pdf": {"schema": BINARY},
+                        "text/html": {"schema": STRING},
+                    },
+                    "headers": PAGES_WITHOUT_TEXT,
+                },
+                **ocr_errors,
+            },
             _upload_body(fields, "file", False, 1, "image"),
         ),
         ("ocr.ocr_batch", "POST"): Operation(
@@ -225,6 +243,19 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
                 "200": _json({"anyOf": [_ref("OcrResult"), _ref("BatchResult")]}, "The result."),
                 "202": _json(_ref("Job"), "Not finished yet: the job's view."),
                 **_errors("401", "404", "409", "429", "503"),
+            },
+            parameters=[job_id],
+        ),
+        ("jobs.get_job_result_pdf", "GET"): Operation(
+            "A finished job's searchable PDF (made with output=pdf)",
+            "jobs",
+            {
+                "200": {
+                    "description": "Every file's pages, the text under them, in upload order.",
+                    "content": {"application/pdf": {"schema": BINARY}},
+                    "headers": PAGES_WITHOUT_TEXT,
+                },
+                **_errors("401", "404", "409", "422", "429", "503"),
             },
             parameters=[job_id],
         ),

@@ -6,6 +6,7 @@ import io
 import logging
 import sqlite3
 import tempfile
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import IO
 
@@ -188,6 +189,15 @@ def get_job_result(job_id: str):
     return jsonify(body), status
 
 
+@job_routes.get("/jobs/<job_id>/result.pdf")
+def get_job_result_pdf(job_id: str):
+    """The searchable PDF of a finished job made with output=pdf: every file's pages, the text under them."""
+    path, searchable = jobs_of(current_app).result_pdf(_job(job_id))
+    response = send_file(path, mimetype="application/pdf", as_attachment=True, download_name=f"{job_id}.pdf")
+    _pages_without_text(response, searchable.get("failed_pages", []), searchable.get("kept_text_pages", []))
+    return response
+
+
 @job_routes.get("/jobs/<job_id>/pages")
 def get_job_pages(job_id: str):
     """The pages finished so far, in page order, after the ``after``-th (default 0)."""
@@ -260,12 +270,18 @@ def rendition_response(rendition: Rendition) -> Response:
     """A searchable PDF or hOCR as a download; the headers say which pages carry no text from the model."""
     response = send_file(io.BytesIO(rendition.data), mimetype=rendition.media_type, as_attachment=True,
                          download_name=rendition.filename)  # fmt: skip
-    response.headers["X-OCR-Failed-Pages"] = ",".join(map(str, rendition.failed_pages))
-    response.headers["X-OCR-Kept-Text-Pages"] = ",".join(map(str, rendition.kept_text_pages))
+    _pages_without_text(response, rendition.failed_pages, rendition.kept_text_pages)
     # hOCR is HTML made from the page's text: never run as a page of this origin, whatever a browser guesses.
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def _pages_without_text(response: Response, failed: Sequence[int], kept_text: Sequence[int]) -> None:
+    """The pages (1-based, comma-separated; empty for none) that carry no text from the model: those that failed,
+    and PDF pages that had text of their own and kept it."""
+    response.headers["X-OCR-Failed-Pages"] = ",".join(map(str, failed))
+    response.headers["X-OCR-Kept-Text-Pages"] = ",".join(map(str, kept_text))
 
 
 def _job(job_id: str) -> Job:

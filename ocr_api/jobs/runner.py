@@ -15,6 +15,7 @@ from ocr_api.admission import JOB, Sender
 from ocr_api.errors import ApiError, ClientGone, EngineNotReady, GatewayTimeout, InferenceFailed
 from ocr_api.figures import picture_links
 from ocr_api.jobs.queue import HEARTBEAT_S, NOBODY, PlannedRetry
+from ocr_api.jobs.searchable import JobPdf
 from ocr_api.jobs.store import Job, JobFile, JobStore
 from ocr_api.jobs.turns import Turns
 from ocr_api.options import OcrOptions
@@ -70,8 +71,19 @@ class JobRunner:
         files = self.store.files(job_id)
         watch = _Watch(self.store, job, stopping)
         self.turns.opened(job_id, job.owner or NOBODY)
+        options = self.service.options_from(job.form)
+        pdf = JobPdf(self.store, job, files, options, self.service.image_limits) if job.wants_pdf else None
         try:
-            self._run_pages(job, files, watch)
+            return self._run_to_end(job, files, watch, retries_left, pdf)
+        finally:
+            if pdf is not None:
+                pdf.close()
+
+    def _run_to_end(self, job: Job, files: list[JobFile], watch: _Watch, retries_left: int,
+                    pdf: JobPdf | None) -> Job | None:  # fmt: skip
+        job_id = job.id
+        try:
+            self._run_pages(job, files, watch, pdf)
         except ClientGone:  # cancelled, or the consumer is stopping
             if watch.cancelled:
                 self._end_cancelled(job)
@@ -92,11 +104,13 @@ class JobRunner:
                 job.status, job.error, job.waiting_for = "queued", {**error.to_dict(), "retrying": True}, "engine"
                 self.store.save(job)
                 raise EngineDown(error.code) from None
-            self._fail_remaining(job, files, error)
+            self._fail_remaining(job, files, error, pdf)
+        if pdf is not None:
+            job.searchable = pdf.finish()
         self._end(job)
         return None
 
-    def _run_pages(self, job: Job, files: list[JobFile], watch: _Watch) -> None:
+    def _run_pages(self, job: Job, files: list[JobFile], watch: _Watch, pdf: JobPdf | None) -> None:
         options = self.service.options_from(job.form)
         offsets = _offsets(files)
         with ExitStack() as stack:
@@ -123,9 +137,13 @@ class JobRunner:
             # closing(): a failure to store a page ends the stream at once, its pages aborted, its slots freed.
             try:
                 with closing(stream.finished(todo)) as finished:
+                    if pdf is not None:
+                        pdf.catch_up()  # the pages stored by earlier runs
                     for (position, index), outcome in finished:
                         self._record(job, files, (position, index), offsets[position] + index + 1, outcome,
                                      options=options)  # fmt: skip
+                        if pdf is not None:
+                            pdf.catch_up()
             finally:
                 job.engine_ms = round(job.engine_ms + stream.engine_ms, 1)
 
@@ -155,7 +173,7 @@ class JobRunner:
         job.heartbeat_at = time.time()
         self.store.save(job)
 
-    def _fail_remaining(self, job: Job, files: list[JobFile], error: ApiError) -> None:
+    def _fail_remaining(self, job: Job, files: list[JobFile], error: ApiError, pdf: JobPdf | None) -> None:
         """The engine stayed down through every retry: each page not done fails with its error, and says so."""
         logger.error("job %s: %s after every retry; %d page(s) fail", job.id, error.code,
                      job.pages_total - job.pages_done)  # fmt: skip
@@ -164,6 +182,8 @@ class JobRunner:
             for index in range(len(item.page_numbers)):
                 if not self._stored(job, offsets[position] + index + 1):
                     self._record(job, files, (position, index), offsets[position] + index + 1, PageOutcome(error=error))
+                    if pdf is not None:
+                        pdf.catch_up()
         job.error = error.to_dict()
 
     def _end(self, job: Job) -> None:

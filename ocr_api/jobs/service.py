@@ -34,6 +34,7 @@ from ocr_api.figures import ANNOTATED, has_figure, picture_png
 from ocr_api.jobs import callbacks
 from ocr_api.jobs.queue import JobQueue
 from ocr_api.jobs.runner import JobRunner
+from ocr_api.jobs.searchable import result_pdf
 from ocr_api.jobs.store import Job, JobFile
 from ocr_api.preparation import EXTENSIONS, sniff_format
 from ocr_api.results import FileError, batch_body, file_body
@@ -114,6 +115,7 @@ class Jobs:
                              code="too_many_files")  # fmt: skip
         fields = {key: values for key, values in form.items() if key != "callback_url"}
         options = self.service.options_from(fields)  # 400 for a bad field, before anything is stored
+        _check_output(options.output)
         callback_url = (form.get("callback_url") or [""])[0].strip() or None
         if callback_url:
             if not self.settings.callback_secret:
@@ -273,6 +275,23 @@ class Jobs:
             return results[0], 200
         return batch_body(results), 200
 
+    def result_pdf(self, job: Job) -> tuple[Path, dict[str, list[int]]]:
+        """A finished job's searchable PDF (output=pdf), and which of its pages have no text from the model."""
+        if not job.wants_pdf:
+            raise NotFound("This job was not made with output=pdf; it has no PDF.", code="no_pdf")
+        if job.status == "cancelled":
+            raise Conflict("The job was cancelled; it has no result.", code="job_cancelled")
+        if not job.finished:
+            raise Conflict(f"The job is {job.status} ({job.pages_done}/{job.pages_total} pages); its PDF is served "
+                           "once every page is done.", code="job_not_finished")  # fmt: skip
+        searchable = job.searchable or {}
+        if "error" in searchable:
+            raise UnprocessableFile(str(searchable["error"]), code="pdf_not_written")
+        path = result_pdf(self.store, job.id)
+        if not path.exists():
+            raise Conflict("The job's results are gone (removed or expired).", code="job_results_removed")
+        return path, searchable
+
     def check_picture(self, job: Job, index: int, kind: str, number: int = 0) -> dict[str, Any]:
         """The finished page's record when it has this picture (asked for, page finished and not failed, the figure
         in its output); PictureNotFound otherwise. Reads the record only: nothing is drawn."""
@@ -402,6 +421,12 @@ class Jobs:
             except JobNotFound:  # removed meanwhile (DELETE of a finished job, or expired)
                 yield _event("end", {"id": job.id, "status": "removed"}, event_id="end")
                 return
+
+
+def _check_output(output: str) -> None:
+    if output == "hocr":
+        raise BadRequest("A job answers JSON, or a searchable PDF with output=pdf; hOCR comes from /ocr.",
+                         code="output_not_supported")  # fmt: skip
 
 
 def _event(name: str, data: dict[str, Any], event_id: str | None = None) -> str:

@@ -71,14 +71,23 @@ class Job:
     # While queued, what it waits for: "consumer" (a consumer's place: queue_position jobs before it), "turn" (it ran,
     # and gave its place to a job that was waiting) or "engine" (the engine failed; it runs again after a delay).
     waiting_for: str = "consumer"
+    # output=pdf, once finished: the 1-based pages of result.pdf without the model's text (failed; kept their own)
+    searchable: dict[str, list[int]] | None = None
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    @property
+    def wants_pdf(self) -> bool:
+        return [value.strip().lower() for value in self.form.get("output", [])] == ["pdf"]
+
     def links(self) -> dict[str, str]:
         base = f"{self.base_url.rstrip('/')}/jobs/{self.id}"
-        return {"self": base, "result": f"{base}/result", "pages": f"{base}/pages", "events": f"{base}/events"}
+        links = {"self": base, "result": f"{base}/result", "pages": f"{base}/pages", "events": f"{base}/events"}
+        if self.wants_pdf:
+            links["result_pdf"] = f"{base}/result.pdf"
+        return links
 
     def view(self, now: float, queue_position: int | None = None, *, for_callback: bool = False) -> shapes.Job:
         """What GET /jobs/<id> answers, and a callback sends: that one without ``callback``, which tells how its own
@@ -198,10 +207,12 @@ class JobStore:
         return self.huey.put_if_empty(f"job:{job.id}:recovered:{job.heartbeat_at}", True)
 
     def remove_results(self, job_id: str, pages_total: int) -> None:
-        """Delete the job's uploads and pages; its record stays until it expires."""
+        """Delete the job's uploads, pages and searchable PDF; its record stays until it expires."""
         for index in range(1, pages_total + 1):
             self.huey.delete(f"job:{job_id}:page:{index}")
         shutil.rmtree(self.directory(job_id) / "uploads", ignore_errors=True)
+        for leftover in self.directory(job_id).glob("result.pdf*"):
+            leftover.unlink(missing_ok=True)
 
     def remove(self, job_id: str) -> None:
         """Delete everything of the job: record, files, pages, flags and its directory."""
