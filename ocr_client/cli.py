@@ -3,8 +3,10 @@
     deepseek-ocr scans/ --out results/ --task markdown
     deepseek-ocr 'inbox/**/*.pdf' --url http://gpu-box:5000 --api-key "$KEY"
 
-Each input gets ``<out>/<its path>.md`` and ``.json`` (the service's answer unchanged). Images go to /ocr, PDFs
-(and images over the service's upload limit) as jobs, whose pages count on the bar. A run records in
+Each input gets ``<out>/<its path>.md`` and ``.json`` (the service's answer unchanged), and with ``--pdf``
+``<out>/<its path>.pdf``, the searchable PDF (the same pages, the text under them). Images go to /ocr, PDFs (and
+images over the service's upload limit, and every input with ``--pdf``: one reading gives both the JSON and the PDF)
+as jobs, whose pages count on the bar. A run records in
 ``<out>/.deepseek-ocr-state.json`` each input's SHA-256 and the options it was read with once its results are
 written, and each job's id as soon as it is queued: a second run with the same options skips what is done and waits
 on the jobs it left, so an interrupted run loses nothing and redoes nothing; a run with other options (``--task``,
@@ -161,6 +163,7 @@ class Run:
         *, stop: threading.Event | None = None, force: bool = False,
     ):  # fmt: skip
         self.client, self.out, self.fields, self.console = client, out, fields, console
+        self.pdf = fields.get("output") == "pdf"  # --pdf: each input's searchable PDF too
         self.force = force  # --force: read every input again, whatever the record says
         self.stop = stop or threading.Event()  # set by Ctrl-C; the client's sleeps end with it (main)
         self.jobs_waited: dict[str, str] = {}  # input name -> the job a worker waits on
@@ -216,12 +219,14 @@ class Run:
         try:
             digest = _digest(item.path)
             done = self.state.data["done"].get(digest)
-            if not self.force and self._made_so(done, item) and self._outputs(item)[1].exists():
+            if not self.force and self._made_so(done, item) and self._written(item):
                 outcome.pages, outcome.skipped = done["pages"], True
             else:
-                result = self._result(item, digest)
+                result, job_id = self._result(item, digest)
                 if self.stop.is_set():  # nothing is written after Ctrl-C: the next run does it
                     raise Interrupted()
+                if self.pdf and job_id:
+                    self.client.job_result_pdf(job_id, self._pdf_output(item))
                 self._write(item, result)
                 outcome.pages = _pages(result)
                 self.state.update("done", digest, {"name": item.name, "pages": outcome.pages, "options": self.fields})
@@ -239,9 +244,10 @@ class Run:
         result made with other options (another --task, --pages...) is not this run's, and is made again."""
         return bool(record) and record.get("name", item.name) == item.name and record.get("options") == self.fields
 
-    def _result(self, item: Input, digest: str) -> dict[str, Any]:
-        if not item.is_document and item.path.stat().st_size <= self.max_upload_bytes:
-            return self.client.ocr(item.path, **self.fields)
+    def _result(self, item: Input, digest: str) -> tuple[dict[str, Any], str | None]:
+        """The input's result, and the job that made it (None: /ocr did)."""
+        if not self.pdf and not item.is_document and item.path.stat().st_size <= self.max_upload_bytes:
+            return self.client.ocr(item.path, **self.fields), None
         queued = self.state.data["jobs"].get(digest)
         job_id = queued["id"] if isinstance(queued, dict) and self._made_so(queued, item) and not self.force else None
         if job_id:
@@ -271,10 +277,18 @@ class Run:
         if view["status"] == "cancelled":
             self.state.update("jobs", digest, None)
             raise ApiError(409, "job_cancelled", "The job was cancelled on the service.")
-        return self.client.job_result(job_id)
+        return self.client.job_result(job_id), job_id
 
     def _outputs(self, item: Input) -> tuple[Path, Path]:
         return self.out / f"{item.name}.md", self.out / f"{item.name}.json"
+
+    def _written(self, item: Input) -> bool:
+        return self._outputs(item)[1].exists() and (not self.pdf or (self.out / f"{item.name}.pdf").exists())
+
+    def _pdf_output(self, item: Input) -> Path:
+        path = self.out / f"{item.name}.pdf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def _write(self, item: Input, result: dict[str, Any]) -> None:
         markdown, answer = self._outputs(item)
@@ -336,6 +350,8 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--max-upload-mb", type=int, default=16,
                          help="the service's MAX_UPLOAD_MB: larger images go as jobs (16)")  # fmt: skip
     command.add_argument("--retries", type=int, default=8, help="tries again on 503 and 429, honouring Retry-After")
+    command.add_argument("--pdf", action="store_true",
+                         help="also write each input's searchable PDF, <name>.pdf")  # fmt: skip
     command.add_argument("--force", action="store_true",
                          help="read every input again, even those a run finished with the same options")  # fmt: skip
     return command
@@ -346,6 +362,8 @@ def _fields(arguments: argparse.Namespace) -> Iterator[tuple[str, str]]:
         value = getattr(arguments, name)
         if value:
             yield name, str(value)
+    if arguments.pdf:
+        yield "output", "pdf"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,20 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(f"{message} ({code}, HTTP {status})")
         self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class Document:
+    """A file's result as a document of its own (``output=pdf`` or ``hocr``), and which pages (1-based) carry no text
+    from the model: those that failed, and PDF pages that had text of their own and kept it."""
+
+    data: bytes
+    failed_pages: list[int]
+    kept_text_pages: list[int]
+
+
+def _page_list(header: str | None) -> list[int]:
+    return [int(number) for number in (header or "").split(",") if number.strip().isdigit()]
 
 
 def _parts(field: str, paths: Sequence[Path]) -> Callable[[], list[tuple[str, tuple[str, bytes]]]]:
@@ -56,6 +71,24 @@ class Client:
         """OCR several files as one batch: one result or error per file."""
         return self._call("POST", "/ocr/batch", files=_parts("files", paths), data=fields)
 
+    def ocr_document(self, path: Path, output: str = "pdf", **fields: str) -> Document:
+        """OCR one image or PDF into a document: ``pdf`` (the searchable PDF) or ``hocr``."""
+        response = self._send("POST", "/ocr", files=_parts("file", [path]), data={**fields, "output": output})
+        return self._document(response)
+
+    def job_result_pdf(self, job_id: str, target: Path) -> Document:
+        """Save a finished job's searchable PDF (made with output=pdf) at ``target``, streamed; ``data`` is empty."""
+        response = self._send("GET", f"/jobs/{job_id}/result.pdf", stream=True)
+        if response.status_code >= 400:
+            raise self._error(response)
+        partial = target.with_name(target.name + ".part")
+        with partial.open("wb") as handle:
+            for chunk in response.iter_content(1 << 20):
+                handle.write(chunk)
+        partial.replace(target)
+        return Document(b"", _page_list(response.headers.get("X-OCR-Failed-Pages")),
+                        _page_list(response.headers.get("X-OCR-Kept-Text-Pages")))  # fmt: skip
+
     def submit_job(self, path: Path, **fields: str) -> dict[str, Any]:
         """Queue a job of one file; returns its view (``id``, ``status``, ``progress``)."""
         return self._call("POST", "/jobs", files=_parts("file", [path]), data=fields)
@@ -83,6 +116,12 @@ class Client:
             self.sleep(poll_s)
 
     def _call(self, method: str, path: str, files: Callable[[], list] | None = None, **kwargs: Any) -> dict[str, Any]:
+        return self._body(self._send(method, path, files, **kwargs))
+
+    def _send(
+        self, method: str, path: str, files: Callable[[], list] | None = None, **kwargs: Any
+    ) -> requests.Response:
+        """The response, once it is not a 503 or 429 (or the retries are spent)."""
         for attempt in range(self.retries + 1):
             # Files are read again for each attempt: a retried upload is a new body.
             response = self.session.request(
@@ -93,8 +132,8 @@ class Client:
                 self.on_retry(self._error(response), wait_s)
                 self.sleep(wait_s)
                 continue
-            return self._body(response)
-        raise AssertionError("unreachable")  # the last attempt returns or raises
+            return response
+        raise AssertionError("unreachable")  # the last attempt returns
 
     def _wait(self, response: requests.Response, attempt: int) -> float:
         """Retry-After when the service gives it (in seconds), else exponential backoff; never over max_wait_s."""
@@ -110,6 +149,13 @@ class Client:
         if not isinstance(body, dict):
             raise ApiError(response.status_code, "not_json", "The service answered something other than JSON.")
         return body
+
+    @classmethod
+    def _document(cls, response: requests.Response) -> Document:
+        if response.status_code >= 400:
+            raise cls._error(response)
+        return Document(response.content, _page_list(response.headers.get("X-OCR-Failed-Pages")),
+                        _page_list(response.headers.get("X-OCR-Kept-Text-Pages")))  # fmt: skip
 
     @staticmethod
     def _error(response: requests.Response) -> ApiError:

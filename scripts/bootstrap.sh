@@ -155,6 +155,24 @@ ensure_chromium() {
   return 1
 }
 
+# ensure_pdf_tools : Poppler's pdftotext, qpdf and Ghostscript on PATH (searchable PDFs are checked with the first
+# two; OCRmyPDF makes PDF/A with the third), installing Debian's packages when one is missing and this runs as root
+# with apt-get.
+ensure_pdf_tools() {
+  if command -v pdftotext >/dev/null 2>&1 && command -v qpdf >/dev/null 2>&1 && command -v gs >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing poppler-utils, qpdf and ghostscript (Debian's packages) for searchable PDFs" >&2
+    { apt-get update -q \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends poppler-utils qpdf ghostscript; } \
+      >/dev/null || return 1
+    return 0
+  fi
+  echo "error: the tests of searchable PDFs need pdftotext, qpdf and gs: apt-get install poppler-utils qpdf ghostscript" >&2
+  return 1
+}
+
 # resolve_engine : the engine OCR_ENGINE names (status 1 and one line when it cannot load DEEPSEEK_MODEL_NAME's
 # layout), with auto resolved by the same code as the service's
 # (ocr_api/profiles.py, standard library only: remote when OCR_ENGINE_URL is set, transformers for a checkpoint in

@@ -23,6 +23,7 @@ ensure_quality_venv  # olmOCR-Bench's scorer (tests/test_quality.py)
 ensure_nginx  # the front server that tests of start_production.sh run
 ensure_redis  # the queue and state that tests of jobs across processes share
 ensure_chromium  # the headless browser that tests of the web page drive
+ensure_pdf_tools  # pdftotext, qpdf and Ghostscript: searchable PDFs checked, and OCRmyPDF's PDF/A
 
 status=0
 .venv/bin/python -m pytest "$@" || status=$?

@@ -103,6 +103,29 @@ def test_a_folder_read_written_summarized_and_a_failure_exits_non_zero(
     assert jobs_queued(jobs_dir) == before + 3
 
 
+def test_pdf_writes_each_input_s_searchable_pdf_from_one_reading(served: tuple[str, Path], tmp_path: Path) -> None:
+    import pymupdf
+
+    url, jobs_dir = served
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    (inputs / "a.png").write_bytes(png_bytes((320, 240)))
+    (inputs / "doc.pdf").write_bytes(make_pdf(3))
+    before = jobs_queued(jobs_dir)
+    assert main([str(inputs), "--url", url, "--out", str(out), "--api-key", KEY, "--pdf"]) == 0
+    assert jobs_queued(jobs_dir) == before + 2  # each input read once, as a job giving its JSON and its PDF
+    # the image's page has the model's text under it; the PDF's pages, born digital, keep their own
+    for name, pages, text in (("a.png", 1, "stand-in page text"), ("doc.pdf", 3, "Page 1")):
+        made = pymupdf.open(out / f"{name}.pdf")
+        assert made.page_count == pages
+        assert made[0].get_text().startswith(text)
+        assert (out / f"{name}.md").read_text().startswith("stand-in page text")
+    (out / "a.png.pdf").unlink()  # a PDF missing: that input is not done, and is read again
+    assert main([str(inputs), "--url", url, "--out", str(out), "--api-key", KEY, "--pdf"]) == 0
+    assert jobs_queued(jobs_dir) == before + 3
+    assert (out / "a.png.pdf").exists()
+
+
 def test_ctrl_c_stops_at_once_says_what_it_left_and_the_next_run_goes_on(served: tuple[str, Path], tmp_path: Path):
     url, jobs_dir = served
     inputs, out = tmp_path / "in", tmp_path / "out"
