@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import pymupdf
 import pytest
 import requests
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -183,11 +184,31 @@ def test_an_image_and_a_three_page_pdf_read_with_text_boxes_and_downloads(
          round(value * result["pages"][1]["height"] / 999) for axis, value in enumerate(box)]
         for box in BOXES
     ]  # fmt: skip
+    # The document's searchable PDF: its three pages, fetched with the key when clicked.
+    with page.expect_download() as searchable:
+        page.locator(f"{pdf} .downloads a", has_text="report-searchable.pdf").click()
+    made = pymupdf.open(searchable.value.path())
+    assert made.page_count == 3
+    assert page.locator(f"{image} .downloads a", has_text="searchable").count() == 0  # an image read by /ocr
     # Each page offers its annotated picture beside its title: a job's is fetched by URL with the key (a blob).
     assert page.locator(f"{pdf} .page .stage img").first.get_attribute("src").startswith("blob:")
     with page.expect_download() as annotated:
         page.locator(f"{pdf} .page .page-download a", has_text="report-page-2.png").click()
     assert Path(annotated.value.path()).read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_image_s_searchable_pdf_when_asked(page: Page, stand_in: str, inputs: dict[str, Path]) -> None:
+    model_output(stand_in, GROUNDED)
+    page.fill("#api-key", KEY)
+    page.check("#searchable")
+    page.set_input_files("#files", [str(inputs["image"])])
+    page.click("#run")
+    page.wait_for_selector("body[data-finished]", timeout=60_000)
+    with page.expect_download() as searchable:
+        page.locator('.file[data-filename="scan.png"] .downloads a', has_text="scan-searchable.pdf").click()
+    made = pymupdf.open(searchable.value.path())
+    assert made.page_count == 1
+    assert "Quarterly report" in made[0].get_text()
 
 
 def test_hostile_model_output_stays_inert(page: Page, stand_in: str, inputs: dict[str, Path]) -> None:

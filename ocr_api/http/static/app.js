@@ -78,13 +78,16 @@ async function picture(url) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-// PDFs go as jobs (progress, pages as they finish); so does an image over /ocr's upload limit.
+// PDFs go as jobs (progress, pages as they finish, a searchable PDF); so does an image over /ocr's upload limit, and
+// every image when its searchable PDF is asked for (one reading gives the result and the PDF).
 const asJob = (file) =>
-  file.type === "application/pdf" || /\.pdf$/i.test(file.name) || file.size > config.max_upload_mb * 1024 * 1024;
+  file.type === "application/pdf" || /\.pdf$/i.test(file.name) || file.size > config.max_upload_mb * 1024 * 1024 ||
+  byId("searchable").checked;
 const byId = (id) => document.getElementById(id);
 
-function requestFields(file) {
+function requestFields(file, job = false) {
   const form = new FormData();
+  if (job) form.append("output", "pdf"); // a job's searchable PDF, written as its pages finish
   form.append("file", file, file.name);
   form.append("task", byId("task").value);
   if (byId("task").value === "locate") form.append("phrase", byId("phrase").value);
@@ -279,7 +282,7 @@ async function readImage(file, card) {
 
 async function readJob(file, card) {
   setState(card, "queued", 0, 1);
-  const { data: job } = await call("POST", "/jobs", requestFields(file));
+  const { data: job } = await call("POST", "/jobs", requestFields(file, true));
   card.dataset.job = job.id;
   let after = 0;
   const notice = card.querySelector(".notice");
@@ -303,6 +306,24 @@ async function readJob(file, card) {
   }
   setState(card, "done", after, Math.max(after, 1));
   offerDownloads(card, result);
+  if (job.urls.result_pdf) offerSearchablePdf(card, job.urls.result_pdf);
+}
+
+// The job's searchable PDF: fetched with the key when clicked (a book's PDF is not held by the page until asked).
+function offerSearchablePdf(card, url) {
+  const link = download(`${baseName(card)}-searchable.pdf`, "#");
+  link.addEventListener("click", async (event) => {
+    if (link.href.startsWith("blob:")) return; // fetched: the browser saves it
+    event.preventDefault();
+    const response = await fetch(url, { headers: authorization() });
+    if (!response.ok) {
+      showError(card, new ApiError(response.status, await response.json().catch(() => null)));
+      return;
+    }
+    link.href = URL.createObjectURL(await response.blob());
+    link.click();
+  });
+  card.querySelector(".downloads").append(" ", link);
 }
 
 async function readAll(files) {
