@@ -44,10 +44,10 @@ def test_every_curl_line_of_the_readme_works_as_written(service_url: str, tmp_pa
     for name in ("scan.png", "paper.png", "p1.png"):
         (tmp_path / name).write_bytes(png_bytes((320, 240)))
     (tmp_path / "page.jpg").write_bytes(png_bytes((320, 240), fmt="JPEG"))
-    for name, pages in (("contract.pdf", 8), ("report.pdf", 2), ("book.pdf", 3)):
+    for name, pages in (("contract.pdf", 8), ("report.pdf", 2), ("book.pdf", 3), ("scan.pdf", 2)):
         (tmp_path / name).write_bytes(make_pdf(pages))
     lines = readme_curl_lines()
-    assert len(lines) == 10, lines
+    assert len(lines) == 12, lines
     job_id = ""
     for line in lines:
         command = line.replace(README_HOST, service_url).replace(JOB_ID, job_id)
@@ -57,7 +57,10 @@ def test_every_curl_line_of_the_readme_works_as_written(service_url: str, tmp_pa
         assert run.returncode == 0, (line, run.stderr)
         body, status = run.stdout.rsplit("\n", 1)
         assert status in ("200", "202"), (line, run.stdout[-500:])
-        if "/jobs/" not in command:
+        if " -o " in command:  # a searchable PDF, saved where the line says
+            saved = tmp_path / command.rsplit(" -o ", 1)[1].split()[0]
+            assert saved.read_bytes().startswith(b"%PDF-"), line
+        elif "/jobs/" not in command:
             answer = json.loads(body)
             if line.endswith("/jobs"):
                 job_id = answer["id"]
