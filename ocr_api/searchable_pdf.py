@@ -47,6 +47,7 @@ GLYPHLESS_FONT = base64.b64decode(
 )
 FONT_NAME = "OcrLayer"
 DEFAULT_DPI = 300.0
+PLAUSIBLE_DPI = (36.0, 4800.0)
 FLUSH_PAGES = 64
 DEFAULT_WIDTH = 550  # a character of no other width (1/1000 em): an average letter, as ocr_api/text_layer.py has it
 BASELINE = 0.2  # the font's descent: a line's baseline sits this share of its height above its bottom
@@ -276,7 +277,9 @@ def image_dpi(path: Path) -> tuple[float, float]:
     """The resolution an image states (300 dpi where it states none), across and down as it is stored."""
     with Image.open(path) as opened:
         dpi = opened.info.get("dpi") or (DEFAULT_DPI, DEFAULT_DPI)
-    across, down = (float(value) if value and float(value) > 1 else DEFAULT_DPI for value in dpi[:2])
+    # A resolution no scanner or camera writes (0, 1, 72,000) is a missing one: the page would be a stamp or a field.
+    across, down = (float(value) if value and PLAUSIBLE_DPI[0] <= float(value) <= PLAUSIBLE_DPI[1] else DEFAULT_DPI
+                    for value in dpi[:2])  # fmt: skip
     return across, down
 
 

@@ -88,7 +88,7 @@ def test_start_server_runs_jobs_and_a_killed_or_stopped_server_finishes_them_aft
         log = tmp_path / "server.log"
         process = start("start_server.sh", env, log)
         wait_ready(url, process, log, START_TIMEOUT_S)
-        job = submit(url, 40)
+        job = submit(url, 40, output="pdf")  # its searchable PDF written across the kill too
         at_kill = wait_for([url], job["id"], lambda v: v["progress"]["pages_done"] >= 8, 60)["progress"]["pages_done"]
         os.killpg(process.pid, signal.SIGKILL)  # no warning: the job is left "running", its lock held
         killed = time.monotonic()
@@ -101,6 +101,11 @@ def test_start_server_runs_jobs_and_a_killed_or_stopped_server_finishes_them_aft
             assert finished["status"] == "succeeded"
             assert finished["runs"] == 2
             assert all_pages(url, job["id"]) == list(range(1, 41))
+            searchable = requests.get(f"{url}/jobs/{job['id']}/result.pdf", timeout=30)
+            assert searchable.status_code == 200
+            assert pymupdf.open(stream=searchable.content, filetype="pdf").page_count == 40
+            # every page went through the writer once: born digital, each kept its own text
+            assert searchable.headers["X-OCR-Kept-Text-Pages"] == ",".join(map(str, range(1, 41)))
             # The new process holds JOBS_DIR's consumer lock, so it knows the job was orphaned: taken up at once,
             # not after the heartbeat has gone stale.
             assert resumed - ready < STALE_S

@@ -7,6 +7,7 @@ exact blocks in DeepSeek's markup; the PDF the service makes is scored with pdft
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from ocr_api.preparation import ImageLimits
 from ocr_api.searchable_pdf import GLYPHLESS_FONT, ImagePart, PageText, PdfPart, SearchablePdf, layer_content
 from ocr_api.text_layer import block_text_lines, hocr_document, hocr_page, page_lines
 from ocr_dev import glyphless_font
-from ocr_dev.searchable_pages import scan, score, text_pages
+from ocr_dev.searchable_pages import answer_words, scan, score, text_pages
 from tests.fakes import JobsApp, ScriptedEngine
 
 if shutil.which("pdftotext") is None or shutil.which("qpdf") is None:
@@ -129,6 +130,15 @@ def test_an_image_without_a_resolution_is_300_dpi_and_png_kept_as_it_is(make_cli
     assert (round(made[0].rect.width), round(made[0].rect.height)) == (216, 144)
     # without grounding the text is one block over the whole page
     assert made[0].get_text().split() == ["no", "boxes", "at", "all"]
+
+
+@pytest.mark.parametrize("stated", [(1, 1), (100_000, 100_000)])
+def test_an_implausible_resolution_is_taken_as_none(make_client, stated: tuple[int, int]) -> None:
+    encoded = io.BytesIO()
+    Image.new("RGB", (900, 600), "white").save(encoded, "PNG", dpi=stated)
+    client = make_client(engine=ScriptedEngine(["text"]))
+    made = pymupdf.open(stream=_post(client, encoded.getvalue(), "odd.png", output="pdf").data, filetype="pdf")
+    assert (round(made[0].rect.width), round(made[0].rect.height)) == (216, 144)  # 300 dpi
 
 
 def test_a_page_with_its_own_text_keeps_it_and_gets_no_second_layer(make_client) -> None:
@@ -290,6 +300,24 @@ def test_the_writer_goes_on_from_its_last_save(held_in, tmp_path: Path) -> None:
     second.finish()
     assert score(scanned, target.read_bytes(), truths).found_pdftotext == 1.0
     assert not Path(f"{target}.progress.json").exists()
+
+
+def test_the_writer_saves_every_few_pages_and_lets_them_go(held_in, tmp_path: Path) -> None:
+    scanned, truths = held_in
+    source = tmp_path / "scan.pdf"
+    source.write_bytes(scanned)
+    target = tmp_path / "out.pdf"
+    writer = SearchablePdf(target, [PdfPart(source, (0, 1, 2))], flush_pages=2)
+    texts = _texts(truths)
+    writer.add(texts[0])
+    assert writer._document is not None  # one page: held
+    writer.add(texts[1])
+    assert writer._document is None  # two: saved, and the document let go of
+    assert json.loads(Path(f"{target}.progress.json").read_text())["written"] == 2
+    with pymupdf.open(target) as saved:
+        assert saved[1].get_text().split()[:2] == answer_words(truths)[1][:2]
+    writer.add(texts[2])
+    writer.finish()
 
 
 def test_a_damaged_partial_file_starts_again(held_in, tmp_path: Path) -> None:
