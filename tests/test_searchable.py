@@ -284,17 +284,20 @@ def _texts(truths) -> list[PageText]:
             for truth in truths]  # fmt: skip
 
 
+def _writer(scanned: bytes, folder: Path, flush_pages: int) -> tuple[SearchablePdf, Path]:
+    """A writer of the three held-in pages' searchable PDF to ``folder``/out.pdf, saving every ``flush_pages``."""
+    source = folder / "scan.pdf"
+    source.write_bytes(scanned)
+    return SearchablePdf(folder / "out.pdf", [PdfPart(source, (0, 1, 2))], flush_pages), folder / "out.pdf"
+
+
 def test_the_writer_goes_on_from_its_last_save(held_in, tmp_path: Path) -> None:
     scanned, truths = held_in
-    source = tmp_path / "scan.pdf"
-    source.write_bytes(scanned)
-    parts = [PdfPart(source, (0, 1, 2))]
-    target = tmp_path / "out.pdf"
-    first = SearchablePdf(target, parts, flush_pages=2)
+    first, target = _writer(scanned, tmp_path, 2)
     for text in _texts(truths)[:2]:
         first.add(text)
     first.close()  # stopped after its save of two pages
-    second = SearchablePdf(target, parts, flush_pages=2)
+    second, _ = _writer(scanned, tmp_path, 2)
     assert second.written == 2
     second.add(_texts(truths)[2])
     second.finish()
@@ -304,10 +307,7 @@ def test_the_writer_goes_on_from_its_last_save(held_in, tmp_path: Path) -> None:
 
 def test_the_writer_saves_every_few_pages_and_lets_them_go(held_in, tmp_path: Path) -> None:
     scanned, truths = held_in
-    source = tmp_path / "scan.pdf"
-    source.write_bytes(scanned)
-    target = tmp_path / "out.pdf"
-    writer = SearchablePdf(target, [PdfPart(source, (0, 1, 2))], flush_pages=2)
+    writer, target = _writer(scanned, tmp_path, 2)
     texts = _texts(truths)
     writer.add(texts[0])
     assert writer._document is not None  # one page: held
@@ -322,14 +322,11 @@ def test_the_writer_saves_every_few_pages_and_lets_them_go(held_in, tmp_path: Pa
 
 def test_a_damaged_partial_file_starts_again(held_in, tmp_path: Path) -> None:
     scanned, truths = held_in
-    source = tmp_path / "scan.pdf"
-    source.write_bytes(scanned)
-    target = tmp_path / "out.pdf"
-    writer = SearchablePdf(target, [PdfPart(source, (0, 1, 2))], flush_pages=1)
+    writer, target = _writer(scanned, tmp_path, 1)
     writer.add(_texts(truths)[0])
     writer.close()
     target.write_bytes(target.read_bytes()[: len(scanned) // 2])  # a save cut short
-    assert SearchablePdf(target, [PdfPart(source, (0, 1, 2))]).written == 0
+    assert _writer(scanned, tmp_path, 1)[0].written == 0
 
 
 @pytest.mark.parametrize("saved_as_it_goes", [False, True])
