@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import shutil
 import unicodedata
@@ -33,6 +34,8 @@ from PIL import Image
 from ocr_api.interpretation import Block
 from ocr_api.preparation import ORIENTATION_TAG, ImageLimits, decode_image
 from ocr_api.text_layer import HELVETICA_WIDTHS, TextLine, advance, page_lines
+
+logger = logging.getLogger(__name__)
 
 # A TrueType font of one empty glyph (612 bytes), made by ocr_dev/glyphless_font.py (a test checks it still makes it).
 GLYPHLESS_FONT = base64.b64decode(
@@ -110,7 +113,8 @@ class SearchablePdf:
         self.progress = self._load_progress() if self.path is not None else Progress()
         self.data: bytes | None = None
         self._document: pymupdf.Document | None = None
-        self._layers: pymupdf.Document | None = None
+        self._layers: pymupdf.Document | None = None  # the pages of invisible text drawn over the output's
+        self._layer_font = 0  # the glyphless font's object in _layers
         self._sources: dict[int, pymupdf.Document] = {}
         self._unsaved = 0
 
@@ -169,8 +173,8 @@ class SearchablePdf:
                 with pymupdf.open(self.path) as document:
                     if not document.is_repaired:  # a save cut short: start again
                         return progress
-            except (ValueError, TypeError, RuntimeError):
-                pass
+            except Exception:  # whatever is wrong with our own partial file, it is made again
+                logger.warning("%s cannot be gone on with; it is written again", self.path, exc_info=True)
         self.path.unlink(missing_ok=True)
         saved.unlink(missing_ok=True)
         return Progress()
@@ -183,6 +187,7 @@ class SearchablePdf:
         else:
             self._document = self._start()
         self._layers = pymupdf.open()
+        self._layer_font = add_layer_font(self._layers)
         return self._document
 
     def _start(self) -> pymupdf.Document:
@@ -267,8 +272,7 @@ class SearchablePdf:
         contents = self._layers.get_new_xref()
         self._layers.update_object(contents, "<<>>")
         self._layers.update_stream(contents, content)
-        font = _font_xref(self._layers)
-        self._layers.xref_set_key(layer.xref, "Resources", f"<</Font<</{FONT_NAME} {font} 0 R>>>>")
+        self._layers.xref_set_key(layer.xref, "Resources", f"<</Font<</{FONT_NAME} {self._layer_font} 0 R>>>>")
         self._layers.xref_set_key(layer.xref, "Contents", f"{contents} 0 R")
         page.show_pdf_page(page.rect, self._layers, layer.number, overlay=True, keep_proportion=False)
 
@@ -331,11 +335,9 @@ def _codes(text: str) -> str:
     return "".join(f"{ord(character) if ord(character) <= 0xFFFF else 0xFFFD:04X}" for character in text)
 
 
-def _font_xref(document: pymupdf.Document) -> int:
-    """The layer font in ``document``, added once."""
-    known = getattr(document, "_ocr_layer_font", None)
-    if known:
-        return int(known)
+def add_layer_font(document: pymupdf.Document) -> int:
+    """Add the glyphless font (a Type0 font over Identity-H codes, with its widths and ToUnicode map) to
+    ``document``; return its object number."""
     font_file, to_unicode, cid_to_gid = (document.get_new_xref() for _ in range(3))
     document.update_object(font_file, "<<>>")
     document.update_stream(font_file, GLYPHLESS_FONT)
@@ -362,7 +364,6 @@ def _font_xref(document: pymupdf.Document) -> int:
         "<</Type/Font/Subtype/Type0/BaseFont/GlyphLessFont/Encoding/Identity-H"
         f"/DescendantFonts[{cid_font} 0 R]/ToUnicode {to_unicode} 0 R>>",
     )
-    document._ocr_layer_font = font  # type: ignore[attr-defined]
     return font
 
 

@@ -20,7 +20,15 @@ from urllib3 import encode_multipart_formdata
 
 from ocr_api.interpretation import Block, Box, clean_text, parse_blocks
 from ocr_api.preparation import ImageLimits
-from ocr_api.searchable_pdf import GLYPHLESS_FONT, ImagePart, PageText, PdfPart, SearchablePdf, layer_content
+from ocr_api.searchable_pdf import (
+    GLYPHLESS_FONT,
+    ImagePart,
+    PageText,
+    PdfPart,
+    SearchablePdf,
+    add_layer_font,
+    layer_content,
+)
 from ocr_api.text_layer import block_text_lines, hocr_document, hocr_page, page_lines
 from ocr_dev import glyphless_font
 from ocr_dev.searchable_pages import answer_words, scan, score, text_pages
@@ -416,6 +424,7 @@ def test_east_asian_text_is_extracted(tmp_path: Path) -> None:
     page = document.new_page()
     writer = SearchablePdf(None, [])
     writer._layers = pymupdf.open()
+    writer._layer_font = add_layer_font(writer._layers)
     writer._draw(page, page_lines([Block("text", [Box(10, 10, 300, 40)], "中文文本 Ελληνικά")], "", (612, 792)),
                  (612, 792))  # fmt: skip
     path = tmp_path / "cjk.pdf"
