@@ -271,6 +271,24 @@ def test_a_job_without_output_pdf_has_no_pdf_and_hocr_is_refused(make_jobs) -> N
     assert refused.json["code"] == "output_not_supported"
 
 
+def test_a_pdf_that_cannot_be_written_leaves_the_job_s_json_whole(make_jobs, monkeypatch) -> None:
+    def broken(self, text) -> None:
+        raise RuntimeError("code=2: cannot write")
+
+    monkeypatch.setattr(SearchablePdf, "add", broken)
+    jobs: JobsApp = make_jobs()
+    encoded = io.BytesIO()
+    Image.new("RGB", (300, 200), "white").save(encoded, "PNG")
+    view = jobs.submit((encoded.getvalue(), "a.png"), output="pdf")
+    jobs.start()
+    assert jobs.wait(view["id"])["status"] == "succeeded"
+    response = jobs.client.get(f"/jobs/{view['id']}/result.pdf")
+    assert response.status_code == 422
+    assert response.json["code"] == "pdf_not_written"
+    assert "cannot write" in response.json["error"]
+    assert jobs.client.get(f"/jobs/{view['id']}/result").status_code == 200
+
+
 def test_a_cancelled_job_has_no_pdf(make_jobs) -> None:
     jobs: JobsApp = make_jobs()
     encoded = io.BytesIO()
@@ -334,6 +352,11 @@ def test_a_damaged_partial_file_starts_again(held_in, tmp_path: Path) -> None:
     writer.add(_texts(truths)[0])
     writer.close()
     target.write_bytes(target.read_bytes()[: len(scanned) // 2])  # a save cut short
+    assert _writer(scanned, tmp_path, 1)[0].written == 0
+    writer, target = _writer(scanned, tmp_path, 1)
+    writer.add(_texts(truths)[0])
+    writer.close()
+    Path(f"{target}.progress.json").write_text("{not json")  # its record cut short
     assert _writer(scanned, tmp_path, 1)[0].written == 0
 
 
