@@ -89,8 +89,8 @@ class TextLine:
 
 
 def page_lines(blocks: tuple[Block, ...] | list[Block], text: str, size: tuple[int, int]) -> list[TextLine]:
-    """The page's lines in reading order. Without any box (a prompt without grounding) the page's text is one
-    block over the whole page."""
+    """The page's lines in reading order, each with its box in pixels of a page of ``size``. Without any box (a
+    prompt without grounding) the page's text is set from the top of the page, on the model's own lines."""
     width, height = size
     boxed = [block for block in blocks if block.boxes]
     if not boxed:
