@@ -21,7 +21,7 @@ from ocr_api.documents import PdfLimits
 from ocr_api.engines import EngineLoadError, EngineRequest, OcrEngine, build_engine
 from ocr_api.engines.base import GUARD_MISSING, StopCheck
 from ocr_api.engines.vllm_flags import UNGUARDED_ADVICE
-from ocr_api.errors import ApiError, EngineNotReady, EngineUnguarded, ShuttingDown
+from ocr_api.errors import ApiError, EngineNotReady, EngineUnguarded, ShuttingDown, UnprocessableFile
 from ocr_api.figures import inline_pictures
 from ocr_api.guard import GuardSettings
 from ocr_api.options import OcrOptions, OptionRules, parse_options
@@ -222,6 +222,17 @@ class OcrService:
 
     def _rendition(self, item: _OpenedFile, result: FileResult, options: OcrOptions) -> Rendition:
         """The file as the searchable PDF or hOCR ``output`` asks for, made while its upload is still stored."""
+        try:
+            return self._make_rendition(item, result, options)
+        except Exception as error:  # PyMuPDF's errors have no common base: whatever fails, the client is told
+            logger.exception("the %s of %r could not be made", options.output, item.filename)
+            raise UnprocessableFile(
+                f"The file was read, but its {options.output} could not be made: "
+                f"{type(error).__name__}: {str(error)[:200]}",
+                code="pdf_not_written",
+            ) from None
+
+    def _make_rendition(self, item: _OpenedFile, result: FileResult, options: OcrOptions) -> Rendition:
         path, source = Path(item.image_path), item.source
         if isinstance(source, PdfSource):
             if options.output == "hocr":

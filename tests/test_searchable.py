@@ -193,6 +193,19 @@ def test_output_hocr_places_lines_and_words(make_client, held_in) -> None:
     assert page.bbox.right == 612 * 144 / 72  # in pixels of the page as read (PDF_DPI)
 
 
+def test_a_pdf_that_cannot_be_made_is_a_422_not_a_500(make_client, monkeypatch) -> None:
+    def broken(self, text) -> None:
+        raise RuntimeError("code=2: cannot write")
+
+    monkeypatch.setattr(SearchablePdf, "add", broken)
+    encoded = io.BytesIO()
+    Image.new("RGB", (300, 200), "white").save(encoded, "PNG")
+    response = _post(make_client(), encoded.getvalue(), "a.png", output="pdf")
+    assert response.status_code == 422
+    assert response.json["code"] == "pdf_not_written"
+    assert "cannot write" in response.json["error"]
+
+
 def test_output_is_checked(client) -> None:
     response = _post(client, b"%PDF-1.4", "x.pdf", output="docx")
     assert response.status_code == 400
