@@ -275,7 +275,7 @@ class Jobs:
             return results[0], 200
         return batch_body(results), 200
 
-    def result_pdf(self, job: Job) -> tuple[Path, dict[str, list[int]]]:
+    def result_pdf(self, job: Job) -> tuple[Path, dict[str, Any]]:
         """A finished job's searchable PDF (output=pdf), and which of its pages have no text from the model."""
         if not job.wants_pdf:
             raise NotFound("This job was not made with output=pdf; it has no PDF.", code="no_pdf")

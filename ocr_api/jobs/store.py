@@ -72,7 +72,7 @@ class Job:
     # and gave its place to a job that was waiting) or "engine" (the engine failed; it runs again after a delay).
     waiting_for: str = "consumer"
     # output=pdf, once finished: the 1-based pages of result.pdf without the model's text (failed; kept their own)
-    searchable: dict[str, list[int]] | None = None
+    searchable: dict[str, Any] | None = None  # or {"error": why it could not be written}
 
     @property
     def finished(self) -> bool:
