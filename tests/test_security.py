@@ -173,6 +173,8 @@ def test_cors_answers_configured_origins_only_and_preflight_needs_no_key(make_cl
     client = make_client(cors_origins="https://app.example.com", api_keys=KEY_A)
     allowed = _ocr(client, {"Origin": "https://app.example.com", "X-API-Key": KEY_A})
     assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    exposed = {name.strip().lower() for name in allowed.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"retry-after", "x-ocr-failed-pages", "x-ocr-kept-text-pages"} <= exposed  # readable by the other origin
     other = _ocr(client, {"Origin": "https://evil.example", "X-API-Key": KEY_A})
     assert "Access-Control-Allow-Origin" not in other.headers
     preflight = client.options(
