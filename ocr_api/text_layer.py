@@ -96,9 +96,8 @@ def page_lines(blocks: tuple[Block, ...] | list[Block], text: str, size: tuple[i
     if not boxed:
         whole = Block(label="text", text=text)
         return _unplaced_lines(block_text_lines(whole), width, height)
-    # a block over two columns has a box for each part; its text goes in the first
-    placed = [(block, (block.boxes[0].x1, block.boxes[0].y1, block.boxes[0].x2, block.boxes[0].y2))
-              for block in boxed if block.label not in PICTURE_LABELS and block.figure is None]  # fmt: skip
+    placed = [part for block in boxed if block.label not in PICTURE_LABELS and block.figure is None
+              for part in _parts(block)]  # fmt: skip
     candidates = [_candidates(block, box) for block, box in placed]
     sizes = {face: sorted((fit.font_size, index, fit.misfit) for index, fits in enumerate(candidates)
                           for fit in fits if fit.face == face and fit.misfit <= PLAUSIBLE)
@@ -110,6 +109,23 @@ def page_lines(blocks: tuple[Block, ...] | list[Block], text: str, size: tuple[i
         chosen = max(candidates[index], key=lambda fit: _agreement(fit, index, sizes[fit.face]), default=None)
         lines.extend(dataclasses.replace(line, block=index) for line in _placed_lines(block, box, chosen))
     return lines
+
+
+def _parts(block: Block) -> list[tuple[Block, tuple[float, float, float, float]]]:
+    """A block and its box; a block with several boxes (a paragraph over two columns) as one part a box, its words
+    shared out in proportion to the boxes' areas, in order. A table keeps its first box."""
+    boxes = [(box.x1, box.y1, box.x2, box.y2) for box in block.boxes]
+    words = block.text.split()
+    if len(boxes) == 1 or _is_table(block) or len(words) < len(boxes):
+        return [(block, boxes[0])]
+    areas = [max(right - left, 1) * max(bottom - top, 1) for left, top, right, bottom in boxes]
+    parts, start, covered = [], 0, 0.0
+    for box, area in zip(boxes, areas, strict=True):
+        covered += area
+        end = len(words) if box is boxes[-1] else round(len(words) * covered / sum(areas))
+        parts.append((dataclasses.replace(block, text=" ".join(words[start:end]), boxes=[]), box))
+        start = end
+    return [(part, box) for part, box in parts if part.text]
 
 
 def _unplaced_lines(written: list[str], width: int, height: int) -> list[TextLine]:

@@ -443,6 +443,17 @@ def test_a_paragraph_is_wrapped_back_onto_its_lines() -> None:
     assert [line.box[1] for line in lines] == sorted(line.box[1] for line in lines)
 
 
+def test_a_block_over_two_boxes_shares_its_words_between_them() -> None:
+    words = " ".join(f"word{number}" for number in range(20))
+    block = Block("text", [Box(0, 0, 100, 50), Box(200, 0, 300, 50)], words)
+    lines = page_lines([block], "", (400, 100))
+    left = [word for line in lines if line.box[0] < 150 for word in line.text.split()]
+    right = [word for line in lines if line.box[0] >= 200 for word in line.text.split()]
+    assert left + right == words.split()
+    assert len(left) == len(right) == 10  # boxes of equal area
+    assert all(line.box[2] <= 300 for line in lines)
+
+
 def test_markdown_marks_are_not_text() -> None:
     assert block_text_lines(Block("title", [], "## A **bold** title")) == ["A bold title"]
 
