@@ -53,6 +53,11 @@ class Block:
             body["figure"] = self.figure
         return body
 
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Block:
+        """The block ``to_dict`` wrote (a job's stored page)."""
+        return cls(body["label"], [Box(*box) for box in body["boxes"]], body["text"], body.get("figure"))
+
 
 def clean_text(raw_output: str) -> str:
     """Return the output without the end-of-sentence marker and surrounding blank space."""

@@ -280,7 +280,11 @@ class SearchablePdf:
 def image_dpi(path: Path) -> tuple[float, float]:
     """The resolution an image states (300 dpi where it states none), across and down as it is stored."""
     with Image.open(path) as opened:
-        dpi = opened.info.get("dpi") or (DEFAULT_DPI, DEFAULT_DPI)
+        return _stated_dpi(opened)
+
+
+def _stated_dpi(opened: Image.Image) -> tuple[float, float]:
+    dpi = opened.info.get("dpi") or (DEFAULT_DPI, DEFAULT_DPI)
     # A resolution no scanner or camera writes (0, 1, 72,000) is a missing one: the page would be a stamp or a field.
     across, down = (float(value) if value and PLAUSIBLE_DPI[0] <= float(value) <= PLAUSIBLE_DPI[1] else DEFAULT_DPI
                     for value in dpi[:2])  # fmt: skip
@@ -293,7 +297,7 @@ def add_image_page(document: pymupdf.Document, part: ImagePart) -> tuple[int, in
     with Image.open(io.BytesIO(data)) as opened:
         orientation = opened.getexif().get(ORIENTATION_TAG, 1)
         source_format = opened.format
-    dpi_x, dpi_y = image_dpi(part.path)
+        dpi_x, dpi_y = _stated_dpi(opened)
     prepared = decode_image(data, part.limits)
     width, height = prepared.source_size
     if orientation in (5, 6, 7, 8):

@@ -159,8 +159,8 @@ def _agreement(fit: _Fit, index: int, sizes: list[tuple[float, int, float]]) -> 
 
 def _candidates(block: Block, box: tuple[float, float, float, float]) -> list[_Fit]:
     """Every way the block's text may fit its box, in each face (none for a table, whose rows are its lines)."""
-    written = block_text_lines(block)
-    if not written or _is_table(block):
+    written = [] if _is_table(block) else block_text_lines(block)
+    if not written:
         return []
     left, top, right, bottom = box
     width, height = max(right - left, 1.0), max(bottom - top, 1.0)
@@ -202,12 +202,10 @@ def advance(text: str, widths: dict[str, int] = HELVETICA_WIDTHS) -> float:
 
 
 def _placed_lines(block: Block, box: tuple[float, float, float, float], fit: _Fit | None) -> list[TextLine]:
+    """The lines of a block as ``fit`` sets them in its box (none: a table's cells, or nothing to set)."""
     left, top, right, _ = box
-    written = block_text_lines(block)
-    if not written:
-        return []
-    if fit is None:  # a table
-        return _table_lines(block.text, box)
+    if fit is None:
+        return _table_lines(block.text, box) if _is_table(block) else []
     first_baseline = top + _ink_above(fit.lines[0]) * fit.font_size
     placed = []
     for number, line in enumerate(fit.lines):
@@ -224,6 +222,8 @@ def _table_lines(table_html: str, box: tuple[float, float, float, float]) -> lis
     width (the columns taken as equal: where the lines between them are is not in the model's answer)."""
     left, top, right, bottom = box
     rows = [cells for cells in table_rows(table_html) if cells]
+    if not rows:
+        return []
     columns = max(len(cells) for cells in rows)
     row_height, column_width = (bottom - top) / len(rows), (right - left) / columns
     font_size = row_height * TABLE_TEXT
@@ -327,14 +327,15 @@ def _breaks(paragraphs: list[list[tuple[str, float, float]]], width_ems: float) 
 
 
 def _lines(paragraphs: list[list[tuple[str, float, float]]], breaks: tuple[int, ...]) -> list[str]:
-    lines, remaining = [], iter(breaks)
+    """The lines ``breaks`` (pieces a line, as ``_breaks`` counts them) make of the paragraphs."""
+    lines, counts = [], iter(breaks)
     for pieces in paragraphs:
         start = 0
-        while start < len(pieces) or start == 0:
-            count = next(remaining)
+        while True:  # _breaks gives each paragraph one count a line, and one (0) to an empty one
+            count = next(counts)
             lines.append("".join(piece for piece, _, _ in pieces[start : start + count]).rstrip())
             start += count
-            if count == 0:
+            if start >= len(pieces):
                 break
     return [line for line in lines if line]
 

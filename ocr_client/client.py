@@ -79,15 +79,13 @@ class Client:
     def job_result_pdf(self, job_id: str, target: Path) -> Document:
         """Save a finished job's searchable PDF (made with output=pdf) at ``target``, streamed; ``data`` is empty."""
         response = self._send("GET", f"/jobs/{job_id}/result.pdf", stream=True)
-        if response.status_code >= 400:
-            raise self._error(response)
+        document = self._document(response, data=b"")  # an error raised before anything is written
         partial = target.with_name(target.name + ".part")
         with partial.open("wb") as handle:
             for chunk in response.iter_content(1 << 20):
                 handle.write(chunk)
         partial.replace(target)
-        return Document(b"", _page_list(response.headers.get("X-OCR-Failed-Pages")),
-                        _page_list(response.headers.get("X-OCR-Kept-Text-Pages")))  # fmt: skip
+        return document
 
     def submit_job(self, path: Path, **fields: str) -> dict[str, Any]:
         """Queue a job of one file; returns its view (``id``, ``status``, ``progress``)."""
@@ -151,10 +149,12 @@ class Client:
         return body
 
     @classmethod
-    def _document(cls, response: requests.Response) -> Document:
+    def _document(cls, response: requests.Response, data: bytes | None = None) -> Document:
+        """The document a response carries (``data``: its bytes when they go elsewhere, streamed), or its error."""
         if response.status_code >= 400:
             raise cls._error(response)
-        return Document(response.content, _page_list(response.headers.get("X-OCR-Failed-Pages")),
+        return Document(response.content if data is None else data,
+                        _page_list(response.headers.get("X-OCR-Failed-Pages")),
                         _page_list(response.headers.get("X-OCR-Kept-Text-Pages")))  # fmt: skip
 
     @staticmethod

@@ -127,6 +127,14 @@ PAGES_WITHOUT_TEXT = {
     for name, what in (("X-OCR-Failed-Pages", "Pages that failed"),
                        ("X-OCR-Kept-Text-Pages", "PDF pages that had text of their own and kept it"))
 }  # fmt: skip
+
+
+def _document_answer(description: str, schemas: dict[str, Schema]) -> Schema:
+    """A 200 that may be a searchable PDF: its media types' schemas, and the headers naming pages without text."""
+    content = {media_type: {"schema": schema} for media_type, schema in schemas.items()}
+    return {"description": description, "content": content, "headers": PAGES_WITHOUT_TEXT}
+
+
 RETRY_AFTER = {"Retry-After": {"schema": INTEGER, "description": "Seconds to wait before trying again."}}
 ERROR_MEANINGS = {
     "400": "The request is malformed; `code` names what.",
@@ -199,16 +207,11 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
             "OCR one image or PDF",
             "ocr",
             {
-                "200": {
-                    "description": "The file's result; with `output=pdf` the searchable PDF, with `output=hocr` hOCR. "
+                "200": _document_answer(
+                    "The file's result; with `output=pdf` the searchable PDF, with `output=hocr` hOCR. "
                     "X-OCR-Failed-Pages and X-OCR-Kept-Text-Pages name the pages without the model's text.",
-                    "content": {
-                        JSON: {"schema": _ref("OcrResult")},
-                        "application/pdf": {"schema": BINARY},
-                        "text/html": {"schema": STRING},
-                    },
-                    "headers": PAGES_WITHOUT_TEXT,
-                },
+                    {JSON: _ref("OcrResult"), "application/pdf": BINARY, "text/html": STRING},
+                ),
                 **ocr_errors,
             },
             _upload_body(fields, "file", False, 1, "image"),
@@ -250,11 +253,9 @@ def _operations(settings: Settings, modes: tuple[str, ...]) -> dict[tuple[str, s
             "A finished job's searchable PDF (made with output=pdf)",
             "jobs",
             {
-                "200": {
-                    "description": "Every file's pages, the text under them, in upload order.",
-                    "content": {"application/pdf": {"schema": BINARY}},
-                    "headers": PAGES_WITHOUT_TEXT,
-                },
+                "200": _document_answer(
+                    "Every file's pages, the text under them, in upload order.", {"application/pdf": BINARY}
+                ),
                 **_errors("401", "404", "409", "422", "429", "503"),
             },
             parameters=[job_id],

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ocr_api.interpretation import Block, Box
+from ocr_api.interpretation import Block
 from ocr_api.jobs.store import Job, JobFile, JobStore
 from ocr_api.options import OcrOptions
 from ocr_api.preparation import ImageLimits
@@ -82,9 +82,6 @@ def page_text(entry: dict[str, Any]) -> PageText | None:
     """A stored page entry's text and blocks (None for a failed page); a document page's size is in its entry."""
     if entry.get("status") == "failed":
         return None
-    blocks = tuple(
-        Block(block["label"], [Box(*box) for box in block["boxes"]], block["text"], block.get("figure"))
-        for block in entry.get("blocks", [])
-    )
+    blocks = tuple(Block.from_dict(block) for block in entry.get("blocks", []))
     size = (entry["width"], entry["height"]) if "width" in entry else None
     return PageText(blocks, entry.get("text", ""), size)
